@@ -1,0 +1,3 @@
+from koschei.cli import main
+
+main()

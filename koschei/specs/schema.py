@@ -1,0 +1,192 @@
+"""The spec schema: what a technique's YAML file may say.
+
+A spec with identity and claims only is a *planned* node of the technology tree. A spec with a
+``kernel`` is *implemented*: it must then also give ``signature``, ``reference`` and ``tests``,
+and code_generate renders it into ``koschei/engine/<name>.py`` and ``tests/engine/test_<name>.py``.
+
+Field checks that need only one field live here (pydantic); checks across fields and across specs
+(dimensions that agree, ``requires`` that exist, no cycles) live in ``koschei.specs.validate``.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value) or keyword.iskeyword(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use lowercase letters, digits and '_', "
+            "starting with a letter (it becomes a Python module and function name)")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+
+DType = Literal["float32", "float64", "int8", "uint8", "int32", "int64", "bool"]
+# A dimension of a symbolic shape: a name bound by the inputs ("d", "n"), a fixed size, or "..."
+# (any number of leading dimensions, only first).
+Dim = int | str
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paper(Strict):
+    title: str
+    arxiv: str | None = None
+    year: int | None = Field(default=None, ge=1900, le=2100)
+    url: str | None = None
+
+
+class Claim(Strict):
+    """What a paper or seed says; pas_analyze puts it next to what was measured here."""
+
+    metric: Literal["speedup", "memory", "compression", "accuracy", "latency", "complexity"]
+    value: float
+    baseline: str
+    unit: str = "x"
+    source: str
+    # The benchmark case and contender the claim is checked against, e.g. "4096x768" / "layernorm".
+    case: str | None = None
+
+
+class TensorArg(Strict):
+    name: Identifier
+    dtype: DType = "float32"
+    shape: list[Dim]
+    # Value range used when tests and benchmarks draw inputs (e.g. positions in [0, 4096)).
+    range: tuple[float, float] | None = None
+    doc: str = ""
+
+
+class Param(Strict):
+    """A scalar keyword parameter of the public function."""
+
+    name: Identifier
+    type: Literal["float", "int", "bool", "str"]
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    # Exclusive lower bound (e.g. eps > 0), as opposed to ``min`` which is inclusive.
+    greater_than: float | None = None
+    choices: list[Any] | None = None
+    optional: bool = False  # None is allowed (and is the default when ``default`` is unset)
+    doc: str = ""
+
+
+class Constraint(Strict):
+    """A relation between dimensions the public function enforces, e.g. ``hq % hkv == 0``."""
+
+    check: str
+    message: str
+
+
+class Signature(Strict):
+    inputs: list[TensorArg] = Field(min_length=1)
+    output: TensorArg
+    params: list[Param] = []
+    constraints: list[Constraint] = []
+
+
+class Kernel(Strict):
+    """How the engine module is made: a template family and its parameters.
+
+    ``family`` names ``templates/families/<family>.py.j2``; ``params`` are that family's own.
+    The family ``custom`` takes the kernel's Python source in ``params.source``.
+    """
+
+    family: Identifier
+    params: dict[str, Any] = {}
+
+
+class Tunable(Strict):
+    """A named choice that changes the generated code (numba flags, block sizes, loop order)."""
+
+    choices: list[bool | int | float | str] = Field(min_length=1)
+    default: bool | int | float | str
+    doc: str = ""
+
+    @model_validator(mode="after")
+    def _default_is_a_choice(self) -> Tunable:
+        if self.default not in self.choices:
+            raise ValueError(f"default {self.default!r} is not one of the choices {self.choices!r}")
+        if len({type(c) for c in self.choices}) != 1:
+            raise ValueError(f"choices must all have one type, got {self.choices!r}")
+        return self
+
+
+class Tolerance(Strict):
+    rtol: float = Field(ge=0)
+    atol: float = Field(ge=0)
+
+
+class Case(Strict):
+    """Concrete sizes for the symbolic dimensions, and parameter values."""
+
+    name: str | None = None
+    # Sizes of the named dimensions; "..." gives the leading dimensions as a list.
+    dims: dict[str, int | list[int]]
+    params: dict[str, Any] = {}
+
+
+class Invariant(Strict):
+    """A property of every result: a Python expression over the inputs, params, ``out`` and ``np``."""
+
+    name: Identifier
+    check: str
+
+
+class Tests(Strict):
+    cases: list[Case] = Field(min_length=1)
+    tolerance: dict[DType, Tolerance]
+    # Inclusive bounds for each dimension when hypothesis draws random shapes.
+    random_dims: dict[str, tuple[int, int]] = {}
+    invariants: list[Invariant] = []
+    # Python source defining ``torch_reference(...)`` with the public function's signature, taking
+    # and returning torch tensors; absent when PyTorch has no equivalent.
+    torch: str | None = None
+
+
+class Bench(Strict):
+    cases: list[Case] = Field(min_length=1)
+    # Arithmetic over the case's dims (and params): bytes moved and floating-point operations.
+    bytes: str
+    flops: str
+
+
+class Spec(Strict):
+    name: Identifier
+    title: str
+    tier: Identifier
+    summary: str = ""  # the math, for the module docstring and the tree
+    aliases: list[Identifier] = []
+    paper: Paper | None = None
+    requires: list[Identifier] = []
+    claims: list[Claim] = []
+
+    kernel: Kernel | None = None
+    signature: Signature | None = None
+    reference: str | None = None  # Python source defining ``reference(...)`` with NumPy
+    tunables: dict[Identifier, Tunable] = {}
+    tests: Tests | None = None
+    bench: Bench | None = None
+
+    @property
+    def status(self) -> Literal["implemented", "planned"]:
+        return "implemented" if self.kernel is not None else "planned"
+
+    @model_validator(mode="after")
+    def _implemented_specs_are_complete(self) -> Spec:
+        if self.kernel is not None:
+            missing = [f for f in ("signature", "reference", "tests") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a spec with a kernel also needs: {', '.join(missing)}")
+        return self
