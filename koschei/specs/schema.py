@@ -41,6 +41,7 @@ class Strict(BaseModel):
 
 class Paper(Strict):
     title: str
+    authors: str | None = None  # as cited, e.g. "Biao Zhang, Rico Sennrich"
     arxiv: str | None = None
     year: int | None = Field(default=None, ge=1900, le=2100)
     url: str | None = None
@@ -64,6 +65,8 @@ class TensorArg(Strict):
     shape: list[Dim]
     # Value range used when tests and benchmarks draw inputs (e.g. positions in [0, 4096)).
     range: tuple[float, float] | None = None
+    # An array with a zero-size dimension is accepted (by default the public function rejects it).
+    allow_empty: bool = False
     doc: str = ""
 
 
@@ -147,7 +150,9 @@ class Invariant(Strict):
 class Tests(Strict):
     cases: list[Case] = Field(min_length=1)
     tolerance: dict[DType, Tolerance]
-    # Inclusive bounds for each dimension when hypothesis draws random shapes.
+    # Inclusive bounds for each dimension when hypothesis draws random shapes. For "...", the
+    # bounds of each leading dimension's size (zero to two leading dimensions are drawn).
+    # Dimensions not listed keep their size in the first test case whose sizes are all >= 2.
     random_dims: dict[str, tuple[int, int]] = {}
     invariants: list[Invariant] = []
     # Python source defining ``torch_reference(...)`` with the public function's signature, taking

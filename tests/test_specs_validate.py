@@ -1,0 +1,411 @@
+"""Checks across fields and across specs, each reported as ``path:line: field: message``."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from koschei.errors import SpecError
+from koschei.specs import load_specs
+from koschei.workspace import Workspace
+
+PLANNED = """\
+name: {name}
+title: A planned technique
+tier: {tier}
+requires: {requires}
+"""
+
+# An implemented spec; the line numbers in the tests below refer to this text (after edits).
+SCALE = """\
+name: scale
+title: Scale rows
+tier: foundation
+aliases: [v1_scale]
+kernel:
+  family: custom
+  params:
+    source: |
+      def _compute(x, idx, alpha, out):
+          np.multiply(x, np.float32(alpha), out=out)
+signature:
+  inputs:
+    - {name: x, dtype: float32, shape: ["...", n, d]}
+    - {name: idx, dtype: int32, shape: [n], range: [0, 100]}
+  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"]}
+  params:
+    - {name: alpha, type: float, default: 2.0, greater_than: 0}
+    - {name: groups, type: int, default: 1, min: 1}
+  constraints:
+    - {check: "d % (2 * groups) == 0", message: "d must split into 2 * groups halves"}
+reference: |
+  import numpy as np
+
+
+  def reference(x, idx, *, alpha=2.0, groups=1):
+      return x[..., ::2] * alpha
+tests:
+  cases:
+    - {dims: {"...": [3], n: 4, d: 8}}
+    - {dims: {"...": [], n: 2, d: 4}, params: {alpha: 0.5, groups: 2}}
+  tolerance:
+    float32: {rtol: 1.0e-6, atol: 1.0e-6}
+  random_dims: {n: [1, 8], d: [2, 16]}
+  invariants:
+    - {name: finite, check: "np.all(np.isfinite(out)) and all(v == v for v in out.ravel())"}
+  torch: |
+    def torch_reference(x, idx, *, alpha=2.0, groups=1):
+        return x[..., ::2] * alpha
+bench:
+  cases:
+    - {dims: {"...": [64], n: 16, d: 256}}
+    - {name: small, dims: {"...": [1], n: 2, d: 8}}
+  bytes: "4 * rows * n * d + 4 * rows * n * (d // 2)"
+  flops: "rows * n * d / 2"
+tunables:
+  parallel: {choices: [true, false], default: true}
+  block: {choices: [8, 16], default: 8}
+"""
+
+
+def make_workspace(root: Path, files: dict[str, str]) -> Workspace:
+    (root / "specs").mkdir(parents=True, exist_ok=True)
+    (root / "koschei.toml").write_text("")
+    for relpath, text in files.items():
+        path = root / "specs" / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return Workspace(root.resolve())
+
+
+def planned(name: str, tier: str = "foundation", requires: tuple[str, ...] = ()) -> str:
+    return PLANNED.format(name=name, tier=tier, requires="[" + ", ".join(requires) + "]")
+
+
+def problems(workspace: Workspace) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_specs(workspace)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def scale_with(*replacements: tuple[str, str]) -> str:
+    text = SCALE
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
+def scale_problems(tmp_path: Path, *replacements: tuple[str, str]) -> list[str]:
+    workspace = make_workspace(tmp_path, {"foundation/scale.yaml": scale_with(*replacements)})
+    return problems(workspace)
+
+
+def test_the_implemented_fixture_is_valid(tmp_path):
+    workspace = make_workspace(tmp_path, {"foundation/scale.yaml": SCALE})
+    spec_set = load_specs(workspace)
+    assert [loaded.name for loaded in spec_set.implemented()] == ["scale"]
+
+
+# --- identity and location ----------------------------------------------------------------------
+
+
+def test_the_folder_must_be_the_tier(tmp_path):
+    workspace = make_workspace(tmp_path, {"ffn/alpha.yaml": planned("alpha", tier="foundation")})
+    assert problems(workspace) == [
+        ("specs/ffn/alpha.yaml:3: tier: the spec's tier is 'foundation' but the file is in "
+        "specs/ffn/: move it to specs/foundation/alpha.yaml (or change the tier)")]
+
+
+def test_the_file_name_must_be_the_spec_name(tmp_path):
+    workspace = make_workspace(tmp_path, {"foundation/alpha.yaml": planned("beta")})
+    assert problems(workspace) == [
+        ("specs/foundation/alpha.yaml:1: name: the file is named alpha.yaml but the spec is "
+        "'beta': name the file beta.yaml (or change the name)")]
+
+
+def test_names_are_unique(tmp_path):
+    workspace = make_workspace(tmp_path, {
+        "foundation/alpha.yaml": planned("alpha"),
+        "ffn/alpha.yaml": planned("alpha", tier="ffn"),
+    })
+    assert problems(workspace) == [
+        ("specs/foundation/alpha.yaml:1: name: the name 'alpha' is also used by "
+        "specs/ffn/alpha.yaml")]
+
+
+def test_aliases_are_unique_and_never_another_spec_name(tmp_path):
+    workspace = make_workspace(tmp_path, {
+        "foundation/alpha.yaml": planned("alpha") + "aliases: [v1_shared, alpha_again]\n",
+        "foundation/beta.yaml": planned("beta") + "aliases: [v1_shared, alpha]\n",
+        "foundation/gamma.yaml": planned("gamma") + "aliases: [gamma, v3, v3]\n",
+    })
+    assert problems(workspace) == [
+        ("specs/foundation/beta.yaml:5: aliases[0]: the alias 'v1_shared' is also an alias of "
+        "alpha (specs/foundation/alpha.yaml)"),
+        ("specs/foundation/beta.yaml:5: aliases[1]: the alias 'alpha' is the name of another "
+        "spec (specs/foundation/alpha.yaml)"),
+        "specs/foundation/gamma.yaml:5: aliases[0]: the alias 'gamma' is the spec's own name",
+        "specs/foundation/gamma.yaml:5: aliases[2]: the alias 'v3' is listed twice",
+    ]
+
+
+def test_a_missing_dependency_is_named_with_a_suggestion(tmp_path):
+    workspace = make_workspace(tmp_path, {
+        "foundation/softmax.yaml": planned("softmax") + "aliases: [v9_softmax]\n",
+        "attention/alpha.yaml": textwrap.dedent("""\
+            name: alpha
+            title: Alpha
+            tier: attention
+            requires:
+              - softmx
+              - v9_softmax
+              - nothing_like_it
+            """),
+    })
+    assert problems(workspace) == [
+        ("specs/attention/alpha.yaml:5: requires[0]: no spec is named 'softmx' (did you mean "
+        "softmax?)"),
+        ("specs/attention/alpha.yaml:6: requires[1]: 'v9_softmax' is an alias of softmax: require "
+        "softmax"),
+        "specs/attention/alpha.yaml:7: requires[2]: no spec is named 'nothing_like_it'",
+    ]
+
+
+def test_a_cycle_is_reported_with_its_path(tmp_path):
+    workspace = make_workspace(tmp_path, {
+        "foundation/a.yaml": planned("a", requires=("b",)),
+        "foundation/b.yaml": planned("b", requires=("c",)),
+        "foundation/c.yaml": planned("c", requires=("d", "a")),
+        "foundation/d.yaml": planned("d"),
+        "foundation/e.yaml": planned("e", requires=("e",)),
+    })
+    assert problems(workspace) == [
+        "specs/foundation/a.yaml:4: requires[0]: dependency cycle: a -> b -> c -> a",
+        "specs/foundation/e.yaml:4: requires[0]: dependency cycle: e -> e",
+    ]
+
+
+def test_a_broken_file_does_not_cascade_into_missing_dependencies(tmp_path):
+    workspace = make_workspace(tmp_path, {
+        "foundation/alpha.yaml": "name: alpha\ntitle: [\n",
+        "foundation/beta.yaml": planned("beta", requires=("alpha",)),
+    })
+    found = problems(workspace)
+    assert len(found) == 1 and found[0].startswith("specs/foundation/alpha.yaml:")
+
+
+def test_arxiv_ids_are_bare(tmp_path):
+    workspace = make_workspace(tmp_path, {"foundation/alpha.yaml": planned("alpha") + dedent(
+        """\
+        paper:
+          title: P
+          arxiv: "arXiv:2205.14135"
+        """)})
+    assert problems(workspace) == [
+        ("specs/foundation/alpha.yaml:7: paper.arxiv: 'arXiv:2205.14135' is not an arXiv "
+        "identifier: write the bare identifier, 2205.14135")]
+
+
+# --- the signature ------------------------------------------------------------------------------
+
+
+def test_an_output_dimension_must_be_bound(tmp_path):
+    found = scale_problems(tmp_path, ('shape: ["...", n, "d // 2"]', 'shape: ["...", m, "d // k"]'))
+    assert found == [
+        ("specs/foundation/scale.yaml:15: signature.output.shape[1]: the output dimension 'm' is "
+        "not bound by an input dimension or an int parameter (known: n, d, groups)"),
+        ("specs/foundation/scale.yaml:15: signature.output.shape[2]: the output dimension 'k' is "
+        "not bound by an input dimension or an int parameter (known: n, d, groups)"),
+    ]
+
+
+def test_a_float_parameter_cannot_size_the_output(tmp_path):
+    found = scale_problems(tmp_path, ('shape: ["...", n, "d // 2"]', 'shape: ["...", n, alpha]'))
+    assert found == [
+        ("specs/foundation/scale.yaml:15: signature.output.shape[2]: the output dimension uses the "
+        "parameter 'alpha', which is a float; only int parameters can size the output")]
+
+
+def test_ellipsis_only_first(tmp_path):
+    found = scale_problems(tmp_path, ('shape: ["...", n, d]}', 'shape: [n, "...", d]}'))
+    assert found[0] == ("specs/foundation/scale.yaml:13: signature.inputs[0].shape[1]: '...' "
+                        "(any number of leading dimensions) may only come first")
+
+
+def test_integer_inputs_need_a_range(tmp_path):
+    found = scale_problems(tmp_path, (", range: [0, 100]", ""))
+    assert found == [
+        ("specs/foundation/scale.yaml:14: signature.inputs[1].range: int32 inputs need a range "
+        "[lo, hi] of the values tests and benchmarks draw")]
+    found = scale_problems(tmp_path, ("range: [0, 100]", "range: [100, 0]"))
+    assert found == [
+        ("specs/foundation/scale.yaml:14: signature.inputs[1].range: the range's low end 100 is "
+        "above its high end 0")]
+
+
+def test_parameter_defaults_respect_their_bounds(tmp_path):
+    found = scale_problems(tmp_path,
+                           ("default: 2.0, greater_than: 0", "default: 0.0, greater_than: 0"),
+                           ("default: 1, min: 1", "default: 1.5, min: 1"))
+    assert found == [
+        "specs/foundation/scale.yaml:17: signature.params[0].default: 0.0 must be greater than 0",
+        "specs/foundation/scale.yaml:18: signature.params[1].default: expected an integer, got 1.5",
+    ]
+
+
+def test_names_are_not_used_twice(tmp_path):
+    found = scale_problems(tmp_path, ("{name: groups, type: int", "{name: x, type: int"),
+                           ("d % (2 * groups) == 0", "d % 2 == 0"), ("groups: 2}", "x: 2}"))
+    assert found == [
+        ("specs/foundation/scale.yaml:18: signature.params[1].name: the name 'x' is already used "
+        "by signature.inputs[0].name (inputs, params and the output share the function's "
+        "argument names)")]
+
+
+def test_constraints_are_expressions_over_known_names(tmp_path):
+    found = scale_problems(tmp_path, ("d % (2 * groups) == 0", "d % (2 * group) == 0"))
+    assert found == [
+        ("specs/foundation/scale.yaml:20: signature.constraints[0].check: 'd % (2 * group) == 0': "
+        "unknown name group (known: alpha, d, groups, n)")]
+    found = scale_problems(tmp_path, ("d % (2 * groups) == 0", "x.shape[0] > 0"))
+    assert found[0].startswith(
+        "specs/foundation/scale.yaml:20: signature.constraints[0].check: 'x.shape[0] > 0': "
+        "subscripts (x.shape[0]) is not allowed")
+
+
+# --- tests and bench cases ----------------------------------------------------------------------
+
+
+def test_every_case_gives_every_named_dimension(tmp_path):
+    found = scale_problems(tmp_path, ('{dims: {"...": [3], n: 4, d: 8}}',
+                                      '{dims: {"...": [3], d: 8, k: 2}}'))
+    assert found == [
+        ("specs/foundation/scale.yaml:29: tests.cases[0].dims.k: unknown dimension 'k' (known: "
+        "'...', 'n', 'd')"),
+        "specs/foundation/scale.yaml:29: tests.cases[0].dims: missing dimension 'n'",
+    ]
+
+
+def test_cases_respect_the_constraints_and_parameters(tmp_path):
+    found = scale_problems(tmp_path, ("n: 2, d: 4}, params: {alpha: 0.5, groups: 2}",
+                                      "n: 2, d: 6}, params: {alpha: 0.5, groups: 2, beta: 1}"))
+    assert found == [
+        ("specs/foundation/scale.yaml:30: tests.cases[1].params.beta: unknown parameter (known: "
+        "alpha, groups)")]
+    found = scale_problems(tmp_path, ("n: 2, d: 4}, params: {alpha: 0.5, groups: 2}",
+                                      "n: 2, d: 6}, params: {alpha: 0.5, groups: 2}"))
+    assert found == [
+        ("specs/foundation/scale.yaml:30: tests.cases[1]: the case breaks the constraint "
+        "'d % (2 * groups) == 0': d must split into 2 * groups halves")]
+
+
+def test_random_dims_name_known_dimensions_in_order(tmp_path):
+    found = scale_problems(tmp_path, ("random_dims: {n: [1, 8], d: [2, 16]}",
+                                      "random_dims: {n: [8, 1], dd: [2, 16]}"))
+    assert found == [
+        ("specs/foundation/scale.yaml:33: tests.random_dims.n: the low end 8 is above the high "
+        "end 1"),
+        ("specs/foundation/scale.yaml:33: tests.random_dims.dd: unknown dimension 'dd' (did you "
+        "mean 'd'? known: '...', 'n', 'd')"),
+    ]
+
+
+def test_invariants_read_known_names(tmp_path):
+    found = scale_problems(tmp_path, ("np.all(np.isfinite(out))", "np.all(np.isfinite(result))"))
+    assert found == [
+        ("specs/foundation/scale.yaml:35: tests.invariants[0].check: unknown name result (an "
+        "invariant reads the inputs, the params, out and np)")]
+
+
+def test_bench_formulas_are_safe_expressions(tmp_path):
+    found = scale_problems(tmp_path, ('flops: "rows * n * d / 2"', 'flops: "x.size * 2"'))
+    assert found == [
+        ("specs/foundation/scale.yaml:44: bench.flops: 'x.size * 2': attribute access (x.size) is "
+        "not allowed in a spec expression (allowed: numbers, names, + - * / // % **, "
+        "comparisons, and/or/not, 'a if c else b' and min()/max())")]
+    found = scale_problems(tmp_path, ('flops: "rows * n * d / 2"', 'flops: "rows * n * e"'))
+    assert found == [
+        ("specs/foundation/scale.yaml:44: bench.flops: 'rows * n * e': unknown name e (known: "
+        "alpha, d, groups, lead, n, rows)")]
+
+
+def test_bench_formulas_evaluate_on_every_case(tmp_path):
+    found = scale_problems(tmp_path, ('flops: "rows * n * d / 2"', 'flops: "rows * d / (n - 2)"'))
+    assert found == [
+        ("specs/foundation/scale.yaml:42: bench.cases[1]: flops: 'rows * d / (n - 2)': division "
+        "by zero")]
+
+
+def test_bench_case_labels_are_unique(tmp_path):
+    found = scale_problems(tmp_path, ("{name: small, dims:", "{name: 64x16x256, dims:"))
+    assert found == [
+        ("specs/foundation/scale.yaml:42: bench.cases[1]: the case label '64x16x256' is also "
+        "bench.cases[0]'s: give the cases different sizes or names")]
+
+
+# --- embedded Python and tunables ---------------------------------------------------------------
+
+
+def test_a_syntax_error_in_the_reference_is_reported_at_its_own_line(tmp_path):
+    found = scale_problems(tmp_path, ("return x[..., ::2] * alpha\ntests:",
+                                      "return (x[..., ::2] * alpha\ntests:"))
+    assert found == [
+        ("specs/foundation/scale.yaml:26: reference: Python syntax error on line 5 of the source: "
+        "'(' was never closed")]
+
+
+def test_sources_define_their_function(tmp_path):
+    found = scale_problems(tmp_path, ("def _compute(", "def compute("),
+                           ("def torch_reference(", "def torch_ref("))
+    assert found == [
+        ("specs/foundation/scale.yaml:8: kernel.params.source: the source must define a function "
+        "_compute(...) at its top level"),
+        ("specs/foundation/scale.yaml:36: tests.torch: the source must define a function "
+        "torch_reference(...) at its top level"),
+    ]
+
+
+def test_numba_flag_tunables_are_booleans(tmp_path):
+    found = scale_problems(tmp_path, ("parallel: {choices: [true, false], default: true}",
+                                      "parallel: {choices: [1, 0], default: 1}"))
+    assert found == [
+        ("specs/foundation/scale.yaml:46: tunables.parallel: expected a list of booleans as "
+        "choices (it becomes numba's parallel= flag), got [1, 0]")]
+
+
+def test_a_tunable_default_must_be_a_choice(tmp_path):
+    found = scale_problems(tmp_path, ("block: {choices: [8, 16], default: 8}",
+                                      "block: {choices: [8, 16], default: 32}"))
+    assert found == [
+        ("specs/foundation/scale.yaml:47: tunables.block: default 32 is not one of the choices "
+        "[8, 16]")]
+
+
+def test_tests_without_a_signature(tmp_path):
+    workspace = make_workspace(tmp_path, {"foundation/alpha.yaml": planned("alpha") + dedent(
+        """\
+        tests:
+          cases: [{dims: {n: 1}}]
+          tolerance: {float32: {rtol: 0, atol: 0}}
+        """)})
+    assert problems(workspace) == [
+        ("specs/foundation/alpha.yaml:5: tests: tests need a signature to say what the dimensions "
+        "and parameters are")]
+
+
+def test_zero_sizes_need_an_input_that_allows_empty_arrays(tmp_path):
+    zero_case = ('{dims: {"...": [3], n: 4, d: 8}}', '{dims: {"...": [0], n: 4, d: 8}}')
+    found = scale_problems(tmp_path, zero_case)
+    assert found == [
+        ("specs/foundation/scale.yaml:29: tests.cases[0].dims['...']: leading sizes must be at "
+         "least 1 (set allow_empty on an input with this dimension to test empty arrays), got "
+         "[0]")]
+    text = scale_with(zero_case,
+                      ('shape: ["...", n, d]}', 'shape: ["...", n, d], allow_empty: true}'),
+                      ("random_dims: {n: [1, 8]", 'random_dims: {"...": [0, 3], n: [0, 8]'))
+    workspace = make_workspace(tmp_path / "allowed", {"foundation/scale.yaml": text})
+    assert load_specs(workspace).get("scale").spec.signature.inputs[0].allow_empty
