@@ -1,0 +1,369 @@
+"""code_generate: deterministic, atomic, idempotent rendering; --check; nothing written on errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import koschei.cli  # noqa: F401  (registers every command)
+from koschei.cli.app import app
+from koschei.errors import SpecError, UsageError
+from koschei.phases import code_generate
+from koschei.specs import load_specs
+from koschei.workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+ROWWISE_SPECS = ("rmsnorm", "layernorm", "softmax")
+GENERATED = sorted(
+    [f"koschei/engine/{name}.py" for name in ROWWISE_SPECS]
+    + [f"tests/engine/test_{name}.py" for name in ROWWISE_SPECS]
+    + ["tests/engine/conftest.py"])
+
+
+def make_workspace(root: Path, names: tuple[str, ...] = ROWWISE_SPECS) -> Workspace:
+    """A workspace with some of the bundled foundation specs and the bundled templates."""
+    (root / "specs" / "foundation").mkdir(parents=True)
+    (root / "koschei.toml").write_text("", encoding="utf-8")
+    for name in names:
+        shutil.copy(REPO / "specs" / "foundation" / f"{name}.yaml",
+                    root / "specs" / "foundation" / f"{name}.yaml")
+    return Workspace.find(root)
+
+
+def generated_files(root: Path) -> list[str]:
+    found = [p for folder in ("koschei", "tests") if (root / folder).exists()
+             for p in (root / folder).rglob("*") if p.is_file()]
+    return sorted(p.relative_to(root).as_posix() for p in found)
+
+
+def run(workspace: Workspace, **options) -> code_generate.CodeGenerateResult:
+    return code_generate.run(workspace, code_generate.Options(**options))
+
+
+def edit_spec(workspace: Workspace, name: str, old: str, new: str) -> None:
+    path = workspace.specs_dir / "foundation" / f"{name}.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} is not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_renders_every_implemented_spec_with_a_header(tmp_path):
+    workspace = make_workspace(tmp_path)
+    result = run(workspace)
+    assert result.ok
+    assert sorted(f.path for f in result.files) == GENERATED
+    assert {f.action for f in result.files} == {"create"}
+    assert sorted(result.written) == GENERATED
+    assert generated_files(tmp_path) == GENERATED
+    engine = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    sha = load_specs(workspace).get("rmsnorm").sha256
+    head = "\n".join(engine.splitlines()[:6])
+    assert "do not edit" in head and "specs/foundation/rmsnorm.yaml" in head and sha in head
+    assert "families/rowwise.py.j2" in head
+    assert "arXiv:1910.07467" in engine  # the docstring cites the paper
+    assert "def rmsnorm(x, weight, *, eps=1e-06, out=None):" in engine
+    for path in GENERATED:  # every generated file is valid Python
+        compile((tmp_path / path).read_text(encoding="utf-8"), path, "exec")
+
+
+def test_a_second_run_is_identical_byte_for_byte_and_writes_nothing(tmp_path):
+    workspace = make_workspace(tmp_path / "one")
+    run(workspace)
+    before = {path: (tmp_path / "one" / path).read_bytes() for path in GENERATED}
+    stamps = {path: (tmp_path / "one" / path).stat().st_mtime_ns for path in GENERATED}
+    again = run(workspace)
+    assert {f.action for f in again.files} == {"identical"} and again.written == []
+    assert {path: (tmp_path / "one" / path).read_bytes() for path in GENERATED} == before
+    assert {path: (tmp_path / "one" / path).stat().st_mtime_ns for path in GENERATED} == stamps
+    # the same specs in another folder render to the same bytes: nothing depends on where
+    run(make_workspace(tmp_path / "two"))
+    assert {path: (tmp_path / "two" / path).read_bytes() for path in GENERATED} == before
+
+
+def test_a_changed_spec_updates_exactly_its_files(tmp_path):
+    workspace = make_workspace(tmp_path)
+    run(workspace)
+    edit_spec(workspace, "rmsnorm", "default: 1.0e-6", "default: 1.0e-5")
+    result = run(workspace)
+    actions = {f.path: f.action for f in result.files}
+    assert actions["koschei/engine/rmsnorm.py"] == "update"
+    assert actions["tests/engine/test_rmsnorm.py"] == "update"
+    assert {a for p, a in actions.items() if "rmsnorm" not in p} == {"identical"}
+    assert sorted(result.written) == ["koschei/engine/rmsnorm.py", "tests/engine/test_rmsnorm.py"]
+    text = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    assert "eps=1e-05" in text
+
+
+def test_check_reports_drift_writes_nothing_and_exits_1(tmp_path):
+    workspace = make_workspace(tmp_path)
+    fresh = run(workspace, check=True)
+    assert not fresh.ok and {f.action for f in fresh.files} == {"create"}
+    assert generated_files(tmp_path) == [] and fresh.written == []
+
+    run(workspace)
+    module = tmp_path / "koschei/engine/softmax.py"
+    module.write_text(module.read_text(encoding="utf-8") + "# a hand edit\n", encoding="utf-8")
+    edited = module.read_bytes()
+    drift = run(workspace, check=True)
+    assert not drift.ok
+    assert [(f.path, f.action) for f in drift.drift] == [("koschei/engine/softmax.py", "update")]
+    assert module.read_bytes() == edited
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["code-generate", "--check", "--root", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "out of date" in result.output
+    assert module.read_bytes() == edited
+
+    assert runner.invoke(app, ["code-generate", "--root", str(tmp_path)]).exit_code == 0
+    result = runner.invoke(app, ["code-generate", "--check", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_only_renders_the_named_specs_and_refuses_unknown_names(tmp_path):
+    workspace = make_workspace(tmp_path)
+    result = run(workspace, only=["llm_rmsnorm"])  # an alias of rmsnorm
+    assert sorted(f.path for f in result.files) == [
+        "koschei/engine/rmsnorm.py", "tests/engine/conftest.py", "tests/engine/test_rmsnorm.py"]
+    with pytest.raises(UsageError, match="no spec has this name"):
+        run(workspace, only=["nope"])
+    planned = tmp_path / "specs/foundation/planned_thing.yaml"
+    planned.write_text("name: planned_thing\ntitle: A planned thing\ntier: foundation\n",
+                       encoding="utf-8")
+    with pytest.raises(UsageError, match="planned"):
+        run(workspace, only=["planned_thing"])
+
+
+def test_a_spec_name_that_climbs_out_writes_nothing(tmp_path):
+    workspace = make_workspace(tmp_path, ("rmsnorm",))
+    edit_spec(workspace, "rmsnorm", "name: rmsnorm", "name: ../x")
+    with pytest.raises(SpecError, match="name"):
+        run(workspace)
+    assert generated_files(tmp_path) == []
+    assert not (tmp_path.parent / "x.py").exists()
+
+
+def test_a_generated_folder_that_leads_outside_the_workspace_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    workspace = make_workspace(tmp_path / "ws", ("softmax",))
+    (tmp_path / "ws" / "koschei").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UsageError, match="outside the workspace"):
+        run(workspace)
+    assert list(outside.rglob("*")) == []
+    assert not (tmp_path / "ws" / "tests").exists()
+
+
+def test_one_bad_spec_writes_nothing_at_all(tmp_path):
+    workspace = make_workspace(tmp_path)
+    edit_spec(workspace, "softmax", "shift: max", "shift: median")
+    with pytest.raises(SpecError) as caught:
+        run(workspace)
+    issue = caught.value.issues[0]
+    assert issue.path == "specs/foundation/softmax.yaml" and issue.field == "kernel.params.shift"
+    assert issue.line is not None and "'median'" in issue.message
+    assert generated_files(tmp_path) == []  # not even the good specs' files
+
+
+def test_an_unknown_family_is_a_located_spec_error(tmp_path):
+    workspace = make_workspace(tmp_path, ("softmax",))
+    edit_spec(workspace, "softmax", "family: rowwise", "family: nonexistent")
+    with pytest.raises(SpecError, match="no template family 'nonexistent'") as caught:
+        run(workspace)
+    assert caught.value.issues[0].field == "kernel.family"
+    assert generated_files(tmp_path) == []
+
+
+def test_a_reference_that_does_not_compile_writes_nothing(tmp_path):
+    workspace = make_workspace(tmp_path, ("softmax",))
+    edit_spec(workspace, "softmax", "def reference(x):", "def reference(x):\n      return (")
+    with pytest.raises(SpecError):
+        run(workspace)
+    assert generated_files(tmp_path) == []
+
+
+def test_tunables_choose_the_numba_flags(tmp_path):
+    workspace = make_workspace(tmp_path, ("rmsnorm",))
+    run(workspace)
+    text = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    assert "@njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)" in text
+    assert "prange(" in text and "_PARALLEL_MIN_ELEMENTS = 32768" in text
+    edit_spec(workspace, "rmsnorm", "parallel: {choices: [true, false], default: true",
+              "parallel: {choices: [true, false], default: false")
+    edit_spec(workspace, "rmsnorm", "fastmath: {choices: [true, false], default: true",
+              "fastmath: {choices: [true, false], default: false")
+    edit_spec(workspace, "rmsnorm", "accumulate: {choices: [float32, float64], default: float32",
+              "accumulate: {choices: [float32, float64], default: float64")
+    run(workspace)
+    text = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    assert "parallel=True" not in text and "prange(" not in text and "_FASTMATH" not in text
+    assert "@njit(cache=True, nogil=True, fastmath=False)" in text
+    assert "sum_squares = np.float64(0.0)" in text
+
+
+def test_generated_modules_whose_spec_is_gone_are_reported(tmp_path):
+    workspace = make_workspace(tmp_path)
+    run(workspace)
+    (tmp_path / "specs/foundation/layernorm.yaml").unlink()
+    result = run(workspace)
+    assert result.orphans == ["koschei/engine/layernorm.py", "tests/engine/test_layernorm.py"]
+    assert (tmp_path / "koschei/engine/layernorm.py").exists()  # reported, never deleted
+
+
+def test_write_atomically_keeps_the_old_content_when_the_rename_fails(tmp_path, monkeypatch):
+    target = tmp_path / "module.py"
+    target.write_bytes(b"old\n")
+
+    def failing_replace(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(code_generate.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        code_generate.write_atomically(target, b"new\n")
+    assert target.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["module.py"]  # no temporary file left
+
+
+def test_the_json_output_lists_each_file_with_its_action(tmp_path):
+    make_workspace(tmp_path, ("softmax",))
+    result = CliRunner().invoke(app, ["code-generate", "--json", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is True and data["counts"]["create"] == 3
+    assert {"path": "koschei/engine/softmax.py", "spec": "softmax", "action": "create",
+            "template": "engine_module.py.j2"} in data["files"]
+
+
+# Every kind of argument the module and test templates must serve: leading dimensions shared by
+# two inputs, an integer input with a range, optional and required-choice parameters, two
+# constraints, an output dimension that is an expression. Its kernel is NumPy (family custom),
+# so running its generated tests compiles nothing.
+EVERY_KIND_OF_ARGUMENT = """\
+name: toy_gqa
+title: A toy with every kind of argument
+tier: attention
+kernel:
+  family: custom
+  params:
+    source: |
+      def _compute(q, k, positions, window, causal, mode, scale, out):
+          out[...] = reference(q, k, positions, window=window, causal=causal, mode=mode,
+                               scale=scale) * FACTOR
+signature:
+  inputs:
+    - {name: q, dtype: float32, shape: ["...", s, hq, dh]}
+    - {name: k, dtype: float32, shape: ["...", t, hkv, dh]}
+    - {name: positions, dtype: int32, shape: [s], range: [0, 64]}
+  params:
+    - {name: window, type: int, optional: true, min: 1}
+    - {name: causal, type: bool, default: true}
+    - {name: mode, type: str, default: a, choices: [a, b]}
+    - {name: scale, type: float, optional: true, greater_than: 0, max: 10}
+  constraints:
+    - {check: "hq % hkv == 0", message: "query heads must be a multiple of key heads"}
+    - {check: "dh <= 64", message: "head size at most 64"}
+  output: {name: y, dtype: float32, shape: ["...", s, "hq * dh"]}
+reference: |
+  def reference(q, k, positions, *, window=None, causal=True, mode="a", scale=None):
+      group = q.shape[-2] // k.shape[-2]
+      keys = np.repeat(k[..., :1, :, :], group, axis=-2)
+      y = q * keys + positions[:, None, None].astype(q.dtype)
+      if window is not None:
+          y = y * window
+      if not causal:
+          y = -y
+      if mode == "b":
+          y = y + 1
+      if scale is not None:
+          y = y * np.float32(scale)
+      return y.reshape(*q.shape[:-2], q.shape[-2] * q.shape[-1]).astype(q.dtype)
+tests:
+  cases:
+    - dims: {"...": [2], s: 3, hq: 4, hkv: 2, t: 5, dh: 8}
+    - dims: {"...": [], s: 1, hq: 1, hkv: 1, t: 1, dh: 1}
+    - name: params
+      dims: {"...": [1, 2], s: 2, hq: 6, hkv: 3, t: 2, dh: 4}
+      params: {window: 3, causal: false, mode: b, scale: 0.5}
+  tolerance:
+    float32: {rtol: 1.0e-6, atol: 1.0e-6}
+  random_dims: {"...": [1, 3], s: [1, 4], hq: [1, 8], hkv: [1, 4], t: [1, 3], dh: [1, 70]}
+  invariants:
+    - {name: flattened_heads, check: "y.shape[-1] == q.shape[-2] * q.shape[-1] and out is y"}
+  torch: |
+    def torch_reference(q, k, positions, *, window=None, causal=True, mode="a", scale=None):
+        group = q.shape[-2] // k.shape[-2]
+        keys = torch.repeat_interleave(k[..., :1, :, :], group, dim=-2)
+        y = q * keys + positions[:, None, None].to(q.dtype)
+        if window is not None:
+            y = y * window
+        if not causal:
+            y = -y
+        if mode == "b":
+            y = y + 1
+        if scale is not None:
+            y = y * scale
+        return y.reshape(*q.shape[:-2], q.shape[-2] * q.shape[-1])
+bench:
+  cases:
+    - dims: {"...": [1], s: 1, hq: 12, hkv: 4, t: 16, dh: 64}
+  bytes: "4 * rows * (2 * s * hq * dh + t * hkv * dh)"
+  flops: "2 * rows * s * hq * dh"
+"""
+
+
+def run_generated_tests(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KOSCHEI_NUMBA_CACHE_DIR": str(root / ".cache")}
+    return subprocess.run([sys.executable, "-m", "pytest", "tests/engine", "-q", "-rs",
+                           "-p", "no:cacheprovider"], check=False, cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(("factor", "passes"), [("1", True), ("1.001", False)])
+def test_the_generated_tests_pass_a_right_kernel_and_catch_a_wrong_one(tmp_path, factor, passes):
+    (tmp_path / "specs" / "attention").mkdir(parents=True)
+    (tmp_path / "koschei.toml").write_text("", encoding="utf-8")
+    (tmp_path / "specs/attention/toy_gqa.yaml").write_text(
+        EVERY_KIND_OF_ARGUMENT.replace("FACTOR", factor), encoding="utf-8")
+    run(Workspace.find(tmp_path))
+    engine = (tmp_path / "koschei/engine/toy_gqa.py").read_text(encoding="utf-8")
+    assert "if k.shape[:-3] != lead:" in engine and "out_shape = (*lead, s, (hq * dh))" in engine
+    assert 'if mode not in ("a", "b"):' in engine and "if window is not None:" in engine
+    tests = run_generated_tests(tmp_path)
+    output = tests.stdout + tests.stderr
+    if passes:
+        assert tests.returncode == 0, output
+        assert "skipped" not in output  # every check had something to check
+    else:
+        assert tests.returncode == 1, output
+        assert "test_matches_the_reference" in output and "test_matches_pytorch" in output
+        assert "test_rejects_a_bad_parameter" not in output  # the argument checks still hold
+
+
+@pytest.mark.parametrize(("spec", "old", "new", "field", "message"), [
+    ("softmax", "scale: sum}", "scale: sum, eps: eps}", "kernel.params.eps", "only applies"),
+    ("softmax", "scale: sum}", "scale: sum, bias: nothing}", "kernel.params",
+     "nothing must name an input"),
+    ("softmax", "scale: sum}", "scale: sum, center: yes}", "kernel.params.center",
+     "no such parameter"),
+    ("rmsnorm", "scale: rms, weight: weight, eps: eps}", "scale: rms, weight: weight}",
+     "kernel.params.eps", "scale: rms needs eps"),
+    ("rmsnorm", "accumulate: {choices: [float32, float64], default: float32",
+     "accumulate: {choices: [float32, int8], default: int8", "tunables.accumulate",
+     "float32 or float64"),
+])
+def test_the_rowwise_family_rejects_what_it_cannot_render(tmp_path, spec, old, new, field,
+                                                          message):
+    workspace = make_workspace(tmp_path, (spec,))
+    edit_spec(workspace, spec, old, new)
+    with pytest.raises(SpecError, match=message) as caught:
+        run(workspace)
+    issue = caught.value.issues[0]
+    assert issue.field == field and issue.line is not None
+    assert generated_files(tmp_path) == []
