@@ -1,0 +1,233 @@
+"""What every generated engine module shares: the Numba cache folder, argument checks, threads.
+
+Importing this module chooses where Numba caches compiled kernels BEFORE Numba is imported (the
+folder is read when Numba starts): ``$KOSCHEI_NUMBA_CACHE_DIR``, else ``$NUMBA_CACHE_DIR`` when
+the user set one, else ``$XDG_CACHE_HOME/koschei/numba`` (``~/.cache/koschei/numba``).
+
+The checks are the slow path of the generated public functions: each function tests its
+arguments inline with a few cheap comparisons and calls these helpers only when a test fails, so
+that an error names the function, the argument, what it expected and what it got::
+
+    rmsnorm: x: expected dtype float32, got float64
+
+Helpers whose name starts with ``check_`` raise or return (the value was acceptable after all,
+e.g. an ndarray subclass); the others build the exception for the caller to raise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def numba_cache_dir() -> Path:
+    """Where compiled kernels are cached (see the module docstring for the order of choice)."""
+    chosen = os.environ.get("KOSCHEI_NUMBA_CACHE_DIR") or os.environ.get("NUMBA_CACHE_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home).expanduser() / "koschei" / "numba"
+
+
+CACHE_DIR = numba_cache_dir()
+os.environ["NUMBA_CACHE_DIR"] = str(CACHE_DIR)
+
+# Numba is imported only now, after NUMBA_CACHE_DIR is set.
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import config as _numba_config
+from numba.extending import intrinsic
+
+# Numba was imported earlier by someone else: its configuration is read, so set it directly.
+_numba_config.CACHE_DIR = str(CACHE_DIR)
+
+
+# --- describing what was passed -----------------------------------------------------------------
+
+
+def describe(value: Any) -> str:
+    """A short description of an argument for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {tuple(value.shape)}"
+    if value is None:
+        return "None"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _shape_with(shape_doc: str, dims: Mapping[str, int]) -> str:
+    if not dims:
+        return shape_doc
+    bound = ", ".join(f"{name}={size}" for name, size in dims.items())
+    return f"{shape_doc} with {bound}"
+
+
+# --- arrays -------------------------------------------------------------------------------------
+
+
+def check_array(function: str, name: str, value: Any, dtype: np.dtype, shape_doc: str, *,
+                ndim: int | None = None, min_ndim: int | None = None,
+                allow_empty: bool = False) -> None:
+    """Raise TypeError / ValueError unless ``value`` is a C-contiguous ndarray of ``dtype`` with
+    ``ndim`` dimensions (or at least ``min_ndim``), non-empty unless ``allow_empty``."""
+    prefix = f"{function}: {name}: expected"
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{prefix} a numpy.ndarray of {dtype} with shape {shape_doc}, "
+                        f"got {describe(value)}")
+    if value.dtype != dtype:
+        raise TypeError(f"{prefix} dtype {dtype}, got {value.dtype}")
+    if ndim is not None and value.ndim != ndim:
+        raise ValueError(f"{prefix} {ndim} dimension{'s' if ndim != 1 else ''} {shape_doc}, "
+                         f"got {value.ndim} (shape {tuple(value.shape)})")
+    if min_ndim is not None and value.ndim < min_ndim:
+        raise ValueError(f"{prefix} at least {min_ndim} dimension{'s' if min_ndim != 1 else ''} "
+                         f"{shape_doc}, got {value.ndim} (shape {tuple(value.shape)})")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"{prefix} a C-contiguous array, got strides {value.strides} "
+                         "(pass np.ascontiguousarray(...))")
+    if value.size == 0 and not allow_empty:
+        raise ValueError(f"{prefix} a non-empty array, got shape {tuple(value.shape)}")
+
+
+def dim_mismatch(function: str, name: str, value: np.ndarray, shape_doc: str,
+                 dims: Mapping[str, int], bound_by: str) -> ValueError:
+    """An input whose shape disagrees with dimensions another input already fixed."""
+    return ValueError(f"{function}: {name}: expected shape {_shape_with(shape_doc, dims)} "
+                      f"(from {bound_by}), got {tuple(value.shape)}")
+
+
+def leading_mismatch(function: str, name: str, value: np.ndarray, shape_doc: str,
+                     leading: tuple[int, ...], bound_by: str) -> ValueError:
+    return ValueError(f"{function}: {name}: expected shape {shape_doc} with leading dimensions "
+                      f"{leading} (from {bound_by}), got {tuple(value.shape)}")
+
+
+def constraint_failed(function: str, names: str, check: str, message: str,
+                      values: Mapping[str, Any]) -> ValueError:
+    got = ", ".join(f"{key}={value!r}" for key, value in values.items())
+    return ValueError(f"{function}: {names}: expected {check} ({message}), got {got}")
+
+
+def check_out(function: str, out: Any, dtype: np.dtype, shape: tuple[int, ...], shape_doc: str,
+              inputs: Mapping[str, np.ndarray]) -> None:
+    """Raise unless ``out`` is a writeable C-contiguous ndarray of ``dtype`` and ``shape`` that
+    shares no memory with the inputs."""
+    prefix = f"{function}: out: expected"
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{prefix} None or a numpy.ndarray of {dtype} with shape {shape}, "
+                        f"got {describe(out)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{prefix} dtype {dtype}, got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{prefix} shape {shape} {shape_doc}, got {tuple(out.shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{prefix} a C-contiguous array, got strides {out.strides}")
+    if not out.flags.writeable:
+        raise ValueError(f"{prefix} a writeable array, got a read-only one")
+    if not out.flags.aligned:
+        raise ValueError(f"{prefix} an aligned array, got an unaligned one")
+    for name, array in inputs.items():
+        if np.may_share_memory(out, array):
+            raise ValueError(f"{prefix} a buffer of its own, got one that overlaps the input "
+                             f"{name} (the kernel would read what it already overwrote)")
+
+
+# --- scalar parameters --------------------------------------------------------------------------
+
+
+def _type_error(function: str, name: str, expected: str, value: Any) -> TypeError:
+    return TypeError(f"{function}: {name}: expected {expected}, got {describe(value)}")
+
+
+def as_float(function: str, name: str, value: Any) -> float:
+    """``value`` as a Python float: floats, ints and NumPy reals are accepted, bools are not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise _type_error(function, name, "a float", value)
+    return float(value)
+
+
+def as_int(function: str, name: str, value: Any) -> int:
+    """``value`` as a Python int: ints and NumPy integers are accepted, bools and floats not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise _type_error(function, name, "an int", value)
+    return int(value)
+
+
+def as_bool(function: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _type_error(function, name, "True or False", value)
+    return bool(value)
+
+
+def as_str(function: str, name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _type_error(function, name, "a str", value)
+    return value
+
+
+def out_of_range(function: str, name: str, value: Any, expected: str) -> ValueError:
+    """``expected`` reads like ``> 0``, ``>= 1``, ``<= 64`` or ``one of ('a', 'b')``."""
+    return ValueError(f"{function}: {name}: expected {expected}, got {value!r}")
+
+
+# --- bit patterns -------------------------------------------------------------------------------
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the low 32 bits of the integer ``bits``.
+
+    Used by kernels to build 2**k for a vectorizable exp (LLVM turns it into one register move)."""
+    if not isinstance(bits, numba.types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        elif bits.bitwidth < 32:
+            value = builder.sext(value, ir.IntType(32)) if bits.signed else \
+                builder.zext(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return numba.types.float32(bits), codegen
+
+
+# --- threads ------------------------------------------------------------------------------------
+
+
+def max_threads() -> int:
+    """The most threads the kernels can use (Numba's pool, sized when Numba starts)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def get_threads() -> int:
+    """The threads parallel kernels use now (in this thread)."""
+    return int(numba.get_num_threads())
+
+
+def set_threads(count: int) -> None:
+    """Let parallel kernels use ``count`` threads (1 .. max_threads()) from now on."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"set_threads: count: expected an int, got {describe(count)}")
+    if not 1 <= count <= max_threads():
+        raise ValueError(f"set_threads: count: expected 1 .. {max_threads()}, got {count}")
+    numba.set_num_threads(count)
+
+
+@contextmanager
+def threads(count: int) -> Iterator[int]:
+    """Run the block with ``count`` threads, then restore the previous count."""
+    before = get_threads()
+    set_threads(count)
+    try:
+        yield count
+    finally:
+        numba.set_num_threads(before)
