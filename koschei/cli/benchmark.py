@@ -1,0 +1,202 @@
+"""`koschei benchmark`: measure the engine against NumPy, PyTorch and this machine's roofline."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from koschei.cli.app import command
+from koschei.cli.common import (
+    JsonOption,
+    RichProgress,
+    RootOption,
+    finish,
+    handle_errors,
+    workspace,
+)
+
+BAR_WIDTH = 24
+TABLE_WIDTH = 120  # columns of the table when stdout is not a terminal
+PARTIAL_BLOCKS = " ▏▎▍▌▋▊▉"
+VERDICT_STYLES = {"ok": "green", "wrong": "bold red", "error": "red", "regression": "bold red"}
+
+
+@command("benchmark", seed_name="benchmark",
+         summary="Measure each implemented spec's bench cases against NumPy, PyTorch and this "
+                 "machine's memory bandwidth and peak FLOP/s (exit 1 on a wrong result or a "
+                 "significant regression beyond --fail-on-regression).",
+         example="koschei benchmark --select rmsnorm --compare latest")
+def benchmark(
+    root: RootOption = None,
+    json_output: JsonOption = False,
+    select: Annotated[list[str] | None, typer.Option(
+        "--select", "-k", help="Only this spec (repeat for more, or separate with commas).",
+        show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="Threads for Numba, PyTorch and BLAS alike (default: all cores).",
+        show_default=False)] = None,
+    budget: Annotated[float, typer.Option(
+        "--budget", help="Timing budget per case, in seconds.")] = 2.0,
+    recalibrate: Annotated[bool, typer.Option(
+        "--recalibrate", help="Measure STREAM bandwidth and sgemm FLOP/s again for this machine.",
+    )] = False,
+    compare: Annotated[str | None, typer.Option(
+        "--compare", help="Compare with an earlier run: 'latest' or a run id.",
+        show_default=False)] = None,
+    fail_on_regression: Annotated[float | None, typer.Option(
+        "--fail-on-regression", metavar="PCT",
+        help="Exit 1 when a case is slower than the compared run by more than PCT percent and the "
+             "difference is significant (Mann-Whitney U, p < 0.01).", show_default=False)] = None,
+) -> None:
+    with handle_errors():
+        from koschei.phases import benchmark as phase
+        from koschei.runs import RunRecord
+
+        names = [name.strip() for item in select or [] for name in item.split(",") if name.strip()]
+        root_workspace = workspace(root)
+        record = RunRecord.create(root_workspace, "benchmark")
+        options = phase.Options(select=names or None, threads=threads, budget_s=budget,
+                                record_dir=record.dir, recalibrate=recalibrate, compare=compare,
+                                fail_on_regression=fail_on_regression)
+        result = phase.run(root_workspace, options, RichProgress())
+        record.save_phase("benchmark", result)
+        finish(result, json_output, render)
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g}{unit}"
+    return f"{seconds / 1e-9:.3g}ns"
+
+
+def format_timing(timing: Any, *, spread: bool = False) -> str:
+    """Median time, with the interquartile range as a percentage of it when ``spread``."""
+    if timing is None:
+        return "—"
+    text = format_seconds(timing.median_s)
+    if spread and timing.median_s:
+        text += f" ±{timing.iqr_s / timing.median_s * 100:.0f}%"
+    return text
+
+
+def format_ratio(value: float | None) -> Text:
+    if value is None or not math.isfinite(value):
+        return Text("—", style="dim")
+    return Text(f"{value:.2f}×", style="green" if value >= 1.0 else "red")
+
+
+def format_change(compare: dict[str, Any] | None) -> Text:
+    if not compare:
+        return Text("—", style="dim")
+    style = {"slower": "red", "faster": "green"}.get(compare["status"], "dim")
+    mark = "*" if compare["status"] in ("slower", "faster") else ""
+    return Text(f"{compare['change_pct']:+.0f}%{mark}", style=style)
+
+
+def speedup_bar(value: float | None, scale: float) -> Text:
+    """A bar proportional to ``value`` on a scale where ``scale`` fills BAR_WIDTH cells."""
+    if value is None or not math.isfinite(value) or scale <= 0:
+        return Text("")
+    eighths = max(1, round(value / scale * BAR_WIDTH * 8))
+    full, partial = divmod(min(eighths, BAR_WIDTH * 8), 8)
+    bar = "█" * full + (PARTIAL_BLOCKS[partial] if partial else "")
+    return Text(bar, style="green" if value >= 1.0 else "red")
+
+
+def print_wide(console: Console, renderable: Any) -> None:
+    """Print ``renderable``; a log or a pipe has no width of its own, so a table is not squeezed
+    into the 80 columns rich assumes there."""
+    if console.is_terminal or console.width >= TABLE_WIDTH:
+        console.print(renderable)
+        return
+    width = console.width
+    console.width = TABLE_WIDTH
+    try:
+        console.print(renderable)
+    finally:
+        console.width = width
+
+
+def render(result: Any, console: Console) -> None:
+    calibration = result.calibration
+    console.print(
+        f"[bold]benchmark[/bold] · {result.threads} thread(s) · roofline: STREAM triad "
+        f"{calibration['stream_triad_gbs']:.1f} GB/s, sgemm {calibration['sgemm_gflops']:.1f} "
+        f"GFLOP/s · fingerprint {result.fingerprint}", highlight=False)
+    comparing = result.compared_with is not None
+    table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
+                  collapse_padding=True)
+    table.add_column("case", no_wrap=True)
+    table.add_column("engine ±IQR", justify="right", no_wrap=True)
+    table.add_column("numpy", justify="right", no_wrap=True)
+    table.add_column("torch", justify="right", no_wrap=True)
+    table.add_column("GB/s", justify="right")
+    table.add_column("roofline", justify="right", no_wrap=True)
+    table.add_column("×NumPy", justify="right")
+    table.add_column("×PyTorch", justify="right")
+    if comparing:
+        table.add_column("Δ", justify="right")
+    table.add_column("verdict")
+    for case in result.cases:
+        contenders = case.contenders
+        roofline = "—"
+        if case.roofline_fraction is not None:
+            roofline = f"{case.roofline_fraction * 100:.0f}% {case.bound[:3]}"
+        row: list[Any] = [
+            f"{case.spec}/{case.case}",
+            format_timing(contenders.get("engine"), spread=True),
+            format_timing(contenders.get("numpy")),
+            format_timing(contenders.get("torch")),
+            f"{case.gbs:.1f}" if case.gbs is not None else "—",
+            roofline,
+            format_ratio(case.speedup_vs_numpy),
+            format_ratio(case.speedup_vs_torch),
+        ]
+        if comparing:
+            row.append(format_change(case.compare))
+        row.append(Text(case.verdict, style=VERDICT_STYLES.get(case.verdict, "")))
+        table.add_row(*row)
+    print_wide(console, table)
+    if comparing:
+        console.print(f"[dim]Δ: engine median against run {result.compared_with}; * marks a "
+                      "change beyond the threshold, significant (Mann-Whitney p < 0.01) in "
+                      "absolute time and relative to NumPy[/dim]", highlight=False)
+
+    measured = [c for c in result.cases if c.speedup_vs_numpy is not None]
+    if measured:
+        speedups = [c.speedup_vs_numpy for c in measured]
+        speedups += [c.speedup_vs_torch for c in measured if c.speedup_vs_torch is not None]
+        scale = max([1.0, *[s for s in speedups if math.isfinite(s)]])
+        width = max(len(f"{c.spec}/{c.case}") for c in measured)
+        console.print(f"\n[bold]engine speedup[/bold] (full bar = {scale:.2f}×)")
+        for case in measured:
+            for label, value in (("numpy", case.speedup_vs_numpy),
+                                 ("torch", case.speedup_vs_torch)):
+                if value is None:
+                    continue
+                line = Text(f"{case.spec}/{case.case}".ljust(width) + f"  vs {label}  ")
+                line.append_text(speedup_bar(value, scale))
+                line.append(f" {value:.2f}×")
+                console.print(line)
+
+    for case in result.cases:
+        if case.verdict != "ok":
+            console.print(Text(f"{case.spec}/{case.case}: {case.verdict}: {case.error}",
+                               style=VERDICT_STYLES.get(case.verdict, "")))
+        for note in case.notes:
+            console.print(f"[dim]{case.spec}/{case.case}: {note}[/dim]", highlight=False)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/dim]", highlight=False)
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
+    console.print(f"{len(result.cases)} case(s): {counts or 'none'}", highlight=False)

@@ -1,0 +1,755 @@
+"""The benchmark phase: each implemented spec's bench cases against NumPy, PyTorch and the roofline.
+
+For every case: inputs are drawn from a seeded generator (float inputs standard normal, integer
+inputs uniform in their declared range), the engine runs once (compilation, never timed) into a
+preallocated ``out=`` buffer and that output is compared with the spec's NumPy reference at the
+spec's tolerance. A mismatch makes the case "wrong" and it is not timed. Otherwise the contenders
+(engine with ``out=``, the NumPy reference, the spec's PyTorch equivalent when torch is
+importable) are warmed up and then timed interleaved, round by round, with the order rotating
+each round, many calls per sample for tiny cases (a sample lasts at least ~1 ms), until the
+per-case budget runs out or every median is stable. Numba, PyTorch and NumPy's BLAS run on the
+same thread count.
+
+Derived figures use the spec's ``bench.bytes`` and ``bench.flops`` formulas and this machine's
+calibration (``koschei.calibration``): GB/s, GFLOP/s, arithmetic intensity, and the roofline
+fraction ``achieved / min(peak_flops, intensity * bandwidth)``, with the bound that applies.
+Speedups are medians of the per-round time ratios (the contenders of one round ran back to back).
+
+With ``compare``, each case's engine samples are tested against an earlier run's with a one-sided
+Mann-Whitney U test, both as absolute times and relative to the NumPy reference of the same round
+(which cancels drift of the machine between runs); a regression is slower by more than
+``fail_on_regression`` percent AND significant at p < 0.01, in both views.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+from koschei import calibration as machine_calibration
+from koschei import machine
+from koschei.errors import UsageError
+from koschei.phases.base import Progress, Result, SilentProgress
+from koschei.workspace import Workspace
+
+Verdict = Literal["ok", "wrong", "error", "regression"]
+
+SAMPLE_MIN_S = 1e-3  # a timed sample (a batch of calls) lasts at least this long
+WARM_UP_S = 5e-3  # each contender is called for this long before timing (at least once)
+MIN_ROUNDS = 5  # even past the budget: a median, and a U test that can reach p < 0.01
+STABLE_ROUNDS = 10  # rounds before a stable median may end the case early
+STABLE_RELATIVE_IQR = 0.02  # a median is stable when IQR / median is at most this
+MAX_ROUNDS = 2000
+MAX_BATCH = 100_000
+SIGNIFICANCE_P = 0.01
+DEFAULT_CHANGE_THRESHOLD_PCT = 5.0  # labels faster/slower when no regression gate is given
+FLOAT_DTYPES = ("float32", "float64")
+
+
+@dataclass
+class Options:
+    select: list[str] | None = None  # spec names; None: every implemented spec
+    threads: int | None = None  # None: all cores
+    budget_s: float = 2.0  # timing budget per case
+    record_dir: Path | None = None  # the run record this benchmark belongs to
+    recalibrate: bool = False
+    compare: str | None = None  # "latest" or a run id
+    fail_on_regression: float | None = None  # percent
+
+
+@dataclass
+class ContenderTiming:
+    median_s: float
+    iqr_s: float
+    rounds: int
+    batch: int  # calls per sample
+    min_s: float
+    samples_s: list[float]  # one per round: seconds per call, averaged over the batch
+
+    @property
+    def relative_iqr(self) -> float:
+        return self.iqr_s / self.median_s if self.median_s > 0 else math.inf
+
+
+@dataclass
+class CaseResult:
+    spec: str
+    case: str
+    verdict: Verdict
+    error: str | None = None
+    dims: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    contenders: dict[str, ContenderTiming] = field(default_factory=dict)
+    stopped: str | None = None  # "stable" | "budget" | "max_rounds"
+    max_abs_error: float | None = None  # engine vs reference, on the measured inputs
+    bytes: float | None = None
+    flops: float | None = None
+    gbs: float | None = None
+    gflops: float | None = None
+    intensity: float | None = None  # FLOP per byte
+    bound: Literal["memory", "compute"] | None = None
+    roofline_fraction: float | None = None
+    speedup_vs_numpy: float | None = None
+    speedup_vs_torch: float | None = None
+    compare: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchmarkResult(Result):
+    threads: int
+    fingerprint: str
+    machine: dict[str, Any]
+    calibration: dict[str, Any]
+    thread_control: dict[str, Any]
+    started_at: str
+    budget_s: float
+    load_average: float | None  # 1-minute load when the benchmark started
+    compared_with: str | None = None
+    fail_on_regression: float | None = None
+    cases: list[CaseResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """False when any case is wrong, a gated regression, or could not be measured (error)."""
+        return all(case.verdict == "ok" for case in self.cases)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for case in self.cases:
+            counts[case.verdict] = counts.get(case.verdict, 0) + 1
+        return counts
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def case_label(case: Any) -> str:
+    """A case's name, or its sizes joined with "x" (``{"...": [4096], "d": 768}`` -> 4096x768)."""
+    if case.name:
+        return case.name
+    sizes: list[str] = []
+    for value in case.dims.values():
+        sizes.extend(str(v) for v in (value if isinstance(value, list) else [value]))
+    return "x".join(sizes)
+
+
+def formula_names(case: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Names a ``bench.bytes`` / ``bench.flops`` formula or a shape expression may use.
+
+    The case's named dimensions, its parameters, and for leading ``"..."`` dimensions ``rows``
+    (their product) and ``lead`` (how many there are).
+    """
+    names: dict[str, Any] = {}
+    for key, value in case.dims.items():
+        if key == "...":
+            leading = list(value) if isinstance(value, list) else [value]
+            names["rows"] = int(np.prod(leading)) if leading else 1
+            names["lead"] = len(leading)
+        else:
+            names[key] = value
+    for key, value in params.items():
+        if isinstance(value, (bool, int, float)):
+            names[key] = value
+    return names
+
+
+def _evaluate(expression: str, names: dict[str, Any]) -> int | float:
+    from koschei.specs.expr import evaluate
+
+    return evaluate(expression, names)
+
+
+def resolve_shape(shape: list[Any], case: Any, names: dict[str, Any]) -> tuple[int, ...]:
+    sizes: list[int] = []
+    for dim in shape:
+        if isinstance(dim, int):
+            sizes.append(dim)
+        elif dim == "...":
+            leading = case.dims.get("...", [])
+            sizes.extend(int(v) for v in (leading if isinstance(leading, list) else [leading]))
+        elif dim in case.dims:
+            sizes.append(int(case.dims[dim]))
+        else:
+            sizes.append(int(_evaluate(str(dim), names)))
+    return tuple(sizes)
+
+
+def case_params(spec: Any, case: Any) -> dict[str, Any]:
+    """The case's parameters over the spec's defaults (unset optional parameters are left out)."""
+    params: dict[str, Any] = {}
+    for param in spec.signature.params:
+        if param.name in case.params:
+            params[param.name] = case.params[param.name]
+        elif param.default is not None:
+            params[param.name] = param.default
+    unknown = sorted(set(case.params) - {p.name for p in spec.signature.params})
+    if unknown:
+        raise ValueError(f"bench case sets unknown parameters: {', '.join(unknown)}")
+    return params
+
+
+def draw_input(rng: np.random.Generator, arg: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Float inputs standard normal; integer inputs uniform in ``arg.range``; bool fair coins."""
+    dtype = np.dtype(arg.dtype)
+    if arg.dtype in FLOAT_DTYPES:
+        return rng.standard_normal(shape, dtype=dtype)
+    if arg.dtype == "bool":
+        return rng.random(shape) < 0.5
+    if arg.range is None:
+        raise ValueError(f"integer input {arg.name!r} has no range to draw values from")
+    low, high = math.ceil(arg.range[0]), math.floor(arg.range[1])
+    return rng.integers(low, max(high, low + 1), size=shape, dtype=dtype)
+
+
+def case_seed(spec_name: str, label: str) -> int:
+    return zlib.crc32(f"{spec_name}/{label}".encode())
+
+
+# --- contenders ---------------------------------------------------------------------------------
+
+
+_loaded_stamps: dict[Path, int] = {}  # engine module file -> mtime_ns when it was imported
+
+
+def load_engine_module(workspace: Workspace, name: str) -> ModuleType:
+    """The workspace's ``koschei/engine/<name>.py``, imported as ``koschei.engine.<name>``.
+
+    The workspace's engine folder is put first on the engine package's path (so a workspace made
+    by ``koschei init`` measures its own modules), and a module whose file changed since it was
+    imported (a cycle regenerates modules between benchmarks) is imported again.
+    """
+    import koschei.engine
+
+    path = (workspace.engine_dir / f"{name}.py").resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{workspace.relative(path)} does not exist: "
+                                "run `koschei code-generate` first")
+    koschei.engine.use_workspace(workspace.root)
+    module = importlib.import_module(f"koschei.engine.{name}")
+    origin = Path(getattr(module, "__file__", "") or "").resolve()
+    if origin != path:
+        raise ImportError(f"koschei.engine.{name} was imported from {origin}, not {path}")
+    stamp = path.stat().st_mtime_ns
+    if _loaded_stamps.setdefault(path, stamp) != stamp:
+        module = importlib.reload(module)
+        _loaded_stamps[path] = stamp
+    return module
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_torch_reference(source: str, origin: str) -> Callable[..., Any]:
+    import torch
+
+    namespace: dict[str, Any] = {"torch": torch, "np": np, "__name__": "torch_reference_source"}
+    exec(compile(source, f"<{origin}: tests.torch>", "exec"), namespace)  # noqa: S102
+    function = namespace.get("torch_reference")
+    if not callable(function):
+        raise TypeError(f"{origin}: tests.torch does not define torch_reference(...)")
+    return function
+
+
+def compare_outputs(actual: Any, expected: Any, rtol: float, atol: float,
+                    ) -> tuple[bool, float | None, str]:
+    """Whether ``actual`` matches ``expected`` within tolerance, the largest finite absolute
+    error (None when there is none to measure), and the reason when it does not match."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return False, None, f"shape {actual.shape} != reference shape {expected.shape}"
+    if actual.size == 0:
+        return True, 0.0, ""
+    difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    finite = difference[np.isfinite(difference)]
+    max_abs_error = float(finite.max()) if finite.size else None
+    close = np.isclose(actual.astype(np.float64), expected.astype(np.float64), rtol=rtol,
+                       atol=atol, equal_nan=True)
+    if close.all():
+        return True, max_abs_error, ""
+    bad = int((~close).sum())
+    first = tuple(int(i) for i in np.argwhere(~close)[0])
+    return False, max_abs_error, (
+        f"{bad} of {close.size} elements differ beyond rtol={rtol}, atol={atol} "
+        f"(max abs error {max_abs_error if max_abs_error is None else f'{max_abs_error:.3g}'}; first at {first}: "
+        f"{float(actual[first]):.6g} vs {float(expected[first]):.6g})")
+
+
+def tolerance_for(spec: Any) -> tuple[float, float]:
+    tolerances = spec.tests.tolerance
+    chosen = tolerances.get("float32") or tolerances.get(spec.signature.output.dtype)
+    if chosen is None:
+        return 0.0, 0.0
+    return chosen.rtol, chosen.atol
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def _time_batch(call: Callable[[], Any], batch: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(batch):
+        call()
+    return (time.perf_counter_ns() - start) / 1e9 / batch
+
+
+def _warm_up(call: Callable[[], Any]) -> None:
+    """Call until WARM_UP_S has passed (at least once): caches, thread pools, lazy set-up."""
+    deadline = time.perf_counter() + WARM_UP_S
+    call()
+    while time.perf_counter() < deadline:
+        call()
+
+
+def _batch_size(call: Callable[[], Any]) -> int:
+    """Calls per sample so that one sample lasts at least SAMPLE_MIN_S: grown like timeit's
+    autorange, each size judged by the fastest of three timings (one preempted call must not
+    leave the samples too short) unless a single timing is already far beyond the minimum."""
+    batch = 1
+    while True:
+        per_call = _time_batch(call, batch)
+        if per_call * batch < 20 * SAMPLE_MIN_S:
+            per_call = min(per_call, _time_batch(call, batch), _time_batch(call, batch))
+        if per_call * batch >= SAMPLE_MIN_S or batch >= MAX_BATCH:
+            break
+        grow = SAMPLE_MIN_S / max(per_call * batch, 1e-9)
+        batch = min(MAX_BATCH, max(batch * 2, math.ceil(batch * min(grow * 1.1, 100))))
+    return int(min(MAX_BATCH, max(batch, math.ceil(SAMPLE_MIN_S / max(per_call, 1e-9)))))
+
+
+def _relative_iqr(samples: list[float]) -> float:
+    q25, median, q75 = np.percentile(samples, [25, 50, 75])
+    return float((q75 - q25) / median) if median > 0 else math.inf
+
+
+def _summarize(samples: list[float], batch: int) -> ContenderTiming:
+    values = np.asarray(samples)
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    return ContenderTiming(median_s=float(median), iqr_s=float(q75 - q25), rounds=len(samples),
+                           batch=batch, min_s=float(values.min()),
+                           samples_s=[float(v) for v in samples])
+
+
+def measure_interleaved(contenders: dict[str, Callable[[], Any]], budget_s: float,
+                        ) -> tuple[dict[str, ContenderTiming], str]:
+    """Warm up, then time the contenders round by round (rotating order) until the budget is spent
+    or every median is stable. Returns the timings and why it stopped."""
+    names = list(contenders)
+    started = time.perf_counter()
+    for name in names:
+        _warm_up(contenders[name])
+    batches = {name: _batch_size(contenders[name]) for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        rounds = 0
+        while True:
+            shift = rounds % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(_time_batch(contenders[name], batches[name]))
+            rounds += 1
+            if rounds >= STABLE_ROUNDS and all(
+                    _relative_iqr(samples[n]) <= STABLE_RELATIVE_IQR for n in names):
+                stopped = "stable"
+                break
+            if rounds >= MIN_ROUNDS and time.perf_counter() - started >= budget_s:
+                stopped = "budget"
+                break
+            if rounds >= MAX_ROUNDS:
+                stopped = "max_rounds"
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: _summarize(samples[name], batches[name]) for name in names}, stopped
+
+
+def paired_speedup(baseline: ContenderTiming, engine: ContenderTiming) -> float | None:
+    """Median over rounds of baseline time / engine time (both ran in the same round)."""
+    ratios = [b / e for b, e in zip(baseline.samples_s, engine.samples_s, strict=True) if e > 0]
+    return float(np.median(ratios)) if ratios else None
+
+
+@contextmanager
+def _no_autograd(use_torch: bool) -> Iterator[None]:
+    """PyTorch without autograd bookkeeping for the whole timing (it is inference)."""
+    if not use_torch:
+        yield
+        return
+    import torch
+
+    with torch.inference_mode():
+        yield
+
+
+# --- one case -----------------------------------------------------------------------------------
+
+
+def derive(result: CaseResult, bytes_formula: str, flops_formula: str, names: dict[str, Any],
+           calibration: machine_calibration.Calibration) -> None:
+    """Bytes, FLOPs, GB/s, GFLOP/s, intensity and the roofline fraction from the engine median."""
+    seconds = result.contenders["engine"].median_s
+    moved = float(_evaluate(bytes_formula, names))
+    operations = float(_evaluate(flops_formula, names))
+    result.bytes, result.flops = moved, operations
+    result.gbs = moved / seconds / 1e9
+    result.gflops = operations / seconds / 1e9
+    bandwidth, peak = calibration.bandwidth_bytes_per_s, calibration.peak_flops_per_s
+    result.intensity = operations / moved if moved > 0 else None
+    if result.intensity is not None and result.intensity * bandwidth < peak:
+        # attainable = intensity * bandwidth, so achieved/attainable is achieved bytes/s over
+        # bandwidth (which also holds for kernels that do no floating-point work)
+        result.bound = "memory"
+        result.roofline_fraction = moved / seconds / bandwidth
+        if result.roofline_fraction > 1:
+            result.notes.append("above the memory roofline: the working set is served from "
+                                "cache, or the calibration is low (koschei benchmark "
+                                "--recalibrate measures it again)")
+    else:
+        result.bound = "compute"
+        result.roofline_fraction = operations / seconds / peak
+
+
+def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
+             calibration: machine_calibration.Calibration, use_torch: bool,
+             progress: Progress) -> CaseResult:
+    spec = loaded.spec
+    label = case_label(case)
+    result = CaseResult(spec=spec.name, case=label, verdict="error")
+    try:
+        params = case_params(spec, case)
+        result.params = dict(params)
+        result.dims = dict(case.dims)
+        names = formula_names(case, params)
+        rng = np.random.default_rng(case_seed(spec.name, label))
+        inputs = [draw_input(rng, arg, resolve_shape(arg.shape, case, names))
+                  for arg in spec.signature.inputs]
+        output = spec.signature.output
+        out = np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
+        module = load_engine_module(workspace, spec.name)
+        engine = getattr(module, spec.name)
+        reference = module.reference
+    except Exception as error:  # noqa: BLE001 - reported per case, the run goes on
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+
+    progress.step(f"benchmark {spec.name}/{label}: compiling and checking against the reference")
+    try:
+        engine(*inputs, out=out, **params)  # compiles (never timed)
+        expected = reference(*inputs, **params)
+    except Exception as error:  # noqa: BLE001
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+    rtol, atol = tolerance_for(spec)
+    matches, max_abs_error, reason = compare_outputs(out, expected, rtol, atol)
+    result.max_abs_error = max_abs_error
+    if not matches:
+        result.verdict = "wrong"
+        result.error = f"engine output does not match the reference: {reason}"
+        return result
+
+    contenders: dict[str, Callable[[], Any]] = {
+        "engine": lambda: engine(*inputs, out=out, **params),
+        "numpy": lambda: reference(*inputs, **params),
+    }
+    if use_torch and spec.tests.torch:
+        try:
+            import torch
+
+            torch_reference = load_torch_reference(spec.tests.torch, loaded.relpath)
+            torch_inputs = [torch.from_numpy(array) for array in inputs]
+            with torch.inference_mode():
+                torch_output = torch_reference(*torch_inputs, **params)
+            torch_matches, _, torch_reason = compare_outputs(
+                torch_output.detach().numpy(), expected, rtol, atol)
+            if torch_matches:
+                contenders["torch"] = lambda: torch_reference(*torch_inputs, **params)
+            else:
+                result.notes.append(f"torch left out: it disagrees with the reference: "
+                                    f"{torch_reason}")
+        except Exception as error:  # noqa: BLE001
+            result.notes.append(f"torch left out: {type(error).__name__}: {error}")
+
+    progress.step(f"benchmark {spec.name}/{label}: timing {', '.join(contenders)}")
+    try:
+        with _no_autograd(use_torch):
+            timings, stopped = measure_interleaved(contenders, budget_s)
+        result.contenders, result.stopped = timings, stopped
+        # the measured engine path must still produce the checked result
+        matches, _, reason = compare_outputs(out, expected, rtol, atol)
+        if not matches:
+            result.verdict = "wrong"
+            result.error = f"engine output changed while timing: {reason}"
+            result.contenders = {}
+            return result
+        result.speedup_vs_numpy = paired_speedup(timings["numpy"], timings["engine"])
+        if "torch" in timings:
+            result.speedup_vs_torch = paired_speedup(timings["torch"], timings["engine"])
+        if spec.bench is not None:
+            derive(result, spec.bench.bytes, spec.bench.flops, names, calibration)
+    except Exception as error:  # noqa: BLE001
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+    result.verdict = "ok"
+    return result
+
+
+# --- history ------------------------------------------------------------------------------------
+
+
+def _benchmark_payload(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(data, dict) and "cases" not in data and isinstance(data.get("result"), dict):
+        data = data["result"]
+    return data if isinstance(data, dict) and isinstance(data.get("cases"), list) else None
+
+
+def earlier_runs(runs_dir: Path, exclude: Path | None) -> list[tuple[str, Path, dict[str, Any]]]:
+    """Runs with benchmark results, oldest first: (run id, folder, benchmark result)."""
+    found: list[tuple[str, str, Path, dict[str, Any]]] = []
+    if not runs_dir.is_dir():
+        return []
+    excluded = exclude.resolve() if exclude is not None else None
+    for folder in runs_dir.iterdir():
+        if not folder.is_dir() or folder.name == "calibration" or folder.resolve() == excluded:
+            continue
+        payload = _benchmark_payload(folder / "benchmark.json")
+        if payload is None:
+            continue
+        started = str(payload.get("started_at") or "")
+        found.append((started, folder.name, folder, payload))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [(name, folder, payload) for _, name, folder, payload in found]
+
+
+def load_baseline(workspace: Workspace, compare: str, exclude: Path | None,
+                  ) -> tuple[str, dict[str, Any]] | None:
+    """The earlier run to compare with: ``latest`` or a run id. None: no earlier run exists."""
+    runs = earlier_runs(workspace.runs_dir, exclude)
+    if compare == "latest":
+        return (runs[-1][0], runs[-1][2]) if runs else None
+    for name, _, payload in runs:
+        if name == compare:
+            return name, payload
+    available = ", ".join(name for name, _, _ in runs[-5:]) or "none"
+    raise UsageError(f"--compare {compare}: no run {compare!r} with benchmark results in "
+                     f"{workspace.relative(workspace.runs_dir)}/ (latest runs: {available})",
+                     hint="pass --compare latest or one of the run ids above")
+
+
+def mann_whitney_p(samples: list[float], baseline: list[float], alternative: str) -> float:
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError:
+        raise UsageError("--compare needs scipy for its significance test (Mann-Whitney U), "
+                         "and scipy is not installed", hint="pip install scipy") from None
+    return float(mannwhitneyu(samples, baseline, alternative=alternative).pvalue)
+
+
+def _change(now: list[float], before: list[float], threshold_pct: float) -> dict[str, Any]:
+    """How ``now`` differs from ``before``: ratio of medians, percent change, one-sided
+    Mann-Whitney p-value in the direction of the change, and the direction when it is both
+    beyond ``threshold_pct`` and significant ("slower", "faster", else "unchanged")."""
+    ratio = float(np.median(now) / np.median(before))
+    change_pct = (ratio - 1.0) * 100.0
+    p_value = None
+    if len(now) >= 2 and len(before) >= 2:
+        p_value = mann_whitney_p(now, before, "greater" if ratio >= 1.0 else "less")
+    significant = p_value is not None and p_value < SIGNIFICANCE_P
+    direction = "unchanged"
+    if significant and change_pct > threshold_pct:
+        direction = "slower"
+    elif significant and change_pct < -threshold_pct:
+        direction = "faster"
+    return {"ratio": ratio, "change_pct": change_pct, "p_value": p_value,
+            "significant": significant, "direction": direction}
+
+
+def _per_round_ratios(contenders: dict[str, Any], numerator: str, denominator: str,
+                      ) -> list[float] | None:
+    def samples(name: str) -> list[float]:
+        timing = contenders.get(name)
+        values = timing.samples_s if isinstance(timing, ContenderTiming) else \
+            (timing or {}).get("samples_s") or []
+        return [float(v) for v in values]
+
+    top, bottom = samples(numerator), samples(denominator)
+    if not top or len(top) != len(bottom):
+        return None
+    return [t / b for t, b in zip(top, bottom, strict=True) if b > 0]
+
+
+def compare_case(case: CaseResult, previous: dict[str, Any] | None, run_id: str,
+                 threshold_pct: float) -> dict[str, Any] | None:
+    """The engine against the same case of an earlier run.
+
+    Two views of the change: the engine's own per-round times, and its per-round times relative
+    to the NumPy reference of the same round, which cancels drift of the machine itself (load,
+    clock) between the runs. A case is "slower" or "faster" only when both views agree (beyond
+    the threshold, each significant); a change seen in absolute times only is drift.
+    """
+    if previous is None or case.verdict != "ok":
+        return None
+    contenders_before = previous.get("contenders") or {}
+    before = contenders_before.get("engine")
+    if not before or not before.get("samples_s"):
+        return None
+    absolute = _change(case.contenders["engine"].samples_s,
+                       [float(v) for v in before["samples_s"]], threshold_pct)
+    relative = None
+    now_ratios = _per_round_ratios(case.contenders, "engine", "numpy")
+    before_ratios = _per_round_ratios(contenders_before, "engine", "numpy")
+    if now_ratios and before_ratios:
+        relative = _change(now_ratios, before_ratios, threshold_pct)
+    status = absolute["direction"]
+    if relative is not None and relative["direction"] != status:
+        status = "unchanged"
+    return {"run": run_id, "previous_median_s": float(before.get("median_s") or
+                                                      np.median(before["samples_s"])),
+            "ratio": absolute["ratio"], "change_pct": absolute["change_pct"],
+            "p_value": absolute["p_value"], "significant": absolute["significant"],
+            "relative_to_numpy": relative, "threshold_pct": threshold_pct, "status": status}
+
+
+def check_comparable(run_id: str, baseline: dict[str, Any], fingerprint: str,
+                     threads: int) -> None:
+    """Refuse a comparison across machines, software versions or thread counts."""
+    if baseline.get("fingerprint") != fingerprint:
+        raise UsageError(
+            f"cannot compare with run {run_id}: it was measured on another machine or software "
+            f"(fingerprint {baseline.get('fingerprint')} vs this machine's {fingerprint})",
+            hint="compare with a run made on this machine with these numpy/numba/torch versions")
+    if baseline.get("threads") != threads:
+        raise UsageError(
+            f"cannot compare with run {run_id}: it ran on {baseline.get('threads')} threads, "
+            f"this run on {threads}", hint=f"rerun with --threads {baseline.get('threads')}")
+
+
+def apply_comparison(result: BenchmarkResult, run_id: str, baseline: dict[str, Any],
+                     fail_on_regression: float | None) -> None:
+    check_comparable(run_id, baseline, result.fingerprint, result.threads)
+    threshold = fail_on_regression if fail_on_regression is not None else \
+        DEFAULT_CHANGE_THRESHOLD_PCT
+    previous_cases = {(c.get("spec"), c.get("case")): c for c in baseline["cases"]}
+    for case in result.cases:
+        case.compare = compare_case(case, previous_cases.get((case.spec, case.case)), run_id,
+                                    threshold)
+        if fail_on_regression is not None and case.compare and case.compare["status"] == "slower":
+            case.verdict = "regression"
+            relative = case.compare["relative_to_numpy"]
+            against_numpy = (f"; {relative['change_pct']:+.1f}% relative to NumPy, "
+                             f"p = {relative['p_value']:.2g}" if relative else "")
+            case.error = (f"{case.compare['change_pct']:+.1f}% slower than run {run_id} "
+                          f"(p = {case.compare['p_value']:.2g}{against_numpy}), beyond the "
+                          f"{fail_on_regression:g}% gate")
+    result.compared_with = run_id
+
+
+# --- the phase ----------------------------------------------------------------------------------
+
+
+def select_specs(spec_set: Any, select: list[str] | None) -> list[Any]:
+    implemented = [loaded for loaded in spec_set.implemented() if loaded.spec.bench is not None]
+    if not select:
+        return implemented
+    by_name = {loaded.spec.name: loaded for loaded in implemented}
+    unknown = [name for name in select if name not in by_name]
+    if unknown:
+        planned = [n for n in unknown if n in set(spec_set.names())]
+        detail = (f" ({', '.join(planned)}: planned or without bench cases)" if planned else "")
+        raise UsageError(f"--select: no benchmarkable spec named {', '.join(unknown)}{detail}",
+                         hint=f"benchmarkable specs: {', '.join(sorted(by_name)) or 'none'}")
+    return [by_name[name] for name in dict.fromkeys(select)]
+
+
+def run(workspace: Workspace, options: Options, progress: Progress | None = None,
+        ) -> BenchmarkResult:
+    from koschei.specs import load_specs
+
+    progress = progress or SilentProgress()
+    if options.budget_s <= 0:
+        raise UsageError(f"--budget must be positive, got {options.budget_s}")
+    if options.fail_on_regression is not None and options.fail_on_regression < 0:
+        raise UsageError(f"--fail-on-regression must be a percentage >= 0, "
+                         f"got {options.fail_on_regression}")
+    if options.fail_on_regression is not None and options.compare is None:
+        raise UsageError("--fail-on-regression needs --compare (latest or a run id)")
+    chosen = select_specs(load_specs(workspace), options.select)
+    threads = machine_calibration.resolve_threads(options.threads)
+    started_at = datetime.now(UTC).isoformat(timespec="microseconds")
+    baseline = None
+    if options.compare is not None:
+        baseline = load_baseline(workspace, options.compare, options.record_dir)
+        if baseline is not None:
+            check_comparable(baseline[0], baseline[1], machine.fingerprint(), threads)
+
+    progress.step(f"calibration of this machine at {threads} threads")
+    calibration, measured_now = machine_calibration.load_or_measure(
+        workspace.runs_dir, threads, recalibrate=options.recalibrate)
+    notes = [("measured the roofline ceilings now" if measured_now else
+              "roofline ceilings from runs/calibration/ (use --recalibrate to measure again)")]
+    if machine_calibration.machine_is_busy(calibration.load_average):
+        notes.append(f"the roofline ceilings were measured while the machine was busy (load "
+                     f"{calibration.load_average}): they are low; measure again with "
+                     "--recalibrate on a quiet machine")
+    load = machine_calibration.load_average()
+    if machine_calibration.machine_is_busy(load):
+        notes.append(f"other work is running (1-minute load {load} on {os.cpu_count()} cores): "
+                     "timings are noisier and slower than on a quiet machine")
+    use_torch = torch_available()
+    if not use_torch:
+        notes.append("torch is not importable: PyTorch is left out")
+
+    cases: list[CaseResult] = []
+    with machine_calibration.limited_threads(threads) as thread_control:
+        if thread_control["blas"] is None:
+            notes.append("threadpoolctl is not installed: NumPy's BLAS runs on its default "
+                         "thread count")
+        for loaded in chosen:
+            for case in loaded.spec.bench.cases:
+                cases.append(run_case(workspace, loaded, case, options.budget_s, calibration,
+                                      use_torch, progress))
+                progress.advance()
+
+    result = BenchmarkResult(
+        threads=threads, fingerprint=machine.fingerprint(), machine=machine.describe(),
+        calibration={"stream_triad_gbs": calibration.stream_triad_gbs,
+                     "sgemm_gflops": calibration.sgemm_gflops,
+                     "measured_at": calibration.measured_at,
+                     "threads": calibration.threads,
+                     "stream_counted_arrays": calibration.stream_counted_arrays,
+                     "load_average": calibration.load_average},
+        thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
+        load_average=load,
+        fail_on_regression=options.fail_on_regression, cases=cases, notes=notes)
+    if options.compare is not None:
+        if baseline is None:
+            result.notes.append("no earlier run with benchmark results: nothing to compare with")
+        else:
+            apply_comparison(result, baseline[0], baseline[1], options.fail_on_regression)
+    return result

@@ -1,0 +1,362 @@
+"""The benchmark phase on a tiny workspace: timings, ratios, roofline, wrong kernels, history.
+
+The workspace's engine modules here are small hand-written NumPy stand-ins for generated ones
+(no Numba compilation), so the phase's own logic is what is tested; one test measures the real
+generated softmax kernel when the repository has it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from koschei import calibration, machine
+from koschei.errors import UsageError
+from koschei.phases import benchmark
+from koschei.runs import RunRecord
+from koschei.workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET = 0.1
+COMPARE_BUDGET = 0.3  # enough rounds for a significant U test on a busy machine
+
+SPEC = """\
+name: {name}
+title: Scale by a constant ({name})
+tier: foundation
+summary: "y = alpha * x"
+kernel:
+  family: custom
+  params:
+    source: |
+      def _compute(x, alpha, out):
+          np.multiply(x, np.float32(alpha), out=out)
+signature:
+  inputs:
+    - {{name: x, dtype: float32, shape: ["...", d]}}
+  output: {{name: out, dtype: float32, shape: ["...", d]}}
+  params:
+    - {{name: alpha, type: float, default: 2.0}}
+reference: |
+  import numpy as np
+
+
+  def reference(x, *, alpha=2.0):
+      return (x * np.float32(alpha)).astype(np.float32)
+tests:
+  cases:
+    - {{dims: {{"...": [4], d: 8}}}}
+  tolerance:
+    float32: {{rtol: 1.0e-6, atol: 1.0e-6}}
+  torch: |
+    def torch_reference(x, *, alpha=2.0):
+        return x * alpha
+bench:
+  cases:
+    - {{dims: {{"...": [64], d: 256}}}}
+    - {{name: half, dims: {{"...": [8], d: 32}}, params: {{alpha: 0.5}}}}
+  bytes: "2 * 4 * rows * d"
+  flops: "rows * d"
+"""
+
+ENGINE = '''\
+"""{name}: a hand-written stand-in for a generated engine module."""
+
+import numpy as np
+
+
+def reference(x, *, alpha=2.0):
+    return (x * np.float32(alpha)).astype(np.float32)
+
+
+def {name}(x, *, alpha=2.0, out=None):
+    if out is None:
+        out = np.empty_like(x)
+    np.multiply(x, np.float32(alpha), out=out)
+    out += np.float32({offset})
+    return out
+'''
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _engine_path_restored():
+    """The phase points ``koschei.engine`` at each test workspace; put it back afterwards."""
+    import koschei.engine
+
+    saved = list(koschei.engine.__path__)
+    yield
+    koschei.engine.__path__[:] = saved
+    for name, module in list(sys.modules.items()):
+        if name.startswith("koschei.engine.") and not name.startswith("koschei.engine._"):
+            origin = str(Path(getattr(module, "__file__", "") or "").resolve())
+            if not any(origin.startswith(str(Path(folder).resolve())) for folder in saved):
+                del sys.modules[name]
+                koschei.engine.__dict__.pop(name.rpartition(".")[2], None)
+
+
+def make_workspace(root: Path, kernels: dict[str, float]) -> Workspace:
+    """A workspace with one spec per name; the engine adds ``offset`` (0.0 = correct)."""
+    (root / "specs" / "foundation").mkdir(parents=True)
+    (root / "koschei.toml").write_text("")
+    engine_dir = root / "koschei" / "engine"
+    engine_dir.mkdir(parents=True)
+    for name, offset in kernels.items():
+        (root / "specs" / "foundation" / f"{name}.yaml").write_text(SPEC.format(name=name))
+        (engine_dir / f"{name}.py").write_text(ENGINE.format(name=name, offset=offset))
+    workspace = Workspace(root.resolve())
+    # small calibration arrays keep the test quick; the phase reuses the stored entry
+    calibration.load_or_measure(workspace.runs_dir, calibration.resolve_threads(None),
+                                array_mib=2, gemm_n=128, repeats=2)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    workspace = make_workspace(root, {"scale": 0.0, "shifted": 0.5})
+    result = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    return workspace, result
+
+
+def cases_of(result, spec):
+    return [case for case in result.cases if case.spec == spec]
+
+
+def test_every_contender_has_a_median_and_ratios_are_paired(measured):
+    _, result = measured
+    scale = cases_of(result, "scale")
+    assert [case.case for case in scale] == ["64x256", "half"]
+    for case in scale:
+        assert case.verdict == "ok", case.error
+        names = {"engine", "numpy", "torch"} if benchmark.torch_available() else {"engine", "numpy"}
+        assert set(case.contenders) == names
+        for timing in case.contenders.values():
+            assert timing.median_s > 0 and timing.iqr_s >= 0
+            assert timing.rounds >= benchmark.MIN_ROUNDS
+            assert len(timing.samples_s) == timing.rounds
+            assert timing.batch >= 1 and timing.batch * timing.median_s >= 0.5e-3
+        rounds = {timing.rounds for timing in case.contenders.values()}
+        assert len(rounds) == 1, "interleaved contenders run the same number of rounds"
+        engine, numpy = case.contenders["engine"], case.contenders["numpy"]
+        ratios = [n / e for n, e in zip(numpy.samples_s, engine.samples_s, strict=True)]
+        assert case.speedup_vs_numpy == pytest.approx(statistics.median(ratios))
+        if "torch" in case.contenders:
+            assert case.speedup_vs_torch > 0
+        assert case.stopped in ("stable", "budget", "max_rounds")
+
+
+def test_roofline_figures_follow_the_spec_formulas(measured):
+    _, result = measured
+    case = cases_of(result, "scale")[0]
+    rows, d = 64, 256
+    assert case.bytes == 2 * 4 * rows * d
+    assert case.flops == rows * d
+    median = case.contenders["engine"].median_s
+    assert case.gbs == pytest.approx(case.bytes / median / 1e9)
+    assert case.gflops == pytest.approx(case.flops / median / 1e9)
+    assert case.intensity == pytest.approx(1 / 8)
+    bandwidth = result.calibration["stream_triad_gbs"]
+    peak = result.calibration["sgemm_gflops"]
+    if case.intensity * bandwidth < peak:  # below the ridge point (always, with real ceilings)
+        assert case.bound == "memory"
+        assert case.roofline_fraction == pytest.approx(case.gbs / bandwidth)
+    else:
+        assert case.bound == "compute"
+        assert case.roofline_fraction == pytest.approx(case.gflops / peak)
+    half = cases_of(result, "scale")[1]
+    assert half.params == {"alpha": 0.5} and half.bytes == 2 * 4 * 8 * 32
+
+
+def test_a_wrong_kernel_is_reported_and_not_timed(measured):
+    _, result = measured
+    for case in cases_of(result, "shifted"):
+        assert case.verdict == "wrong"
+        assert "does not match the reference" in case.error
+        assert case.max_abs_error == pytest.approx(0.5, rel=1e-3)
+        assert case.contenders == {} and case.gbs is None and case.speedup_vs_numpy is None
+    assert not result.ok
+    assert result.counts == {"ok": 2, "wrong": 2}
+
+
+def test_the_result_is_the_json_contract(measured):
+    _, result = measured
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["ok"] is False
+    assert data["threads"] == calibration.resolve_threads(None)
+    assert data["fingerprint"] == machine.fingerprint()
+    assert data["machine"]["cores"] == machine.describe()["cores"]
+    assert set(data["calibration"]) >= {"stream_triad_gbs", "sgemm_gflops", "measured_at"}
+    assert data["thread_control"]["numba"] == data["threads"]
+    case = data["cases"][0]
+    assert set(case) >= {"spec", "case", "verdict", "error", "contenders", "bytes", "flops", "gbs",
+                         "gflops", "intensity", "bound", "roofline_fraction", "speedup_vs_numpy",
+                         "speedup_vs_torch", "compare"}
+    assert set(case["contenders"]["engine"]) >= {"median_s", "iqr_s", "rounds", "samples_s"}
+
+
+def test_select_and_errors(tmp_path):
+    workspace = make_workspace(tmp_path, {"scale": 0.0, "gone": 0.0})
+    (workspace.engine_dir / "gone.py").unlink()
+    result = benchmark.run(workspace, benchmark.Options(select=["gone"], budget_s=BUDGET))
+    assert {case.verdict for case in result.cases} == {"error"}
+    assert "code-generate" in result.cases[0].error
+    assert not result.ok
+    with pytest.raises(UsageError, match="nope"):
+        benchmark.run(workspace, benchmark.Options(select=["nope"]))
+    with pytest.raises(UsageError, match="--compare"):
+        benchmark.run(workspace, benchmark.Options(fail_on_regression=5))
+
+
+def save_run(workspace: Workspace, run_id: str, data: dict) -> None:
+    folder = workspace.runs_dir / run_id
+    folder.mkdir(parents=True)
+    (folder / "benchmark.json").write_text(json.dumps(data))
+
+
+def save_record(workspace: Workspace, data: dict) -> str:
+    """Save ``data`` as the benchmark result of a new run record; its run id."""
+    record = RunRecord.create(workspace, "benchmark")
+    record.save_phase("benchmark", data)
+    return record.id
+
+
+def scaled(data: dict, factors: dict[str, float], started_at: str) -> dict:
+    """A copy of a benchmark result whose contenders' times are multiplied by ``factors``."""
+    data = json.loads(json.dumps(data))
+    data["started_at"] = started_at
+    for case in data["cases"]:
+        for name, factor in factors.items():
+            timing = case["contenders"][name]
+            timing["samples_s"] = [s * factor for s in timing["samples_s"]]
+            timing["median_s"] *= factor
+    return data
+
+
+def test_compare_gates_on_a_large_significant_regression(tmp_path):
+    pytest.importorskip("scipy")
+    workspace = make_workspace(tmp_path, {"scale": 0.0})
+    first = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET, compare="latest"))
+    assert first.compared_with is None and any("nothing to compare" in n for n in first.notes)
+    # the earlier engine a thousand times faster: no amount of machine noise hides that
+    fast_run = save_record(workspace, scaled(first.to_dict(), {"engine": 1e-3}, "2000-01-01"))
+    gated = benchmark.run(workspace, benchmark.Options(budget_s=COMPARE_BUDGET, compare="latest",
+                                                       fail_on_regression=10))
+    assert gated.compared_with == fast_run
+    for case in gated.cases:
+        assert case.compare["status"] == "slower", case.compare
+        assert case.compare["change_pct"] > 100
+        assert case.compare["p_value"] < benchmark.SIGNIFICANCE_P
+        assert case.compare["relative_to_numpy"]["direction"] == "slower"
+        assert case.verdict == "regression" and "beyond the 10% gate" in case.error
+    assert not gated.ok
+
+    slow_run = save_record(workspace, scaled(first.to_dict(), {"engine": 1e3}, "2001-01-01"))
+    latest = benchmark.run(workspace, benchmark.Options(budget_s=COMPARE_BUDGET, compare="latest",
+                                                        fail_on_regression=10))
+    assert latest.compared_with == slow_run
+    assert latest.ok
+    assert all(case.compare["status"] == "faster" for case in latest.cases)
+
+
+def timed_case(engine: list[float], numpy: list[float]) -> benchmark.CaseResult:
+    def timing(samples: list[float]) -> benchmark.ContenderTiming:
+        return benchmark.ContenderTiming(median_s=statistics.median(samples), iqr_s=0.0,
+                                         rounds=len(samples), batch=1, min_s=min(samples),
+                                         samples_s=samples)
+
+    return benchmark.CaseResult(spec="scale", case="64x256", verdict="ok",
+                                contenders={"engine": timing(engine), "numpy": timing(numpy)})
+
+
+def test_a_change_counts_when_absolute_and_numpy_relative_times_agree():
+    pytest.importorskip("scipy")
+    base = [1.0 + 0.01 * i for i in range(20)]
+    earlier = {"contenders": {"engine": {"samples_s": base, "median_s": statistics.median(base)},
+                              "numpy": {"samples_s": [2 * b for b in base]}}}
+
+    def status(engine_factor: float, numpy_factor: float, threshold: float = 10.0) -> str:
+        case = timed_case([engine_factor * b for b in base], [2 * numpy_factor * b for b in base])
+        return benchmark.compare_case(case, earlier, "r1", threshold)["status"]
+
+    assert status(1.5, 1.0) == "slower"  # the engine alone got slower
+    assert status(0.5, 1.0) == "faster"
+    assert status(1.5, 1.5) == "unchanged"  # the whole machine got slower: drift
+    assert status(1.05, 1.0) == "unchanged"  # significant but within the threshold
+    assert status(1.05, 1.0, threshold=2.0) == "slower"
+    few = timed_case([5.0], [2.0])  # one round: no test possible, so never significant
+    assert benchmark.compare_case(few, earlier, "r1", 10.0)["p_value"] is None
+    assert benchmark.compare_case(few, earlier, "r1", 10.0)["status"] == "unchanged"
+    assert benchmark.compare_case(few, None, "r1", 10.0) is None
+
+
+def test_compare_refuses_another_machine_and_unknown_runs(tmp_path):
+    workspace = make_workspace(tmp_path, {"scale": 0.0})
+    save_run(workspace, "elsewhere", {"fingerprint": "0" * 16, "threads": 1, "cases": [],
+                                      "started_at": "2000-01-01T00:00:00"})
+    with pytest.raises(UsageError, match="fingerprint"):
+        benchmark.run(workspace, benchmark.Options(budget_s=BUDGET, compare="latest"))
+    with pytest.raises(UsageError, match="no run 'missing'"):
+        benchmark.run(workspace, benchmark.Options(budget_s=BUDGET, compare="missing"))
+
+
+def test_the_current_run_record_is_never_its_own_baseline(tmp_path):
+    workspace = make_workspace(tmp_path, {"scale": 0.0})
+    first = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    save_run(workspace, "current", first.to_dict())
+    result = benchmark.run(workspace, benchmark.Options(
+        budget_s=BUDGET, compare="latest", record_dir=workspace.runs_dir / "current"))
+    assert result.compared_with is None
+
+
+def test_interleaved_timing_rotates_and_stops():
+    calls: list[str] = []
+    contenders = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    timings, stopped = benchmark.measure_interleaved(contenders, budget_s=0.05)
+    assert stopped in ("stable", "budget", "max_rounds")
+    assert {t.rounds for t in timings.values()} == {timings["a"].rounds}
+    assert all(t.batch > 1 for t in timings.values()), "tiny calls are batched"
+    assert all(math.isfinite(t.median_s) and t.median_s > 0 for t in timings.values())
+
+
+def test_generated_kernels_measured_and_a_wrong_reference_caught(tmp_path):
+    """The real flow: the repository's softmax spec (with small bench cases), rendered by
+    code_generate, measured; a copy whose reference is deliberately different is "wrong"."""
+    source = REPO / "specs" / "foundation" / "softmax.yaml"
+    if not source.is_file():
+        pytest.skip("the softmax spec is not in this checkout")
+    from koschei.phases import code_generate
+
+    document = yaml.safe_load(source.read_text(encoding="utf-8"))
+    document["bench"]["cases"] = [{"dims": {"...": [64], "d": 512}}]
+    doubled = json.loads(json.dumps(document))
+    doubled["name"] = "softmax_doubled"
+    doubled["reference"] = document["reference"].replace("return (", "return 2 * (")
+    assert doubled["reference"] != document["reference"]
+    (tmp_path / "specs" / "foundation").mkdir(parents=True)
+    for spec in (document, doubled):
+        path = tmp_path / "specs" / "foundation" / f"{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    (tmp_path / "koschei.toml").write_text("")
+    workspace = Workspace(tmp_path.resolve())
+    assert code_generate.run(workspace, code_generate.Options()).ok
+    calibration.load_or_measure(workspace.runs_dir, calibration.resolve_threads(None),
+                                array_mib=2, gemm_n=128, repeats=2)
+
+    result = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    softmax, wrong = cases_of(result, "softmax"), cases_of(result, "softmax_doubled")
+    assert [case.case for case in softmax] == ["64x512"]
+    for case in softmax:
+        assert case.verdict == "ok", case.error
+        assert case.contenders["engine"].median_s > 0 and case.speedup_vs_numpy > 0
+        assert case.bytes == 4 * 2 * math.prod(case.dims["..."]) * case.dims["d"]
+        assert case.roofline_fraction > 0 and case.bound in ("memory", "compute")
+    for case in wrong:
+        assert case.verdict == "wrong" and case.contenders == {}
+        assert "does not match the reference" in case.error
+    assert not result.ok

@@ -1,0 +1,315 @@
+"""The pas_analyze phase on hand-written specs and run records: every verdict, the prediction
+rule, and the ranking of next steps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from koschei.phases import pas_analyze
+from koschei.runs import RunRecord
+from koschei.workspace import Workspace
+
+IMPLEMENTED = """\
+name: {name}
+title: Scale by two ({name})
+tier: foundation
+claims:
+{claims}
+kernel:
+  family: custom
+  params:
+    source: |
+      def _compute(x, out):
+          np.multiply(x, 2.0, out=out)
+signature:
+  inputs:
+    - {{name: x, dtype: {dtype}, shape: ["...", d]}}
+  output: {{name: out, dtype: {dtype}, shape: ["...", d]}}
+reference: |
+  import numpy as np
+
+
+  def reference(x):
+      return x * 2.0
+tests:
+  cases:
+    - {{dims: {{"...": [4], d: 8}}}}
+  tolerance:
+    {dtype}: {{rtol: 1.0e-6, atol: 1.0e-6}}
+bench:
+  cases:
+    - {{name: big, dims: {{"...": [4096], d: 768}}}}
+    - {{name: small, dims: {{"...": [8], d: 32}}}}
+  bytes: "2 * 4 * rows * d"
+  flops: "rows * d"
+"""
+
+PLANNED = """\
+name: {name}
+title: Planned ({name})
+tier: foundation
+requires: {requires}
+claims:
+{claims}
+"""
+
+FAST_CLAIMS = [
+    # measured against another spec's engine on the same case: 2.0 ms / 1.0 ms = x2.0
+    '{metric: speedup, value: 1.5, baseline: slow, case: big, source: "paper A"}',
+    # against NumPy: x1.2 measured
+    '{metric: speedup, value: 3.0, baseline: numpy, case: big, source: "paper B"}',
+    # 50% faster than PyTorch = x1.5; x0.8 measured
+    '{metric: speedup, value: 50, unit: "%", baseline: pytorch, case: big, source: "paper C"}',
+    '{metric: accuracy, value: 2.0, unit: "%", baseline: gelu, source: "paper D"}',
+    '{metric: speedup, value: 2.0, baseline: cuda, source: "paper E"}',
+    # float32 tensors against float64 ones: half the bytes, x2.0
+    '{metric: memory, value: 2.0, baseline: slow, case: big, source: "paper F"}',
+    # a 75% saving is x4; x2.0 measured
+    '{metric: memory, value: -75, unit: "%", baseline: slow, case: big, source: "paper G"}',
+    '{metric: latency, value: 15, unit: ms, baseline: slow, source: "paper H"}',
+]
+SLOW_CLAIMS = ['{metric: speedup, value: 1.2, baseline: numpy, case: small, source: "paper I"}']
+
+
+def claims_yaml(claims: list[str]) -> str:
+    return "\n".join(f"  - {claim}" for claim in claims) if claims else "  []"
+
+
+def make_workspace(root: Path, generated: bool = True) -> Workspace:
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'tiny-workspace'\n", encoding="utf-8")
+    specs = root / "specs" / "foundation"
+    specs.mkdir(parents=True)
+    files = {
+        "fast": IMPLEMENTED.format(name="fast", dtype="float32", claims=claims_yaml(FAST_CLAIMS)),
+        "slow": IMPLEMENTED.format(name="slow", dtype="float64", claims=claims_yaml(SLOW_CLAIMS)),
+        "planned_a": PLANNED.format(name="planned_a", requires="[fast]", claims=claims_yaml([
+            '{metric: speedup, value: 2.0, baseline: slow, source: "paper J"}',
+            '{metric: memory, value: 4.0, baseline: slow, source: "paper K"}'])),
+        "planned_b": PLANNED.format(name="planned_b", requires="[planned_a]", claims=claims_yaml([
+            '{metric: speedup, value: 3.0, baseline: numpy, source: "paper L"}'])),
+        "planned_c": PLANNED.format(name="planned_c", requires="[]", claims=claims_yaml([
+            '{metric: accuracy, value: 1.0, unit: "%", baseline: fast, source: "paper M"}'])),
+        "planned_d": PLANNED.format(name="planned_d", requires="[slow]", claims="  []"),
+    }
+    for name, text in files.items():
+        (specs / f"{name}.yaml").write_text(text, encoding="utf-8")
+    if generated:
+        for name in ("fast", "slow"):
+            engine = root / "koschei" / "engine" / f"{name}.py"
+            engine.parent.mkdir(parents=True, exist_ok=True)
+            engine.write_text("# generated\n", encoding="utf-8")
+            test = root / "tests" / "engine" / f"test_{name}.py"
+            test.parent.mkdir(parents=True, exist_ok=True)
+            test.write_text("# generated\n", encoding="utf-8")
+    return Workspace(root.resolve())
+
+
+def write_run(workspace: Workspace, phase: str, payload: dict) -> str:
+    """A real run record holding one phase's result; its id."""
+    record = RunRecord.create(workspace, phase)
+    record.save_phase(phase, payload)
+    return record.id
+
+
+def case(spec: str, label: str, engine_s: float, verdict: str = "ok", **figures) -> dict:
+    return {"spec": spec, "case": label, "verdict": verdict,
+            "contenders": {"engine": {"median_s": engine_s}, "numpy": {"median_s": 1.0}},
+            **figures}
+
+
+def benchmark(cases: list[dict]) -> dict:
+    return {"threads": 2, "fingerprint": "f",
+            "calibration": {"stream_triad_gbs": 10.0, "sgemm_gflops": 100.0}, "cases": cases}
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Workspace, dict[str, str]]:
+    """A workspace with two benchmark runs and a test run between them; the run ids."""
+    workspace = make_workspace(tmp_path / "ws")
+    runs: dict[str, str] = {}
+    # an older run in which fast and slow were equally fast: the newer run must win
+    runs["old"] = write_run(workspace, "benchmark", benchmark([
+        case("fast", "big", 1e-3, speedup_vs_numpy=9.0, speedup_vs_torch=9.0),
+        case("slow", "big", 1e-3),
+    ]))
+    runs["tests"] = write_run(workspace, "test_run", {"specs": [
+        {"spec": "fast", "status": "failed", "passed": 3, "failed": 1, "errors": 0,
+         "first_failure": "test_reference_equivalence: boom", "ok": False},
+        {"spec": "slow", "status": "passed", "passed": 4, "failed": 0, "errors": 0, "ok": True},
+    ]})
+    runs["new"] = write_run(workspace, "benchmark", benchmark([
+        case("fast", "big", 1e-3, speedup_vs_numpy=1.2, speedup_vs_torch=0.8,
+             roofline_fraction=0.2),
+        case("fast", "small", 1e-5, speedup_vs_numpy=0.5, roofline_fraction=0.3),
+        case("slow", "big", 2e-3, speedup_vs_numpy=1.0, roofline_fraction=0.9),
+        case("slow", "small", 1e-5, verdict="wrong"),
+    ]))
+    return workspace, runs
+
+
+@pytest.fixture
+def workspace(history: tuple[Workspace, dict[str, str]]) -> Workspace:
+    return history[0]
+
+
+def claim(result: pas_analyze.PasResult, spec: str, source: str) -> pas_analyze.ClaimCheck:
+    return next(c for c in result.claims if c.spec == spec and c.source == source)
+
+
+def test_each_claim_gets_its_measured_counterpart_and_verdict(history):
+    workspace, runs = history
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+
+    versus_spec = claim(result, "fast", "paper A")
+    assert versus_spec.verdict == "confirmed"
+    assert versus_spec.measured_factor == pytest.approx(2.0)
+    assert (versus_spec.case, versus_spec.run) == ("big", runs["new"])
+
+    versus_numpy = claim(result, "fast", "paper B")
+    assert (versus_numpy.verdict, versus_numpy.measured_factor) == ("partly", pytest.approx(1.2))
+
+    versus_torch = claim(result, "fast", "paper C")
+    assert versus_torch.claimed_factor == pytest.approx(1.5)
+    assert (versus_torch.verdict, versus_torch.measured_factor) == ("refuted", pytest.approx(0.8))
+
+    accuracy = claim(result, "fast", "paper D")
+    assert accuracy.verdict == "unmeasured" and "accuracy" in accuracy.detail
+    no_such_baseline = claim(result, "fast", "paper E")
+    assert no_such_baseline.verdict == "unmeasured" and "cuda" in no_such_baseline.detail
+    absolute = claim(result, "fast", "paper H")
+    assert absolute.verdict == "unmeasured" and absolute.measured_factor is None
+
+    memory = claim(result, "fast", "paper F")  # float64 tensors over float32 ones
+    assert (memory.verdict, memory.measured_factor) == ("confirmed", pytest.approx(2.0))
+    assert "bytes" in memory.detail
+    saving = claim(result, "fast", "paper G")
+    assert saving.claimed_factor == pytest.approx(4.0)
+    assert (saving.verdict, saving.measured_factor) == ("partly", pytest.approx(2.0))
+
+    wrong = claim(result, "slow", "paper I")  # its case was wrong in the latest run
+    assert wrong.verdict == "unmeasured" and "wrong" in wrong.detail
+
+    planned = claim(result, "planned_a", "paper J")
+    assert planned.verdict == "unmeasured" and planned.status == "planned"
+
+    assert result.verdicts == {"confirmed": 2, "partly": 2, "refuted": 1, "unmeasured": 8}
+    assert result.benchmark_runs == [runs["old"], runs["new"]]
+    assert result.test_run == runs["tests"]
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["verdicts"]["confirmed"] == 2 and data["ok"] is True
+
+
+def test_predictions_discount_claims_by_what_was_confirmed_here(workspace):
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+    predictions = {(p.spec, p.metric): p for p in result.predictions}
+
+    # speed evidence: realizations log(m)/log(c) of the three measured speed claims
+    speed = [math.log(2.0) / math.log(1.5), math.log(1.2) / math.log(3.0),
+             math.log(0.8) / math.log(1.5)]
+    speed.sort()
+    spread = (sum((r - sum(speed) / 3) ** 2 for r in speed) / 2) ** 0.5
+    a_speed = predictions[("planned_a", "speedup")]
+    assert a_speed.predicted_factor == pytest.approx(2.0 ** speed[1])
+    assert a_speed.confidence == pytest.approx(3 / 5 / (1 + spread), abs=1e-4)
+    assert a_speed.confidence_label == "low"
+    assert len(a_speed.evidence) == 3 and a_speed.ready
+
+    # size evidence: x2 of x2 (r = 1) and x2 of x4 (r = 0.5)
+    a_memory = predictions[("planned_a", "memory")]
+    assert a_memory.predicted_factor == pytest.approx(4.0 ** 0.75)
+    assert a_memory.confidence == pytest.approx(2 / 4 / (1 + 0.5 ** 0.5 / 2), abs=1e-4)
+    assert a_memory.confidence_label == "medium"
+
+    b_speed = predictions[("planned_b", "speedup")]
+    assert not b_speed.ready and b_speed.missing_requires == ["planned_a"]
+
+    c_accuracy = predictions[("planned_c", "accuracy")]
+    assert c_accuracy.predicted_factor is None and c_accuracy.confidence_label == "none"
+
+
+def test_next_steps_fix_first_then_implement_then_retune(workspace):
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+    steps = [(step.action, step.spec) for step in result.next_steps]
+
+    assert steps == [
+        ("fix_tests", "fast"),
+        ("fix_benchmark", "slow"),
+        ("implement", "planned_a"),  # a gain predicted from evidence (and it unlocks planned_b)
+        ("retune", "fast"),  # 20% of the roofline: measured headroom
+        ("implement", "planned_c"),  # nothing predictable: ties broken by name
+        ("implement", "planned_d"),
+    ]
+    assert [step.rank for step in result.next_steps] == list(range(1, 7))
+    assert "boom" in result.next_steps[0].reason
+    assert "small wrong" in result.next_steps[1].reason
+    assert "unlocks 1" in result.next_steps[2].reason
+    retune = result.next_steps[3]
+    assert "20% of the roofline" in retune.reason and "refuted" in retune.reason
+    # planned_b needs planned_a: not proposed yet
+    assert "planned_b" not in {spec for _, spec in steps}
+
+    strict = pas_analyze.run(workspace, pas_analyze.Options(retune_below=0.1))
+    assert "retune" not in {step.action for step in strict.next_steps}
+
+
+def test_a_prediction_never_exceeds_its_claim(tmp_path):
+    workspace = make_workspace(tmp_path / "ws")
+    # only one speed claim is measurable here, and it beat its claim: x2.0 for a claimed x1.5
+    write_run(workspace, "benchmark", benchmark([case("fast", "big", 1e-3),
+                                                 case("slow", "big", 2e-3)]))
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+    assert claim(result, "fast", "paper A").verdict == "confirmed"
+    assert claim(result, "fast", "paper B").verdict == "unmeasured"  # no NumPy timing
+    assert result.evidence["speed"]["median_realization"] > 1.0
+    speed = next(p for p in result.predictions if (p.spec, p.metric) == ("planned_a", "speedup"))
+    assert speed.predicted_factor == pytest.approx(2.0)  # the claim, not more
+    assert speed.confidence == pytest.approx(1 / 3, abs=1e-4) and speed.confidence_label == "low"
+
+
+def test_without_history_everything_is_unmeasured_and_measuring_comes_first(tmp_path):
+    workspace = make_workspace(tmp_path / "ws", generated=False)
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+
+    assert {c.verdict for c in result.claims if c.metric != "memory"} == {"unmeasured"}
+    # memory from tensor shapes needs no run
+    assert claim(result, "fast", "paper F").verdict == "confirmed"
+    speed = next(p for p in result.predictions if p.spec == "planned_b")
+    assert speed.predicted_factor == pytest.approx(3.0)  # the paper's figure ...
+    assert speed.confidence == 0.0 and speed.confidence_label == "none"  # ... and says so
+    assert "unverified" in speed.basis
+    assert [(s.action, s.spec) for s in result.next_steps[:2]] == [("generate", "fast"),
+                                                                  ("generate", "slow")]
+    assert any("no benchmark results" in note for note in result.notes)
+
+    for name in ("fast", "slow"):  # generated but never run: test and benchmark them
+        for path in (workspace.engine_dir / f"{name}.py", workspace.tests_dir / f"test_{name}.py"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("# generated\n", encoding="utf-8")
+    measured_first = pas_analyze.run(workspace, pas_analyze.Options())
+    assert [s.action for s in measured_first.next_steps[:4]] == ["test", "test", "benchmark",
+                                                                "benchmark"]
+    assert measured_first.next_steps[0].command == "koschei test-run -k fast"
+
+
+@pytest.mark.parametrize(("claimed", "measured", "verdict"), [
+    (2.0, 2.0, "confirmed"), (2.0, 3.0, "confirmed"), (2.0, 1.5, "partly"),
+    (2.0, 1.0, "refuted"), (2.0, 0.5, "refuted"),
+    # a claim that something gets smaller (factor < 1) is mirrored
+    (0.5, 0.4, "confirmed"), (0.5, 0.8, "partly"), (0.5, 1.2, "refuted"),
+])
+def test_verdicts_compare_factors_in_the_claimed_direction(claimed, measured, verdict):
+    assert pas_analyze.verdict_for(claimed, measured) == verdict
+
+
+def test_claims_become_factors():
+    assert pas_analyze.claimed_factor("speedup", 2.0, "x") == 2.0
+    assert pas_analyze.claimed_factor("speedup", 50, "%") == pytest.approx(1.5)
+    assert pas_analyze.claimed_factor("memory", -67, "%") == pytest.approx(1 / 0.33)
+    assert pas_analyze.claimed_factor("compression", 32, "x") == 32
+    assert pas_analyze.claimed_factor("latency", 15, "ms") is None
+    assert pas_analyze.claimed_factor("memory", 100, "%") is None
