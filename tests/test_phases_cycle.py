@@ -21,7 +21,7 @@ from pathlib import Path
 import git
 import pytest
 
-from koschei.errors import UsageError
+from koschei.errors import SpecError, UsageError
 from koschei.phases import PHASES, cycle
 from koschei.phases import git_commit as real_git_commit
 from koschei.phases.base import Result
@@ -148,6 +148,16 @@ def test_a_missing_phase_module_is_a_clear_error(workspace, monkeypatch):
     with pytest.raises(UsageError, match="no phase module for: no_such_phase"):
         cycle.run(workspace, cycle.Options())
     assert list_runs(workspace) == []  # refused before a record was made
+
+
+def test_a_spec_error_is_raised_before_a_record_is_made(workspace, monkeypatch):
+    stand_ins = StandIns(monkeypatch)
+    (workspace.root / "specs" / "foundation").mkdir()
+    (workspace.root / "specs" / "foundation" / "broken.yaml").write_text(
+        "name: broken\ntitle: Broken\ntier: foundation\nrequires: [nowhere]\n")
+    with pytest.raises(SpecError, match=r"broken.yaml:4: requires\[0\]: no spec is named"):
+        cycle.run(workspace, cycle.Options())
+    assert list_runs(workspace) == [] and stand_ins.calls == []
 
 
 def test_option_errors(workspace, monkeypatch):

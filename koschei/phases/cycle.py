@@ -7,6 +7,7 @@ is saved as ``runs/<run-id>/<phase>.json`` and the journal ``journal.json`` is w
 phase (the phases done, the status, the cycle's options, the iteration). The whole cycle holds the
 workspace lock (``runs/.lock``): a second cycle in the same workspace is refused.
 
+- Specs are validated before a new run record is made: a spec error (exit 2) leaves no record.
 - A failed check (a phase whose result is not ok, e.g. failing tests) stops the cycle there:
   git_commit does not run, the journal says ``failed``, the result is not ok (exit 1).
 - ``resume`` continues the latest cycle run whose journal is not ``finished`` (killed, even with
@@ -42,6 +43,7 @@ from koschei.errors import CheckFailed, KoscheiError, UsageError
 from koschei.phases import PHASES
 from koschei.phases.base import Progress, Result, SilentProgress
 from koschei.runs import RunRecord, list_runs, workspace_lock
+from koschei.specs import load_specs
 from koschei.workspace import Workspace
 
 DEFAULT_LOOP_ITERATIONS = 3
@@ -286,6 +288,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
             if record is None or journal is None:
                 if stop.requested:  # between iterations: stop before starting another
                     raise KeyboardInterrupt
+                load_specs(workspace)  # a spec error stops here, before the record exists
                 record = RunRecord.create(workspace, "cycle")
                 journal = new_journal(options, iteration)
                 record.write_journal(journal)
