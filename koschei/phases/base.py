@@ -49,6 +49,13 @@ class Result:
     def ok(self) -> bool:
         return True
 
+    def summary(self) -> str:
+        """One line about the result, for the cycle's report and journal."""
+        counts = getattr(self, "counts", None)  # e.g. files per action, cases per verdict
+        if isinstance(counts, dict) and counts and all(isinstance(n, int) for n in counts.values()):
+            return ", ".join(f"{n} {key}" for key, n in counts.items() if n) or "nothing to do"
+        return ""
+
     def to_dict(self) -> dict[str, Any]:
         data = to_jsonable(self)
         data["ok"] = self.ok

@@ -157,22 +157,6 @@ def phase_options(phase: str, module: ModuleType, record: RunRecord, options: Op
     return module.Options(**values)
 
 
-def summarize(phase: str, result: Any) -> str:
-    """A short line about a phase's result for the journal and the report."""
-    if phase == "test_run" and hasattr(result, "totals"):
-        totals = result.totals
-        collected = sum(totals.values())
-        return f"{totals['passed']}/{collected} tests passed in {len(result.specs)} spec(s)"
-    if phase == "git_commit":
-        if getattr(result, "commit", None):
-            return f"committed {len(result.paths)} file(s) as {result.commit[:12]}"
-        return getattr(result, "skipped", None) or ""
-    counts = getattr(result, "counts", None)  # e.g. files per action, cases per verdict
-    if isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values()):
-        return ", ".join(f"{n} {key}" for key, n in counts.items() if n) or "nothing to do"
-    return ""
-
-
 # --- Ctrl-C ----------------------------------------------------------------------------------------
 
 
@@ -352,7 +336,7 @@ def run_iteration(workspace: Workspace, modules: dict[str, ModuleType], record: 
         duration = time.perf_counter() - started
         record.save_phase(phase, phase_result)
         ok = bool(getattr(phase_result, "ok", True))
-        summary = summarize(phase, phase_result)
+        summary = phase_result.summary() if hasattr(phase_result, "summary") else ""
         if phase == "git_commit":
             outcome.commit = getattr(phase_result, "commit", None)
         if not ok and stop.requested:

@@ -67,6 +67,13 @@ class GitCommitResult(Result):
     missing: list[str] = field(default_factory=list)  # reported written, gone from disk
     forced: list[str] = field(default_factory=list)  # the refusals --force overrode
 
+    def summary(self) -> str:
+        if self.commit:
+            return f"committed {len(self.paths)} file(s) as {self.commit[:12]}"
+        if self.dry_run:
+            return f"would commit {len(self.paths)} file(s)"
+        return self.skipped or ""
+
 
 # --- the repository -------------------------------------------------------------------------------
 

@@ -152,6 +152,11 @@ class PasResult(Result):
             counts[claim.verdict] += 1
         return counts
 
+    def summary(self) -> str:
+        verdicts = ", ".join(f"{n} {verdict}" for verdict, n in self.verdicts.items() if n)
+        return (f"{len(self.claims)} claim(s): {verdicts or 'none'}; "
+                f"{len(self.next_steps)} next step(s)")
+
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["verdicts"] = self.verdicts

@@ -55,6 +55,11 @@ class SpecCreateResult(Result):
     specs: list[SpecEntry] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        implemented = sum(1 for spec in self.specs if spec.status == "implemented")
+        created = f"created {', '.join(self.created)}" if self.created else "no spec created"
+        return f"{len(self.specs)} spec(s), {implemented} implemented; {created}"
+
 
 def entry(loaded: Any) -> SpecEntry:
     kernel = loaded.spec.kernel

@@ -64,6 +64,11 @@ class TechTreeResult(Result):
     benchmark_run: str | None = None  # the run the headline figures come from
     export: str | None = None  # the Mermaid / DOT / JSON text for those formats
 
+    def summary(self) -> str:
+        counts = self.counts
+        return (f"{counts.get('total', 0)} specs in {len(self.tiers)} tiers: "
+                f"{counts.get('implemented', 0)} implemented, {counts.get('planned', 0)} planned")
+
 
 # --- headline figures ---------------------------------------------------------------------------
 

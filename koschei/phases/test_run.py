@@ -88,6 +88,10 @@ class TestRunResult(Result):
         return {key: sum(getattr(spec, key) for spec in self.specs)
                 for key in ("passed", "failed", "errors", "skipped")}
 
+    def summary(self) -> str:
+        collected = sum(self.totals.values())
+        return f"{self.totals['passed']}/{collected} tests passed in {len(self.specs)} spec(s)"
+
     def to_dict(self) -> dict:
         data = super().to_dict()
         data["totals"] = self.totals
