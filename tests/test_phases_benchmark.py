@@ -360,3 +360,28 @@ def test_generated_kernels_measured_and_a_wrong_reference_caught(tmp_path):
         assert case.verdict == "wrong" and case.contenders == {}
         assert "does not match the reference" in case.error
     assert not result.ok
+
+
+@pytest.mark.parametrize(("factor", "verdict"), [("1", "ok"), ("-1", "wrong")])
+def test_optional_inputs_drawn_inputs_and_two_outputs_are_measured(tmp_path, factor, verdict):
+    """A generated module with an optional input, a spec-drawn input, a generator parameter and
+    two outputs (no out=): the phase draws the inputs as its tests do and checks both outputs."""
+    from koschei.phases import code_generate
+
+    spec = (REPO / "tests" / "data" / "toy_unpack.yaml").read_text(encoding="utf-8")
+    (tmp_path / "specs" / "quantization").mkdir(parents=True)
+    (tmp_path / "koschei.toml").write_text("")
+    (tmp_path / "specs" / "quantization" / "toy_unpack.yaml").write_text(
+        spec.replace("FACTOR", factor))
+    workspace = Workspace(tmp_path.resolve())
+    code_generate.run(workspace, code_generate.Options())
+    calibration.load_or_measure(workspace.runs_dir, calibration.resolve_threads(None),
+                                array_mib=2, gemm_n=128, repeats=2)
+    result = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    [case] = result.cases
+    assert case.verdict == verdict, case.error
+    if verdict == "ok":
+        assert set(case.contenders) == {"engine", "numpy"} and case.speedup_vs_numpy > 0
+    else:
+        assert case.error.startswith("engine output does not match the reference: y: ")
+        assert case.contenders == {}

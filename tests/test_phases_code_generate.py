@@ -346,6 +346,69 @@ def test_the_generated_tests_pass_a_right_kernel_and_catch_a_wrong_one(tmp_path,
         assert "test_rejects_a_bad_parameter" not in output  # the argument checks still hold
 
 
+# Every kind of input and result beyond the plain ones: an input drawn by the spec's draw()
+# whose size is derived from another's, an optional positional input, an optional keyword-only
+# input, a generator parameter, and two outputs returned as a tuple (so no out=).
+EVERY_KIND_OF_RESULT = (REPO / "tests" / "data" / "toy_unpack.yaml").read_text(encoding="utf-8")
+
+
+def toy_workspace(root: Path, spec_text: str, tier: str, name: str) -> Workspace:
+    (root / "specs" / tier).mkdir(parents=True)
+    (root / "koschei.toml").write_text("", encoding="utf-8")
+    (root / "specs" / tier / f"{name}.yaml").write_text(spec_text, encoding="utf-8")
+    return Workspace.find(root)
+
+
+@pytest.mark.parametrize(("factor", "passes"), [("1", True), ("-1", False)])
+def test_optional_inputs_derived_sizes_generators_and_two_outputs(tmp_path, factor, passes):
+    workspace = toy_workspace(tmp_path, EVERY_KIND_OF_RESULT.replace("FACTOR", factor),
+                              "quantization", "toy_unpack")
+    run(workspace)
+    engine = (tmp_path / "koschei/engine/toy_unpack.py").read_text(encoding="utf-8")
+    assert "def toy_unpack(x, packed, bias=None, *, shift=0.0, rng=None, mask=None):" in engine
+    assert "packed.shape[1] != ((k + 1) // 2)" in engine and "return y, total" in engine
+    assert "if bias is not None and (" in engine and "out=None" not in engine
+    tests = run_generated_tests(tmp_path)
+    output = tests.stdout + tests.stderr
+    if passes:
+        assert tests.returncode == 0, output
+        assert "skipped" not in output
+    else:
+        assert tests.returncode == 1, output
+        assert "test_matches_the_reference" in output
+        assert "test_rejects_a_bad_parameter" not in output
+
+
+def test_the_generated_checks_of_optional_inputs_and_generators(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    run(toy_workspace(tmp_path, EVERY_KIND_OF_RESULT.replace("FACTOR", "1"), "quantization",
+                      "toy_unpack"))
+    location = importlib.util.spec_from_file_location(
+        "toy_unpack_module", tmp_path / "koschei/engine/toy_unpack.py")
+    module = importlib.util.module_from_spec(location)
+    location.loader.exec_module(module)
+    x = np.ones((2, 3), np.float32)
+    packed = np.zeros((2, 2), np.uint8)
+    y, total = module.toy_unpack(x, packed, rng=np.random.default_rng(1))
+    expected_y, expected_total = module.reference(x, packed, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(total, expected_total)
+    with pytest.raises(ValueError, match=r"^toy_unpack: packed: expected shape \(n, \(k \+ 1\) "
+                                         r"// 2\) with n=2, k=3 \(from x\), got \(2, 3\)"):
+        module.toy_unpack(x, np.zeros((2, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"^toy_unpack: bias: expected shape \(n,\) with n=2"):
+        module.toy_unpack(x, packed, np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match=r"^toy_unpack: mask: expected dtype bool"):
+        module.toy_unpack(x, packed, mask=np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match=r"^toy_unpack: rng: expected None, a seed or a numpy"):
+        module.toy_unpack(x, packed, rng=1.5)
+    with pytest.raises(ValueError, match=r"^toy_unpack: rng: expected a seed >= 0, got -1"):
+        module.toy_unpack(x, packed, rng=-1)
+
+
 @pytest.mark.parametrize(("spec", "old", "new", "field", "message"), [
     ("softmax", "scale: sum}", "scale: sum, eps: eps}", "kernel.params.eps", "only applies"),
     ("softmax", "scale: sum}", "scale: sum, bias: nothing}", "kernel.params",

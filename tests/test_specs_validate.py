@@ -409,3 +409,72 @@ def test_zero_sizes_need_an_input_that_allows_empty_arrays(tmp_path):
                       ("random_dims: {n: [1, 8]", 'random_dims: {"...": [0, 3], n: [0, 8]'))
     workspace = make_workspace(tmp_path / "allowed", {"foundation/scale.yaml": text})
     assert load_specs(workspace).get("scale").spec.signature.inputs[0].allow_empty
+
+
+# --- optional inputs, derived input sizes, generators, several outputs --------------------------
+
+
+def test_optional_inputs_come_last_are_sized_by_required_ones_and_only_they_are_keywords(
+        tmp_path):
+    found = scale_problems(
+        tmp_path,
+        ('    - {name: x, dtype: float32, shape: ["...", n, d]}',
+         ('    - {name: gain, dtype: float32, shape: [g], optional: true}\n'
+          '    - {name: x, dtype: float32, shape: ["...", n, d], keyword: true}')),
+        ("    - {name: idx, dtype: int32, shape: [n], range: [0, 100]}",
+         ("    - {name: idx, dtype: int32, shape: [n], range: [0, 100]}\n"
+          '    - {name: rows_mask, dtype: bool, shape: ["...", n], optional: true}')))
+    assert found == [
+        ("specs/foundation/scale.yaml:13: signature.inputs[0].shape[0]: the dimension 'g' of an "
+         "optional input must be bound by a required input before it (None tells nothing about "
+         "its size)"),
+        ("specs/foundation/scale.yaml:14: signature.inputs[1].keyword: only an optional input "
+         "can be keyword-only (give it optional: true, or drop keyword)"),
+        ("specs/foundation/scale.yaml:14: signature.inputs[1].optional: a required input cannot "
+         "follow an optional positional one: put the required inputs first"),
+        ("specs/foundation/scale.yaml:15: signature.inputs[2].optional: a required input cannot "
+         "follow an optional positional one: put the required inputs first"),
+        ("specs/foundation/scale.yaml:16: signature.inputs[3].shape[0]: an optional input cannot "
+         "have leading '...' dimensions: give it named ones"),
+    ]
+
+
+def test_a_derived_input_size_reads_only_earlier_dimensions(tmp_path):
+    found = scale_problems(
+        tmp_path, ("shape: [n], range: [0, 100]}", 'shape: ["(n + m) // 2"], range: [0, 100]}'))
+    assert found == [
+        ("specs/foundation/scale.yaml:14: signature.inputs[1].shape[0]: the input dimension "
+         "'(n + m) // 2' reads 'm', which no earlier input binds (an input dimension is a name, "
+         "a size, '...' or an expression over the dimensions of the inputs before it: n, d)")]
+
+
+def test_with_inputs_names_optional_inputs_and_generators_take_no_default(tmp_path):
+    found = scale_problems(
+        tmp_path,
+        ("    - {dims: {\"...\": [3], n: 4, d: 8}}",
+         "    - {dims: {\"...\": [3], n: 4, d: 8}, with_inputs: [idx]}"),
+        ("    - {name: groups, type: int, default: 1, min: 1}",
+         ("    - {name: groups, type: int, default: 1, min: 1}\n"
+          "    - {name: rng, type: generator, default: 3}")))
+    assert found == [
+        ("specs/foundation/scale.yaml:19: signature.params[2].default: a generator parameter "
+         "takes no default: it is None (fresh entropy), a seed or a numpy.random.Generator"),
+        ("specs/foundation/scale.yaml:19: signature.params[2].optional: a generator parameter is "
+         "optional (None: fresh entropy); add optional: true"),
+        ("specs/foundation/scale.yaml:30: tests.cases[0].with_inputs[0]: 'idx' is not an "
+         "optional input (optional inputs: none)"),
+    ]
+
+
+def test_output_and_outputs_are_exclusive_and_every_output_is_checked(tmp_path):
+    both = scale_problems(tmp_path / "both", (
+        '  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"]}',
+        ('  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"]}\n'
+         '  outputs: [{name: a, shape: [n]}, {name: b, shape: [n]}]')))
+    assert len(both) == 1 and "give either output" in both[0]
+    unbound = scale_problems(tmp_path / "unbound", (
+        '  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"]}',
+        '  outputs: [{name: out, shape: ["...", n, "d // 2"]}, {name: total, shape: [q]}]'))
+    assert unbound == [
+        ("specs/foundation/scale.yaml:15: signature.outputs[1].shape[0]: the output dimension "
+         "'q' is not bound by an input dimension or an int parameter (known: n, d, groups)")]

@@ -30,7 +30,7 @@ def command(name: str, *, summary: str, example: str, seed_name: str | None = No
     """
 
     def register(function: Callable) -> Callable:
-        options = dict(help=summary, epilog=f"Example: {example}")
+        options = {"help": summary, "epilog": f"Example: {example}"}
         app.command(name, **options)(function)
         if seed_name and seed_name != name:
             app.command(seed_name, hidden=True, **options)(function)

@@ -16,6 +16,7 @@ e.g. an ndarray subclass); the others build the exception for the caller to rais
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -172,9 +173,41 @@ def as_str(function: str, name: str, value: Any) -> str:
     return value
 
 
+def as_generator(function: str, name: str, value: Any) -> np.random.Generator:
+    """``value`` as a ``numpy.random.Generator``: None (fresh entropy), a seed (an int >= 0) or a
+    Generator; bools, floats and strings are not seeds."""
+    if value is None or isinstance(value, np.random.Generator):
+        return np.random.default_rng(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise _type_error(function, name, "None, a seed or a numpy.random.Generator", value)
+    if value < 0:
+        raise out_of_range(function, name, value, "a seed >= 0")
+    return np.random.default_rng(int(value))
+
+
 def out_of_range(function: str, name: str, value: Any, expected: str) -> ValueError:
     """``expected`` reads like ``> 0``, ``>= 1``, ``<= 64`` or ``one of ('a', 'b')``."""
     return ValueError(f"{function}: {name}: expected {expected}, got {value!r}")
+
+
+# --- inputs for tests and benchmarks ------------------------------------------------------------
+
+
+def draw_array(rng: np.random.Generator, dtype: str, shape: tuple[int, ...],
+               value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """The values tests and benchmarks feed a kernel: floats standard normal (uniform in
+    ``value_range`` when given), integers uniform in [low, high), booleans fair coins."""
+    if dtype in ("float32", "float64"):
+        if value_range is None:
+            return rng.standard_normal(shape, dtype=np.dtype(dtype))
+        low, high = value_range
+        return rng.uniform(low, high, size=shape).astype(dtype)
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if value_range is None:
+        raise ValueError(f"an {dtype} input needs a range of values to draw from")
+    low, high = math.ceil(value_range[0]), math.floor(value_range[1])
+    return rng.integers(low, max(high, low + 1), size=shape, dtype=np.dtype(dtype))
 
 
 # --- bit patterns -------------------------------------------------------------------------------

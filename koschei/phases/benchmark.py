@@ -192,11 +192,14 @@ def resolve_shape(shape: list[Any], case: Any, names: dict[str, Any]) -> tuple[i
 
 
 def case_params(spec: Any, case: Any) -> dict[str, Any]:
-    """The case's parameters over the spec's defaults (unset optional parameters are left out)."""
+    """The case's parameters over the spec's defaults (unset optional parameters are left out,
+    unset generators seeded from the case)."""
     params: dict[str, Any] = {}
     for param in spec.signature.params:
         if param.name in case.params:
             params[param.name] = case.params[param.name]
+        elif param.type == "generator":  # seeded, so that engine and reference draw alike
+            params[param.name] = case_seed(spec.name, case_label(case))
         elif param.default is not None:
             params[param.name] = param.default
     unknown = sorted(set(case.params) - {p.name for p in spec.signature.params})
@@ -205,17 +208,27 @@ def case_params(spec: Any, case: Any) -> dict[str, Any]:
     return params
 
 
-def draw_input(rng: np.random.Generator, arg: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """Float inputs standard normal; integer inputs uniform in ``arg.range``; bool fair coins."""
-    dtype = np.dtype(arg.dtype)
-    if arg.dtype in FLOAT_DTYPES:
-        return rng.standard_normal(shape, dtype=dtype)
-    if arg.dtype == "bool":
-        return rng.random(shape) < 0.5
-    if arg.range is None:
-        raise ValueError(f"integer input {arg.name!r} has no range to draw values from")
-    low, high = math.ceil(arg.range[0]), math.floor(arg.range[1])
-    return rng.integers(low, max(high, low + 1), size=shape, dtype=dtype)
+def draw_inputs(spec: Any, case: Any, params: dict[str, Any], names: dict[str, Any],
+                origin: str) -> dict[str, np.ndarray | None]:
+    """The case's inputs by name, drawn as the generated tests draw them: every input from one
+    generator seeded by the case (koschei.engine._runtime.draw_array), then the spec's
+    ``draw(rng, dims, params)``; optional inputs not in the case's ``with_inputs`` are None."""
+    from koschei.engine import _runtime
+
+    rng = np.random.default_rng(case_seed(spec.name, case_label(case)))
+    inputs: dict[str, np.ndarray | None] = {
+        arg.name: _runtime.draw_array(rng, arg.dtype, resolve_shape(arg.shape, case, names),
+                                      arg.range)
+        for arg in spec.signature.inputs}
+    if spec.draw:
+        dims = {key: tuple(value) if key == "..." else value for key, value in case.dims.items()}
+        defaults = {param.name: param.default for param in spec.signature.params}
+        inputs.update(load_source_function(spec.draw, "draw", origin)(
+            rng, dims, {**defaults, **params}))
+    for arg in spec.signature.inputs:
+        if arg.optional and arg.name not in case.with_inputs:
+            inputs[arg.name] = None
+    return inputs
 
 
 def case_seed(spec_name: str, label: str) -> int:
@@ -261,15 +274,22 @@ def torch_available() -> bool:
     return True
 
 
+def load_source_function(source: str, name: str, origin: str,
+                         **names: Any) -> Callable[..., Any]:
+    """The function ``name`` that a spec's Python source defines; the source sees NumPy as
+    ``np`` and the given ``names`` (e.g. ``torch``)."""
+    namespace: dict[str, Any] = {"np": np, "__name__": f"{name}_source", **names}
+    exec(compile(source, f"<{origin}: {name}>", "exec"), namespace)  # noqa: S102 - own spec
+    function = namespace.get(name)
+    if not callable(function):
+        raise TypeError(f"{origin}: the source does not define {name}(...)")
+    return function
+
+
 def load_torch_reference(source: str, origin: str) -> Callable[..., Any]:
     import torch
 
-    namespace: dict[str, Any] = {"torch": torch, "np": np, "__name__": "torch_reference_source"}
-    exec(compile(source, f"<{origin}: tests.torch>", "exec"), namespace)  # noqa: S102
-    function = namespace.get("torch_reference")
-    if not callable(function):
-        raise TypeError(f"{origin}: tests.torch does not define torch_reference(...)")
-    return function
+    return load_source_function(source, "torch_reference", origin, torch=torch)
 
 
 def compare_outputs(actual: Any, expected: Any, rtol: float, atol: float,
@@ -296,12 +316,31 @@ def compare_outputs(actual: Any, expected: Any, rtol: float, atol: float,
         f"{float(actual[first]):.6g} vs {float(expected[first]):.6g})")
 
 
-def tolerance_for(spec: Any) -> tuple[float, float]:
-    tolerances = spec.tests.tolerance
-    chosen = tolerances.get("float32") or tolerances.get(spec.signature.output.dtype)
+def tolerance_for(spec: Any, dtype: str) -> tuple[float, float]:
+    chosen = spec.tests.tolerance.get(dtype)
     if chosen is None:
         return 0.0, 0.0
     return chosen.rtol, chosen.atol
+
+
+def compare_results(spec: Any, actual: Any, expected: Any) -> tuple[bool, float | None, str]:
+    """``compare_outputs`` for each of the spec's outputs (a tuple when there are several), at
+    the tolerance of its dtype; the largest error over all, the first reason."""
+    results = spec.signature.results
+    actual = actual if isinstance(actual, tuple) else (actual,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if len(actual) != len(results) or len(expected) != len(results):
+        return False, None, (f"{len(actual)} result(s) and {len(expected)} from the reference, "
+                             f"expected {len(results)}")
+    errors: list[float] = []
+    for result, got, wanted in zip(results, actual, expected, strict=True):
+        matches, error, reason = compare_outputs(got, wanted, *tolerance_for(spec, result.dtype))
+        if error is not None:
+            errors.append(error)
+        if not matches:
+            prefix = f"{result.name}: " if len(results) > 1 else ""
+            return False, max(errors, default=None), prefix + reason
+    return True, max(errors, default=None), ""
 
 
 # --- timing -------------------------------------------------------------------------------------
@@ -443,27 +482,35 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
         result.params = dict(params)
         result.dims = dict(case.dims)
         names = formula_names(case, params)
-        rng = np.random.default_rng(case_seed(spec.name, label))
-        inputs = [draw_input(rng, arg, resolve_shape(arg.shape, case, names))
-                  for arg in spec.signature.inputs]
-        output = spec.signature.output
-        out = np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
+        inputs = draw_inputs(spec, case, params, names, loaded.relpath)
         module = load_engine_module(workspace, spec.name)
         engine = getattr(module, spec.name)
         reference = module.reference
+        if spec.signature.output is not None:  # one output: the engine writes into out=
+            output = spec.signature.output
+            out = np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
+
+            def run_engine() -> Any:
+                engine(**inputs, out=out, **params)
+                return out
+        else:  # several outputs: new arrays each call (part of what is measured)
+            held: list[Any] = []
+
+            def run_engine() -> Any:
+                held[:] = [engine(**inputs, **params)]
+                return held[0]
     except Exception as error:  # noqa: BLE001 - reported per case, the run goes on
         result.error = f"{type(error).__name__}: {error}"
         return result
 
     progress.step(f"benchmark {spec.name}/{label}: compiling and checking against the reference")
     try:
-        engine(*inputs, out=out, **params)  # compiles (never timed)
-        expected = reference(*inputs, **params)
+        engine_output = run_engine()  # compiles (never timed)
+        expected = reference(**inputs, **params)
     except Exception as error:  # noqa: BLE001
         result.error = f"{type(error).__name__}: {error}"
         return result
-    rtol, atol = tolerance_for(spec)
-    matches, max_abs_error, reason = compare_outputs(out, expected, rtol, atol)
+    matches, max_abs_error, reason = compare_results(spec, engine_output, expected)
     result.max_abs_error = max_abs_error
     if not matches:
         result.verdict = "wrong"
@@ -471,21 +518,25 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
         return result
 
     contenders: dict[str, Callable[[], Any]] = {
-        "engine": lambda: engine(*inputs, out=out, **params),
-        "numpy": lambda: reference(*inputs, **params),
+        "engine": run_engine,
+        "numpy": lambda: reference(**inputs, **params),
     }
     if use_torch and spec.tests.torch:
         try:
             import torch
 
             torch_reference = load_torch_reference(spec.tests.torch, loaded.relpath)
-            torch_inputs = [torch.from_numpy(array) for array in inputs]
+            torch_inputs = {name: None if array is None else torch.from_numpy(array)
+                            for name, array in inputs.items()}
             with torch.inference_mode():
-                torch_output = torch_reference(*torch_inputs, **params)
-            torch_matches, _, torch_reason = compare_outputs(
-                torch_output.detach().numpy(), expected, rtol, atol)
+                torch_output = torch_reference(**torch_inputs, **params)
+            if isinstance(torch_output, tuple):
+                torch_output = tuple(t.detach().numpy() for t in torch_output)
+            else:
+                torch_output = torch_output.detach().numpy()
+            torch_matches, _, torch_reason = compare_results(spec, torch_output, expected)
             if torch_matches:
-                contenders["torch"] = lambda: torch_reference(*torch_inputs, **params)
+                contenders["torch"] = lambda: torch_reference(**torch_inputs, **params)
             else:
                 result.notes.append(f"torch left out: it disagrees with the reference: "
                                     f"{torch_reason}")
@@ -498,7 +549,7 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
             timings, stopped = measure_interleaved(contenders, budget_s)
         result.contenders, result.stopped = timings, stopped
         # the measured engine path must still produce the checked result
-        matches, _, reason = compare_outputs(out, expected, rtol, atol)
+        matches, _, reason = compare_results(spec, run_engine(), expected)
         if not matches:
             result.verdict = "wrong"
             result.error = f"engine output changed while timing: {reason}"

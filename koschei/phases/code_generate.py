@@ -51,6 +51,11 @@ ELLIPSIS = "..."
 FASTMATH_FLAGS = ("afn", "arcp", "contract", "nsz", "reassoc")
 # Names the generated public function uses for itself; a dimension cannot take them.
 RESERVED_LOCALS = frozenset({"out", "out_shape", "lead", "np", "_rt", "_compute", "_FUNCTION"})
+PYTHON_TYPES = {"float": "float", "int": "int", "bool": "bool", "str": "str",
+                "generator": "numpy.random.Generator"}
+# the class a parameter's value must have to skip its conversion
+TYPE_CODE = {"float": "float", "int": "int", "bool": "bool", "str": "str",
+             "generator": "np.random.Generator"}
 
 
 @dataclass
@@ -121,6 +126,12 @@ class InputPlan:
     range: tuple[float, float] | None
     doc: str
     axes: list[tuple[Any, str]]  # (dimension, index into .shape) for every non-"..." dimension
+    optional: bool  # None is allowed (the default)
+    keyword: bool  # keyword-only, after the parameters
+
+    @property
+    def signature_code(self) -> str:
+        return f"{self.name}=None" if self.optional else self.name
 
     @property
     def fast_failures(self) -> list[str]:
@@ -151,13 +162,15 @@ class DimCheck:
     condition: str  # true when the shape is wrong
     dims: list[str]  # the named dimensions to report with their values
     bound_by: str  # where those values came from
+    optional: bool  # the input may be None (then nothing is checked)
 
 
 @dataclass(frozen=True)
 class ParamPlan:
     name: str
     type: str
-    python_type: str  # float / int / bool / str
+    python_type: str  # float / int / bool / str / numpy.random.Generator, for the docstring
+    type_code: str  # the class a value must have to skip the conversion
     convert: str  # the _rt helper that converts or rejects a value of another type
     default: Any
     required: bool
@@ -188,8 +201,13 @@ class OutputPlan:
     shape: list[Any]
     shape_doc: str
     shape_code: str
-    same_as: str | None  # an input with exactly this symbolic shape: out's shape is its shape
+    same_as: str | None  # a required input with exactly this symbolic shape: out's is its shape
     doc: str
+
+    @property
+    def shape_expr(self) -> str:
+        """Python code for this output's shape in the public function."""
+        return f"{self.same_as}.shape" if self.same_as else self.shape_code
 
 
 @dataclass(frozen=True)
@@ -203,21 +221,51 @@ class SignaturePlan:
     dim_checks: list[DimCheck]
     params: list[ParamPlan]
     constraints: list[ConstraintPlan]
-    output: OutputPlan
+    outputs: list[OutputPlan]  # one, written into out=; or several, returned as a tuple
+    takes_out: bool  # a single output: the function has out=None
     dtype_consts: list[tuple[str, str]]  # (constant, dtype), sorted
     uses_lead: bool  # the variable ``lead`` is needed by the public function
+
+    @property
+    def output(self) -> OutputPlan:
+        """The first (for most families the only) output."""
+        return self.outputs[0]
+
+    @property
+    def outputs_have_leading(self) -> bool:
+        return any(ELLIPSIS in output.shape for output in self.outputs)
 
     @property
     def input_names(self) -> list[str]:
         return [tensor.name for tensor in self.inputs]
 
     @property
+    def required_inputs(self) -> list[InputPlan]:
+        return [tensor for tensor in self.inputs if not tensor.optional]
+
+    @property
     def param_names(self) -> list[str]:
         return [param.name for param in self.params]
 
     @property
+    def output_names(self) -> list[str]:
+        """The local names of the results in the public function (``out`` for one output)."""
+        return ["out"] if self.takes_out else [output.name for output in self.outputs]
+
+    @property
+    def call_signature(self) -> str:
+        """The public function's parameters: positional inputs, ``*``, the parameters, keyword
+        inputs, and ``out=None`` for a single output."""
+        positional = [t.signature_code for t in self.inputs if not t.keyword]
+        keywords = [param.signature_code for param in self.params]
+        keywords += [t.signature_code for t in self.inputs if t.keyword]
+        if self.takes_out:
+            keywords.append("out=None")
+        return ", ".join([*positional, *(["*", *keywords] if keywords else [])])
+
+    @property
     def compute_args(self) -> str:
-        return ", ".join([*self.input_names, *self.param_names, "out"])
+        return ", ".join([*self.input_names, *self.param_names, *self.output_names])
 
 
 def dtype_const(dtype: str) -> str:
@@ -244,7 +292,7 @@ def _format_bound(value: float) -> str:
 
 
 def plan_param(param: Param) -> ParamPlan:
-    python_type = {"float": "float", "int": "int", "bool": "bool", "str": "str"}[param.type]
+    python_type = PYTHON_TYPES[param.type]
     checks: list[tuple[str, str]] = []
     name = param.name
     if param.greater_than is not None:
@@ -261,7 +309,8 @@ def plan_param(param: Param) -> ParamPlan:
         checks.append((f"{name} not in {choices}", f"one of {choices}"))
     required = param.default is None and not param.optional
     return ParamPlan(name=name, type=param.type, python_type=python_type,
-                     convert=f"as_{python_type}", default=param.default, required=required,
+                     type_code=TYPE_CODE[param.type], convert=f"as_{param.type}",
+                     default=param.default, required=required,
                      optional=param.optional, choices=param.choices, checks=checks,
                      bad_values=bad_param_values(param), doc=param.doc)
 
@@ -269,8 +318,11 @@ def plan_param(param: Param) -> ParamPlan:
 def bad_param_values(param: Param) -> list[tuple[str, str]]:
     """Values the public function must refuse, as (Python literal, exception name)."""
     wrong_types = {"float": ['"1.0"', "True"], "int": ["1.5", '"1"', "True"],
-                   "bool": ["1", '"yes"'], "str": ["1"]}[param.type]
+                   "bool": ["1", '"yes"'], "str": ["1"],
+                   "generator": ["1.5", '"1"', "True"]}[param.type]
     values = [(literal, "TypeError") for literal in wrong_types]
+    if param.type == "generator":
+        return [*values, ("-1", "ValueError")]
     if not param.optional:
         values.append(("None", "TypeError"))
     numeric = param.type in ("float", "int")
@@ -332,6 +384,11 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
             if isinstance(dim, int):
                 failing.append(f"{tensor.name}.shape[{position}] != {dim}")
                 bound_by.append("the signature")
+            elif not dim.isidentifier():  # derived from earlier inputs' dimensions
+                names = sorted(expr.names_in(dim))
+                failing.append(f"{tensor.name}.shape[{position}] != ({dim})")
+                reported.extend(names)
+                bound_by.extend(owner[name] for name in names)
             elif dim in owner:
                 failing.append(f"{tensor.name}.shape[{position}] != {dim}")
                 reported.append(dim)
@@ -349,7 +406,8 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
             dim_checks.append(DimCheck(input=tensor.name, shape_doc=plan.shape_doc,
                                        condition=" or ".join(failing),
                                        dims=list(dict.fromkeys(reported)),
-                                       bound_by=", ".join(dict.fromkeys(bound_by))))
+                                       bound_by=", ".join(dict.fromkeys(bound_by)),
+                                       optional=tensor.optional))
 
     params = [plan_param(param) for param in signature.params]
     known = [*dims, *(p.name for p in signature.params)]
@@ -366,36 +424,50 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
                                           message=constraint.message.strip(), names=names,
                                           arguments=", ".join(arguments) or spec.name))
 
-    output = signature.output
     int_params = [p.name for p in signature.params if p.type == "int"]
-    for index, dim in enumerate(output.shape):
-        if isinstance(dim, str) and dim != ELLIPSIS:
-            try:
-                expr.check(dim, [*dims, *int_params])
-            except expr.ExpressionError as error:
-                issues.append(loaded.issue(("signature", "output", "shape", index), str(error)))
+    field = ("output",) if signature.output is not None else ("outputs",)
+    for number, output in enumerate(signature.results):
+        path = ("signature", *field, *(() if signature.output is not None else (number,)))
+        if signature.outputs is not None and (output.name in RESERVED_LOCALS
+                                              or output.name in dims):  # locals when returned
+            issues.append(loaded.issue((*path, "name"), f"the output name {output.name!r} is a "
+                                       "dimension or a variable the generated code uses; "
+                                       "rename the output"))
+        for index, dim in enumerate(output.shape):
+            if isinstance(dim, str) and dim != ELLIPSIS:
+                try:
+                    expr.check(dim, [*dims, *int_params])
+                except expr.ExpressionError as error:
+                    issues.append(loaded.issue((*path, "shape", index), str(error)))
     if issues:
         raise SpecError(issues)
-    same_as = next((tensor.name for tensor in signature.inputs if tensor.shape == output.shape),
-                   None)
-    output_plan = OutputPlan(name=output.name, dtype=output.dtype,
-                             dtype_const=dtype_const(output.dtype), shape=list(output.shape),
-                             shape_doc=shape_doc(output.shape), shape_code=shape_code(output.shape),
-                             same_as=same_as, doc=output.doc)
+    outputs = [_plan_output(output, signature) for output in signature.results]
     # read a dimension into a variable only when something below uses it
     used: set[str] = {dim for check in dim_checks for dim in check.dims}
     used |= {name for constraint in constraints for name in constraint.names}
-    if same_as is None:
-        for dim in output.shape:
-            if isinstance(dim, str) and dim != ELLIPSIS:
-                used |= expr.names_in(dim)
+    for output in outputs:
+        if output.same_as is None:
+            for dim in output.shape:
+                if isinstance(dim, str) and dim != ELLIPSIS:
+                    used |= expr.names_in(dim)
     bindings = [(dim, code) for dim, code in bindings if dim in used]
-    consts = sorted({(dtype_const(t.dtype), t.dtype) for t in [*signature.inputs, output]})
-    uses_lead = bool(leading_checks) or (ELLIPSIS in output.shape and same_as is None)
+    consts = sorted({(dtype_const(t.dtype), t.dtype)
+                     for t in [*signature.inputs, *signature.results]})
+    uses_lead = bool(leading_checks) or any(ELLIPSIS in output.shape and output.same_as is None
+                                            for output in outputs)
     return SignaturePlan(function=spec.name, inputs=inputs, dims=dims, bindings=bindings,
                          leading_from=leading_from, leading_checks=leading_checks,
                          dim_checks=dim_checks, params=params, constraints=constraints,
-                         output=output_plan, dtype_consts=consts, uses_lead=uses_lead)
+                         outputs=outputs, takes_out=signature.output is not None,
+                         dtype_consts=consts, uses_lead=uses_lead)
+
+
+def _plan_output(output: TensorArg, signature: Signature) -> OutputPlan:
+    same_as = next((tensor.name for tensor in signature.inputs
+                    if tensor.shape == output.shape and not tensor.optional), None)
+    return OutputPlan(name=output.name, dtype=output.dtype, dtype_const=dtype_const(output.dtype),
+                      shape=list(output.shape), shape_doc=shape_doc(output.shape),
+                      shape_code=shape_code(output.shape), same_as=same_as, doc=output.doc)
 
 
 def _plan_input(tensor: TensorArg) -> InputPlan:
@@ -408,7 +480,7 @@ def _plan_input(tensor: TensorArg) -> InputPlan:
                      shape=list(tensor.shape), shape_doc=shape_doc(tensor.shape),
                      shape_code=shape_code(tensor.shape), leading=leading, ndim=size,
                      allow_empty=tensor.allow_empty, range=tensor.range,
-                     doc=tensor.doc, axes=axes)
+                     doc=tensor.doc, axes=axes, optional=tensor.optional, keyword=tensor.keyword)
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -431,7 +503,8 @@ def _normalized_case(case: Any) -> dict[str, Any]:
     for name, value in case.dims.items():
         dims[name] = list(value) if isinstance(value, list) else ([value] if name == ELLIPSIS
                                                                  else value)
-    return {"label": case_label(case), "dims": dims, "params": dict(case.params)}
+    return {"label": case_label(case), "dims": dims, "params": dict(case.params),
+            "with_inputs": list(case.with_inputs)}
 
 
 def _base_case(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -469,15 +542,17 @@ def context_for_tests(loaded: LoadedSpec, plan: SignaturePlan) -> dict[str, Any]
     mismatches: list[tuple[str, int]] = []
     seen: set[str] = set()
     for position, tensor in enumerate(plan.inputs):
-        named = [dim for dim in tensor.shape if isinstance(dim, str)]
+        named = [dim for dim in tensor.shape
+                 if isinstance(dim, str) and (dim == ELLIPSIS or dim.isidentifier())]
         for dim in dict.fromkeys(named):
             if dim in seen:
                 mismatches.append((dim, position))
             seen.add(dim)
     output_names: set[str] = set()
-    for dim in plan.output.shape:
-        if isinstance(dim, str) and dim != ELLIPSIS:
-            output_names |= expr.names_in(dim)
+    for output in plan.outputs:
+        for dim in output.shape:
+            if isinstance(dim, str) and dim != ELLIPSIS:
+                output_names |= expr.names_in(dim)
     overlap = next((i for i, t in enumerate(plan.inputs) if t.dtype == plan.output.dtype), None)
     return {
         "cases": cases,
@@ -493,12 +568,15 @@ def context_for_tests(loaded: LoadedSpec, plan: SignaturePlan) -> dict[str, Any]
     }
 
 
-def template_context(loaded: LoadedSpec) -> dict[str, Any]:
+def template_context(loaded: LoadedSpec, templates_folder: Path) -> dict[str, Any]:
     spec = loaded.spec
     assert spec.kernel is not None and spec.signature is not None
     tunables = {name: tunable.default for name, tunable in spec.tunables.items()}
     plan = plan_signature(loaded)
     family = spec.kernel.family
+    family_tests = f"families/{family}.tests.py.j2"
+    if not (templates_folder / family_tests).is_file():
+        family_tests = None
     return {
         **context_for_tests(loaded, plan),
         "spec": spec,
@@ -514,7 +592,9 @@ def template_context(loaded: LoadedSpec) -> dict[str, Any]:
         "spec_path": loaded.relpath,
         "spec_sha256": loaded.sha256,
         "templates": [ENGINE_TEMPLATE, f"families/{family}.py.j2", MACROS_TEMPLATE],
-        "test_templates": [TEST_TEMPLATE, MACROS_TEMPLATE],
+        "test_templates": [TEST_TEMPLATE, *([family_tests] if family_tests else []),
+                           MACROS_TEMPLATE],
+        "family_tests": family_tests,
     }
 
 
@@ -577,7 +657,7 @@ def render_spec(env: jinja2.Environment, loaded: LoadedSpec) -> list[RenderedFil
     spec = loaded.spec
     if spec.kernel is None:
         raise UsageError(f"{spec.name} is a planned spec (no kernel): there is nothing to render")
-    context = template_context(loaded)
+    context = template_context(loaded, Path(_templates_root(env)))
     files = [
         RenderedFile(f"koschei/engine/{spec.name}.py", spec.name, ENGINE_TEMPLATE,
                      _render(env, ENGINE_TEMPLATE, context, loaded)),

@@ -291,15 +291,15 @@ def measure_speed_vs_library(check: ClaimCheck, library: Literal["numpy", "torch
 def tensor_bytes(spec: Any, case: Any) -> int | None:
     """Bytes of the signature's inputs and output at a bench case's sizes; None when a shape
     cannot be resolved from the case."""
-    try:
-        from koschei.specs.expr import evaluate
-    except ImportError:
-        evaluate = None
+    from koschei.specs.expr import evaluate
+
     names: dict[str, Any] = {key: value for key, value in case.params.items()
                              if isinstance(value, (bool, int, float))}
     names.update({key: value for key, value in case.dims.items() if key != "..."})
     total = 0
-    for arg in [*spec.signature.inputs, spec.signature.output]:
+    given = [arg for arg in spec.signature.inputs
+             if not arg.optional or arg.name in case.with_inputs]
+    for arg in [*given, *spec.signature.results]:
         count = 1
         for dim in arg.shape:
             if isinstance(dim, int):
@@ -310,13 +310,11 @@ def tensor_bytes(spec: Any, case: Any) -> int | None:
                     count *= int(size)
             elif dim in names:
                 count *= int(names[dim])
-            elif evaluate is not None:
+            else:
                 try:
                     count *= int(evaluate(str(dim), names))
                 except Exception:  # noqa: BLE001 - an unresolvable shape: not measurable
                     return None
-            else:
-                return None
         total += count * DTYPE_BYTES.get(arg.dtype, 4)
     return total
 

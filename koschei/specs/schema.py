@@ -67,14 +67,22 @@ class TensorArg(Strict):
     range: tuple[float, float] | None = None
     # An array with a zero-size dimension is accepted (by default the public function rejects it).
     allow_empty: bool = False
+    # Inputs only: None is allowed and is the default (checked only when an array is given).
+    optional: bool = False
+    # Inputs only, with optional: keyword-only, after the parameters (e.g. a mask).
+    keyword: bool = False
     doc: str = ""
 
 
 class Param(Strict):
-    """A scalar keyword parameter of the public function."""
+    """A scalar keyword parameter of the public function.
+
+    ``generator`` is a source of randomness: None (fresh entropy), an int seed or a
+    ``numpy.random.Generator``; the function turns it into a Generator.
+    """
 
     name: Identifier
-    type: Literal["float", "int", "bool", "str"]
+    type: Literal["float", "int", "bool", "str", "generator"]
     default: Any = None
     min: float | None = None
     max: float | None = None
@@ -93,10 +101,26 @@ class Constraint(Strict):
 
 
 class Signature(Strict):
+    """Inputs (positional, then optional ones; keyword inputs after the parameters), and either
+    one ``output`` (the function takes ``out=``) or several ``outputs`` (returned as a tuple)."""
+
     inputs: list[TensorArg] = Field(min_length=1)
-    output: TensorArg
+    output: TensorArg | None = None
+    outputs: list[TensorArg] | None = Field(default=None, min_length=2)
     params: list[Param] = []
     constraints: list[Constraint] = []
+
+    @model_validator(mode="after")
+    def _one_kind_of_output(self) -> Signature:
+        if (self.output is None) == (self.outputs is None):
+            raise ValueError("give either output (one array, written into out=) or outputs "
+                             "(two or more arrays, returned as a tuple)")
+        return self
+
+    @property
+    def results(self) -> list[TensorArg]:
+        """The outputs, in order (one for ``output``)."""
+        return [self.output] if self.output is not None else list(self.outputs or [])
 
 
 class Kernel(Strict):
@@ -138,6 +162,8 @@ class Case(Strict):
     # Sizes of the named dimensions; "..." gives the leading dimensions as a list.
     dims: dict[str, int | list[int]]
     params: dict[str, Any] = {}
+    # The optional inputs given in this case (the others are None).
+    with_inputs: list[Identifier] = []
 
 
 class Invariant(Strict):
@@ -180,6 +206,10 @@ class Spec(Strict):
     kernel: Kernel | None = None
     signature: Signature | None = None
     reference: str | None = None  # Python source defining ``reference(...)`` with NumPy
+    # Python source defining ``draw(rng, dims, params)``: a dict of the inputs that tests and
+    # benchmarks must not draw the default way (e.g. packed weights made by quantizing);
+    # ``dims`` has the case's sizes ("..." a tuple), ``params`` its parameters with defaults.
+    draw: str | None = None
     tunables: dict[Identifier, Tunable] = {}
     tests: Tests | None = None
     bench: Bench | None = None

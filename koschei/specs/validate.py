@@ -7,14 +7,17 @@ more than one field or more than one file:
 - names are unique; aliases are unique across all specs and never another spec's name;
 - ``requires`` names specs that exist, and the requirements have no cycle;
 - the signature agrees with itself: every output dimension is bound by an input dimension or an
-  int parameter (or is an expression over those), ``"..."`` only comes first, integer inputs give
+  int parameter (or is an expression over those), an input dimension written as an expression
+  reads only dimensions of the inputs before it, ``"..."`` only comes first, integer inputs give
   the value range to draw from, parameter defaults respect min / max / choices, constraints are
-  expressions over known names;
+  expressions over known names; optional inputs follow the required ones and are sized by them,
+  only optional inputs are keyword-only, generator parameters are optional and take no default;
 - every test and bench case gives each named dimension (and nothing else; sizes at least 1, or 0
   where an input allows empty arrays), satisfies the constraints, and the bench ``bytes`` /
-  ``flops`` formulas evaluate on it; invariants read only the inputs, params, ``out`` and ``np``;
-- embedded Python (``reference``, ``tests.torch``, a custom kernel's source) parses and defines
-  the function it must define;
+  ``flops`` formulas evaluate on it; ``with_inputs`` names optional inputs; invariants read only
+  the inputs, params, the outputs, ``out`` and ``np``;
+- embedded Python (``reference``, ``draw``, ``tests.torch``, a custom kernel's source) parses and
+  defines the function it must define;
 - tunables that become Numba flags (``parallel``, ``fastmath``) choose between booleans.
 """
 
@@ -73,14 +76,19 @@ class _SpecChecker:
         self.may_be_empty: set[str] = set()
         self.params: dict[str, Param] = {}
         self.output_ok = True  # the output shape checked out (its expressions can be evaluated)
+        self.inputs_ok = True  # so did the input shapes
+        # the dimensions bound by the inputs before each input (its shape's expressions read them)
+        self.bound_before: list[list[str]] = []
         if signature is not None:
             for tensor in signature.inputs:
+                self.bound_before.append(list(self.dims))
                 if tensor.allow_empty:
                     self.may_be_empty.update(d for d in tensor.shape if isinstance(d, str))
                 for dim in tensor.shape:
                     if dim == ELLIPSIS:
                         self.leading = True
-                    elif isinstance(dim, str) and is_identifier(dim) and dim not in self.dims:
+                    elif isinstance(dim, str) and is_identifier(dim) and dim not in self.dims \
+                            and not tensor.optional:  # None binds no dimension
                         self.dims.append(dim)
             self.params = {param.name: param for param in signature.params}
 
@@ -158,8 +166,9 @@ class _SpecChecker:
         for index, tensor in enumerate(signature.inputs):
             base: FieldPath = ("signature", "inputs", index)
             claim_name(tensor.name, (*base, "name"))
-            self.shape(tensor.shape, (*base, "shape"), is_input=True)
+            self.shape(tensor.shape, (*base, "shape"), is_input=True, position=index)
             self.value_range(tensor.dtype, tensor.range, base)
+            self.optional_input(index)
         for index, param in enumerate(signature.params):
             base = ("signature", "params", index)
             claim_name(param.name, (*base, "name"))
@@ -167,11 +176,15 @@ class _SpecChecker:
                 self.add((*base, "name"), f"the parameter {param.name!r} has the name of a "
                          "dimension; constraints and formulas could not tell them apart")
             self.param(param, base)
-        claim_name(signature.output.name, ("signature", "output", "name"))
-        self.shape(signature.output.shape, ("signature", "output", "shape"), is_input=False)
-        if ELLIPSIS in signature.output.shape and not self.leading:
-            self.add(("signature", "output", "shape"), "the output has leading '...' dimensions "
-                     "but no input does, so nothing says how many there are")
+        for path, result in self.results():
+            claim_name(result.name, (*path, "name"))
+            if result.optional or result.keyword:
+                self.add((*path, "optional" if result.optional else "keyword"),
+                         "optional and keyword describe inputs, not outputs")
+            self.shape(result.shape, (*path, "shape"), is_input=False)
+            if ELLIPSIS in result.shape and not self.leading:
+                self.add((*path, "shape"), "the output has leading '...' dimensions but no input "
+                         "does, so nothing says how many there are")
         known = self.expression_names()
         for index, constraint in enumerate(signature.constraints):
             self.expression(constraint.check, known, ("signature", "constraints", index, "check"))
@@ -179,16 +192,55 @@ class _SpecChecker:
                 self.add(("signature", "constraints", index, "message"),
                          "say what is wrong when the check fails")
 
+    def results(self) -> list[tuple[FieldPath, Any]]:
+        """Each output with the field path it is written at."""
+        signature = self.spec.signature
+        assert signature is not None
+        if signature.output is not None:
+            return [(("signature", "output"), signature.output)]
+        return [(("signature", "outputs", index), result)
+                for index, result in enumerate(signature.outputs or [])]
+
+    def optional_input(self, index: int) -> None:
+        """Optional inputs come after the required positional ones, are sized by the required
+        inputs, and are the only ones that may be keyword-only."""
+        signature = self.spec.signature
+        assert signature is not None
+        tensor = signature.inputs[index]
+        base: FieldPath = ("signature", "inputs", index)
+        if tensor.keyword and not tensor.optional:
+            self.add((*base, "keyword"), "only an optional input can be keyword-only (give it "
+                     "optional: true, or drop keyword)")
+        earlier = signature.inputs[:index]
+        if not tensor.optional and any(other.optional and not other.keyword for other in earlier):
+            self.add((*base, "optional"), "a required input cannot follow an optional positional "
+                     "one: put the required inputs first")
+        if tensor.optional:
+            for position, dim in enumerate(tensor.shape):
+                if dim == ELLIPSIS:
+                    self.add((*base, "shape", position), "an optional input cannot have leading "
+                             "'...' dimensions: give it named ones")
+                elif isinstance(dim, str) and is_identifier(dim) \
+                        and dim not in self.bound_before[index]:
+                    self.add((*base, "shape", position), f"the dimension {dim!r} of an optional "
+                             "input must be bound by a required input before it (None tells "
+                             "nothing about its size)")
+
     def expression_names(self) -> list[str]:
         return [*self.dims, *self.params]
 
-    def shape(self, shape: Sequence[Any], path: FieldPath, is_input: bool) -> None:
+    def shape(self, shape: Sequence[Any], path: FieldPath, is_input: bool,
+              position: int | None = None) -> None:
         before = len(self.issues)
-        self._shape(shape, path, is_input)
-        if not is_input and len(self.issues) > before:
-            self.output_ok = False
+        self._shape(shape, path, is_input, position)
+        if len(self.issues) > before:
+            if is_input:
+                self.inputs_ok = False
+            else:
+                self.output_ok = False
 
-    def _shape(self, shape: Sequence[Any], path: FieldPath, is_input: bool) -> None:
+    def _shape(self, shape: Sequence[Any], path: FieldPath, is_input: bool,
+               position: int | None = None) -> None:
         int_params = [name for name, param in self.params.items() if param.type == "int"]
         for index, dim in enumerate(shape):
             where = (*path, index)
@@ -202,8 +254,7 @@ class _SpecChecker:
                 continue
             if is_input:
                 if not is_identifier(dim):
-                    self.add(where, f"an input dimension is a name, a size or '...', got "
-                             f"{dim!r}; derived sizes belong in the output shape")
+                    self.derived_input_dim(dim, where, self.bound_before[position or 0])
                 continue
             if is_identifier(dim):
                 if dim not in self.dims and dim not in int_params:
@@ -217,6 +268,21 @@ class _SpecChecker:
             unknown = sorted(names - set(self.dims) - set(int_params))
             if unknown:
                 self.add(where, self.unbound(unknown[0], int_params))
+
+    def derived_input_dim(self, dim: str, where: FieldPath, bound: list[str]) -> None:
+        """An input dimension written as an expression, e.g. "(k + 3) // 4" for packed weights:
+        it may read only the dimensions that the inputs before it bind."""
+        try:
+            names = expr.names_in(dim)
+        except expr.ExpressionError as error:
+            self.add(where, str(error))
+            return
+        unknown = sorted(names - set(bound))
+        if unknown:
+            self.add(where, f"the input dimension {dim!r} reads {unknown[0]!r}, which no earlier "
+                     f"input binds (an input dimension is a name, a size, '...' or an expression "
+                     f"over the dimensions of the inputs before it: "
+                     f"{', '.join(bound) or 'none'})")
 
     def unbound(self, name: str, int_params: list[str]) -> str:
         param = self.params.get(name)
@@ -244,6 +310,15 @@ class _SpecChecker:
                      f"([{lowest}, {highest}])")
 
     def param(self, param: Param, base: FieldPath) -> None:
+        if param.type == "generator":
+            for field_name in ("default", "choices", "min", "max", "greater_than"):
+                if getattr(param, field_name) is not None:
+                    self.add((*base, field_name), f"a generator parameter takes no {field_name}: "
+                             "it is None (fresh entropy), a seed or a numpy.random.Generator")
+            if not param.optional:
+                self.add((*base, "optional"), "a generator parameter is optional (None: fresh "
+                         "entropy); add optional: true")
+            return
         numeric = param.type in ("int", "float")
         for bound in ("min", "max", "greater_than"):
             if getattr(param, bound) is not None and not numeric:
@@ -281,6 +356,8 @@ class _SpecChecker:
             self.source(spec.reference, ("reference",), "reference")
         if spec.tests is not None and spec.tests.torch is not None:
             self.source(spec.tests.torch, ("tests", "torch"), "torch_reference")
+        if spec.draw is not None:
+            self.source(spec.draw, ("draw",), "draw")
         if spec.kernel is not None and spec.kernel.family == "custom":
             source = spec.kernel.params.get("source")
             if not isinstance(source, str) or not source.strip():
@@ -320,9 +397,10 @@ class _SpecChecker:
         assert tests is not None and signature is not None
         for index, case in enumerate(tests.cases):
             self.case(case, ("tests", "cases", index))
-        output_dtype = signature.output.dtype
-        if output_dtype in FLOAT_DTYPES and output_dtype not in tests.tolerance:
-            self.add(("tests", "tolerance"), f"no tolerance for the output's dtype {output_dtype}")
+        for result in signature.results:
+            if result.dtype in FLOAT_DTYPES and result.dtype not in tests.tolerance:
+                self.add(("tests", "tolerance"), f"no tolerance for the dtype {result.dtype} of "
+                         f"the output {result.name!r}")
         for dim, (low, high) in tests.random_dims.items():
             path: FieldPath = ("tests", "random_dims", dim)
             if dim == ELLIPSIS and not self.leading:
@@ -337,8 +415,8 @@ class _SpecChecker:
                          f"[{low}, {high}]")
             if low > high:
                 self.add(path, f"the low end {low} is above the high end {high}")
-        known = {*(t.name for t in signature.inputs), *self.params, signature.output.name,
-                 *INVARIANT_NAMES}
+        known = {*(t.name for t in signature.inputs), *self.params,
+                 *(result.name for result in signature.results), *INVARIANT_NAMES}
         for index, invariant in enumerate(tests.invariants):
             self.invariant(invariant.check, known, ("tests", "invariants", index, "check"))
 
@@ -428,6 +506,14 @@ class _SpecChecker:
             self.add((*path, "dims"), f"missing dimension{'s' if len(missing) > 1 else ''} "
                      f"{', '.join(map(repr, missing))}")
             ok = False
+        signature = self.spec.signature
+        assert signature is not None
+        optional = [tensor.name for tensor in signature.inputs if tensor.optional]
+        for index, name in enumerate(case.with_inputs):
+            if name not in optional:
+                self.add((*path, "with_inputs", index), f"{name!r} is not an optional input "
+                         f"(optional inputs: {', '.join(optional) or 'none'})")
+                ok = False
         for name, value in case.params.items():
             param = self.params.get(name)
             if param is None:
@@ -444,11 +530,9 @@ class _SpecChecker:
         for param_name, param in self.params.items():
             value = case.params.get(param_name, param.default)
             # a default that is itself wrong is reported once, on the parameter
-            if value is not None and param.type != "str" \
+            if value is not None and param.type not in ("str", "generator") \
                     and param_value_problem(param, value) is None:
                 names[param_name] = value
-        signature = self.spec.signature
-        assert signature is not None
         for constraint in signature.constraints:
             try:
                 holds = expr.evaluate(constraint.check, names)
@@ -458,17 +542,23 @@ class _SpecChecker:
                 self.add(path, f"the case breaks the constraint {constraint.check!r}: "
                          f"{constraint.message}")
                 ok = False
-        for index, dim in enumerate(signature.output.shape if self.output_ok else []):
+        derived = [(f"{result.name}'s dimension {index}", dim)
+                   for result in (signature.results if self.output_ok else [])
+                   for index, dim in enumerate(result.shape)]
+        derived += [(f"{tensor.name}'s dimension {index}", dim)
+                    for tensor in (signature.inputs if self.inputs_ok else [])
+                    for index, dim in enumerate(tensor.shape)]
+        for where, dim in derived:
             if isinstance(dim, str) and dim != ELLIPSIS and not is_identifier(dim):
                 try:
                     size = expr.evaluate(dim, names)
                 except expr.ExpressionError as error:
-                    self.add(path, f"the output dimension {index} ({dim!r}): {error}")
+                    self.add(path, f"{where} ({dim!r}): {error}")
                     ok = False
                     continue
                 if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                    self.add(path, f"the output dimension {index} ({dim!r}) is {show(size)} for "
-                             "this case; expected an integer >= 0")
+                    self.add(path, f"{where} ({dim!r}) is {show(size)} for this case; expected "
+                             "an integer >= 0")
                     ok = False
         return names if ok else None
 
@@ -504,6 +594,9 @@ def param_value_problem(param: Param, value: Any, check_choices: bool = True) ->
     """Why ``value`` is not a valid value of ``param``, or None."""
     if value is None:
         return None if param.optional else "is None but the parameter is not optional"
+    if param.type == "generator":
+        fits = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if fits else f"expected a seed (an integer >= 0), got {show(value)}"
     expected = {"float": "a number", "int": "an integer", "bool": "true or false",
                 "str": "a string"}[param.type]
     if isinstance(value, bool):

@@ -23,6 +23,8 @@ try:
 except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
     torch = None
 
+from koschei.engine import _runtime
+
 module = importlib.import_module("koschei.engine.attention")
 attention = module.attention
 reference = module.reference
@@ -30,28 +32,30 @@ reference = module.reference
 FUNCTION = "attention"
 # rtol, atol by output dtype
 TOLERANCE = {"float32": (0.0001, 2e-05)}
+# the results, in order: name, dtype
+RESULTS = [("out", "float32")]
 OUTPUT_DTYPE = np.dtype("float32")
 # the parameters' defaults
 DEFAULTS = {"causal": True, "window": None, "scale": None}
-# label, sizes of the named dimensions ("...": the leading ones), parameters
+# label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
 CASES = [
-    pytest.param("1x1x1x1x1", {"n": 1, "m": 1, "hq": 1, "hkv": 1, "hd": 1}, {}, id="1x1x1x1x1"),
-    pytest.param("1x7x3x1x5", {"n": 1, "m": 7, "hq": 3, "hkv": 1, "hd": 5}, {}, id="1x7x3x1x5"),
-    pytest.param("5x5x4x2x8", {"n": 5, "m": 5, "hq": 4, "hkv": 2, "hd": 8}, {}, id="5x5x4x2x8"),
-    pytest.param("3x17x6x3x7", {"n": 3, "m": 17, "hq": 6, "hkv": 3, "hd": 7}, {}, id="3x17x6x3x7"),
-    pytest.param("13x200x2x1x3", {"n": 13, "m": 200, "hq": 2, "hkv": 1, "hd": 3}, {}, id="13x200x2x1x3"),
-    pytest.param("33x97x4x4x16", {"n": 33, "m": 97, "hq": 4, "hkv": 4, "hd": 16}, {}, id="33x97x4x4x16"),
-    pytest.param("97x130x6x2x10", {"n": 97, "m": 130, "hq": 6, "hkv": 2, "hd": 10}, {}, id="97x130x6x2x10"),
-    pytest.param("64x64x12x4x64", {"n": 64, "m": 64, "hq": 12, "hkv": 4, "hd": 64}, {}, id="64x64x12x4x64"),
-    pytest.param("1x2048x12x4x64", {"n": 1, "m": 2048, "hq": 12, "hkv": 4, "hd": 64}, {}, id="1x2048x12x4x64"),
-    pytest.param("4x1500x7x7x11", {"n": 4, "m": 1500, "hq": 7, "hkv": 7, "hd": 11}, {}, id="4x1500x7x7x11"),
-    pytest.param("window_1", {"n": 9, "m": 20, "hq": 2, "hkv": 1, "hd": 4}, {"window": 1}, id="window_1"),
-    pytest.param("window_40", {"n": 131, "m": 131, "hq": 3, "hkv": 1, "hd": 32}, {"window": 40}, id="window_40"),
-    pytest.param("window_decode", {"n": 1, "m": 1000, "hq": 8, "hkv": 2, "hd": 16}, {"window": 300}, id="window_decode"),
-    pytest.param("bidirectional", {"n": 29, "m": 29, "hq": 4, "hkv": 2, "hd": 12}, {"causal": False}, id="bidirectional"),
-    pytest.param("bidirectional_window", {"n": 40, "m": 57, "hq": 2, "hkv": 2, "hd": 6}, {"causal": False, "window": 5}, id="bidirectional_window"),
-    pytest.param("scale_given", {"n": 7, "m": 11, "hq": 3, "hkv": 3, "hd": 9}, {"scale": 0.5}, id="scale_given"),
-    pytest.param("sharp_softmax", {"n": 20, "m": 45, "hq": 2, "hkv": 1, "hd": 64}, {"scale": 1.0}, id="sharp_softmax"),
+    pytest.param("1x1x1x1x1", {"n": 1, "m": 1, "hq": 1, "hkv": 1, "hd": 1}, {}, [], id="1x1x1x1x1"),
+    pytest.param("1x7x3x1x5", {"n": 1, "m": 7, "hq": 3, "hkv": 1, "hd": 5}, {}, [], id="1x7x3x1x5"),
+    pytest.param("5x5x4x2x8", {"n": 5, "m": 5, "hq": 4, "hkv": 2, "hd": 8}, {}, [], id="5x5x4x2x8"),
+    pytest.param("3x17x6x3x7", {"n": 3, "m": 17, "hq": 6, "hkv": 3, "hd": 7}, {}, [], id="3x17x6x3x7"),
+    pytest.param("13x200x2x1x3", {"n": 13, "m": 200, "hq": 2, "hkv": 1, "hd": 3}, {}, [], id="13x200x2x1x3"),
+    pytest.param("33x97x4x4x16", {"n": 33, "m": 97, "hq": 4, "hkv": 4, "hd": 16}, {}, [], id="33x97x4x4x16"),
+    pytest.param("97x130x6x2x10", {"n": 97, "m": 130, "hq": 6, "hkv": 2, "hd": 10}, {}, [], id="97x130x6x2x10"),
+    pytest.param("64x64x12x4x64", {"n": 64, "m": 64, "hq": 12, "hkv": 4, "hd": 64}, {}, [], id="64x64x12x4x64"),
+    pytest.param("1x2048x12x4x64", {"n": 1, "m": 2048, "hq": 12, "hkv": 4, "hd": 64}, {}, [], id="1x2048x12x4x64"),
+    pytest.param("4x1500x7x7x11", {"n": 4, "m": 1500, "hq": 7, "hkv": 7, "hd": 11}, {}, [], id="4x1500x7x7x11"),
+    pytest.param("window_1", {"n": 9, "m": 20, "hq": 2, "hkv": 1, "hd": 4}, {"window": 1}, [], id="window_1"),
+    pytest.param("window_40", {"n": 131, "m": 131, "hq": 3, "hkv": 1, "hd": 32}, {"window": 40}, [], id="window_40"),
+    pytest.param("window_decode", {"n": 1, "m": 1000, "hq": 8, "hkv": 2, "hd": 16}, {"window": 300}, [], id="window_decode"),
+    pytest.param("bidirectional", {"n": 29, "m": 29, "hq": 4, "hkv": 2, "hd": 12}, {"causal": False}, [], id="bidirectional"),
+    pytest.param("bidirectional_window", {"n": 40, "m": 57, "hq": 2, "hkv": 2, "hd": 6}, {"causal": False, "window": 5}, [], id="bidirectional_window"),
+    pytest.param("scale_given", {"n": 7, "m": 11, "hq": 3, "hkv": 3, "hd": 9}, {"scale": 0.5}, [], id="scale_given"),
+    pytest.param("sharp_softmax", {"n": 20, "m": 45, "hq": 2, "hkv": 1, "hd": 64}, {"scale": 1.0}, [], id="sharp_softmax"),
 ]
 # the case the argument checks start from
 BASE_DIMS = {"n": 5, "m": 5, "hq": 4, "hkv": 2, "hd": 8}
@@ -62,6 +66,8 @@ INPUTS = [
     ("k", "float32", False, 3),
     ("v", "float32", False, 3),
 ]
+# the inputs that may be None; the argument checks give them all
+OPTIONAL = []
 
 
 def case_seed(label):
@@ -78,39 +84,56 @@ def input_shapes(dims):
     return {"q": (n, hq, hd), "k": (m, hkv, hd), "v": (m, hkv, hd)}
 
 
-def output_shape(dims, params):
-    """The shape of out (n, hq, hd)."""
+def output_shapes(dims, params):
+    """The shapes of out (n, hq, hd)."""
     n = dims["n"]
     hq = dims["hq"]
     hd = dims["hd"]
-    return (n, hq, hd)
+    return [(n, hq, hd)]
 
 
-def draw(rng, dtype, shape, low_high):
-    """Float inputs standard normal, integers uniform in [low, high), booleans fair coins."""
-    if dtype in ("float32", "float64"):
-        return rng.standard_normal(shape, dtype=np.dtype(dtype))
-    if dtype == "bool":
-        return rng.random(shape) < 0.5
-    low, high = math.ceil(low_high[0]), math.floor(low_high[1])
-    return rng.integers(low, max(high, low + 1), size=shape, dtype=np.dtype(dtype))
+def output_shape(dims, params):
+    """The shape of the first output, out."""
+    return output_shapes(dims, params)[0]
 
 
 RANGES = {"q": None, "k": None, "v": None}
 
 
-def make_inputs(dims, seed):
-    """The inputs, in order, drawn from one generator seeded with seed."""
+def make_inputs(dims, seed, params=None, with_inputs=None):
+    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
+    with_inputs (default: all of them) are None."""
     rng = np.random.default_rng(seed)
     shapes = input_shapes(dims)
-    return [draw(rng, dtype, shapes[name], RANGES[name]) for name, dtype, _, _ in INPUTS]
+    given = OPTIONAL if with_inputs is None else with_inputs
+    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
+              for name, dtype, _, _ in INPUTS}
+    return {name: (value if name not in OPTIONAL or name in given else None)
+            for name, value in inputs.items()}
 
 
-def assert_close(actual, expected):
+def copied(inputs):
+    return {name: None if value is None else value.copy() for name, value in inputs.items()}
+
+
+def results(value):
+    """A function's or reference's result as a tuple of arrays, one per output."""
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(OUTPUT_DTYPE.name, (0.0, 0.0))
+    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def assert_results_close(actual, expected):
+    actual, expected = results(actual), results(expected)
+    assert len(actual) == len(expected) == len(RESULTS)
+    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
+        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
+        assert_close(got, wanted, dtype)
 
 
 # each constraint of the signature, and whether the sizes and parameters given satisfy it
@@ -130,25 +153,24 @@ def constraints_hold(dims, params, only=None):
 # --- the reference ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_matches_the_reference(label, dims, params):
-    inputs = make_inputs(dims, case_seed(label))
-    originals = [array.copy() for array in inputs]
-    expected = reference(*originals, **params)
-    actual = attention(*inputs, **params)
-    assert isinstance(actual, np.ndarray) and actual.dtype == OUTPUT_DTYPE
-    assert actual.shape == output_shape(dims, params)
-    assert_close(actual, expected)
-    for array, original in zip(inputs, originals):
-        np.testing.assert_array_equal(array, original, err_msg="an input was modified")
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_matches_the_reference(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    originals = copied(inputs)
+    expected = reference(**originals, **params)
+    actual = attention(**inputs, **params)
+    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
+    assert_results_close(actual, expected)
+    for name, original in originals.items():
+        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_writes_into_out(label, dims, params):
-    inputs = make_inputs(dims, case_seed(label))
-    expected = reference(*[array.copy() for array in inputs], **params)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_writes_into_out(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    expected = reference(**copied(inputs), **params)
     out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
-    result = attention(*inputs, **params, out=out)
+    result = attention(**inputs, **params, out=out)
     assert result is out
     assert_close(out, expected)
 
@@ -166,22 +188,26 @@ def test_random_shapes_match_the_reference(data):
     params = dict(BASE_PARAMS)
     params["causal"] = data.draw(st.booleans(), label="causal")
     assume(constraints_hold(dims, params))
-    inputs = make_inputs(dims, data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    expected = reference(*[array.copy() for array in inputs], **params)
-    assert_close(attention(*inputs, **params), expected)
+    with_inputs = []
+    inputs = make_inputs(dims, data.draw(st.integers(0, 2**32 - 1), label="seed"), params,
+                         with_inputs)
+    expected = reference(**copied(inputs), **params)
+    assert_results_close(attention(**inputs, **params), expected)
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_invariant_outputs_lie_within_the_values(label, dims, params):
-    q, k, v = make_inputs(dims, case_seed(label))
-    out = attention(q, k, v, **params)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_outputs_lie_within_the_values(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    q, k, v = inputs.values()
+    out = attention(**inputs, **params)
     assert bool(np.all(out <= np.repeat(v.max(axis=0), q.shape[1] // k.shape[1], axis=0)[None] + 1e-5) and np.all(out >= np.repeat(v.min(axis=0), q.shape[1] // k.shape[1], axis=0)[None] - 1e-5)), "invariant outputs_lie_within_the_values does not hold"
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_invariant_the_first_causal_query_of_a_prompt_copies_the_first_value(label, dims, params):
-    q, k, v = make_inputs(dims, case_seed(label))
-    out = attention(q, k, v, **params)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_the_first_causal_query_of_a_prompt_copies_the_first_value(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    q, k, v = inputs.values()
+    out = attention(**inputs, **params)
     causal = {**DEFAULTS, **params}.get("causal")
     assert not causal or q.shape[0] != k.shape[0] or np.allclose(out[0], np.repeat(v[0], q.shape[1] // k.shape[1], axis=0), rtol=0, atol=1e-6), "invariant the_first_causal_query_of_a_prompt_copies_the_first_value does not hold"
 
@@ -211,13 +237,18 @@ if torch is not None:
         return out[0].transpose(0, 1).contiguous()
 
 
+def to_numpy(value):
+    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_matches_pytorch(label, dims, params):
-    inputs = make_inputs(dims, case_seed(label))
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_matches_pytorch(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     with torch.inference_mode():
-        expected = torch_reference(*[torch.from_numpy(array.copy()) for array in inputs], **params)
-    assert_close(attention(*inputs, **params), expected.numpy())
+        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
+                                      for name, array in copied(inputs).items()}, **params)
+    assert_results_close(attention(**inputs, **params), to_numpy(expected))
 
 
 # --- the signature and bad arguments ------------------------------------------------------------
@@ -239,7 +270,12 @@ def test_signature_matches_the_spec():
 
 
 def call(inputs, **overrides):
-    return attention(*inputs, **{**BASE_PARAMS, **overrides})
+    return attention(**inputs, **{**BASE_PARAMS, **overrides})
+
+
+def base_inputs(dims=None):
+    """Every input of the case the argument checks start from, optional ones included."""
+    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
 
 
 def raises(error, argument, pattern=""):
@@ -260,18 +296,19 @@ INPUT_IDS = [name for name, _, _, _ in INPUTS]
 
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_what_is_not_an_array(position):
-    inputs = make_inputs(BASE_DIMS, 0)
-    inputs[position] = inputs[position].tolist()
-    with raises(TypeError, INPUTS[position][0], "a numpy.ndarray"):
+    inputs = base_inputs()
+    name = INPUTS[position][0]
+    inputs[name] = inputs[name].tolist()
+    with raises(TypeError, name, "a numpy.ndarray"):
         call(inputs)
 
 
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_a_wrong_dtype(position):
     name, dtype, _, _ = INPUTS[position]
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     wrong = "float64" if dtype != "float64" else "float32"
-    inputs[position] = inputs[position].astype(wrong)
+    inputs[name] = inputs[name].astype(wrong)
     with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
         call(inputs)
 
@@ -279,26 +316,26 @@ def test_rejects_a_wrong_dtype(position):
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_a_wrong_number_of_dimensions(position):
     name, dtype, leading, ndim = INPUTS[position]
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     if leading:
         if ndim == 0:
             pytest.skip(f"{name} takes any number of dimensions")
-        inputs[position] = np.zeros(inputs[position].shape[inputs[position].ndim - ndim + 1:],
-                                    dtype=dtype)
+        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
     else:
-        inputs[position] = np.ascontiguousarray(inputs[position][np.newaxis])
+        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
     with raises(ValueError, name, r"(at least )?\d+ dimension"):
         call(inputs)
 
 
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_a_non_contiguous_array(position):
-    inputs = make_inputs(BASE_DIMS, 0)
-    strided = non_contiguous(inputs[position])
+    inputs = base_inputs()
+    name = INPUTS[position][0]
+    strided = non_contiguous(inputs[name])
     if strided is None:
         pytest.skip("a one-element array is always contiguous")
-    inputs[position] = strided
-    with raises(ValueError, INPUTS[position][0], "a C-contiguous array"):
+    inputs[name] = strided
+    with raises(ValueError, name, "a C-contiguous array"):
         call(inputs)
 
 
@@ -309,15 +346,15 @@ EMPTY_REJECTED = [0, 1, 2]
 @pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
 def test_rejects_an_empty_array(position):
     name, dtype, leading, ndim = INPUTS[position]
-    inputs = make_inputs(BASE_DIMS, 0)
-    shape = inputs[position].shape
+    inputs = base_inputs()
+    shape = inputs[name].shape
     if leading:
         shape = (0, *shape[len(shape) - ndim:])
     elif shape:
         shape = (0, *shape[1:])
     else:
         pytest.skip(f"{name} is a scalar array")
-    inputs[position] = np.zeros(shape, dtype=dtype)
+    inputs[name] = np.zeros(shape, dtype=dtype)
     with raises(ValueError, name, "a non-empty array"):
         call(inputs)
 
@@ -328,14 +365,14 @@ MISMATCHES = [("hd", 1), ("m", 2), ("hkv", 2), ("hd", 2)]
 
 @pytest.mark.parametrize(("dim", "position"), MISMATCHES, ids=[f"{d}-{INPUT_IDS[i]}" for d, i in MISMATCHES])
 def test_rejects_dimensions_that_disagree(dim, position):
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     if dim == "...":
         lead = list(BASE_DIMS["..."])
         changed = {**BASE_DIMS, "...": [*lead[:-1], lead[-1] + 1] if lead else [2]}
     else:
         changed = {**BASE_DIMS, dim: BASE_DIMS[dim] + 1}
     name, dtype, _, _ = INPUTS[position]
-    inputs[position] = np.zeros(input_shapes(changed)[name], dtype=dtype)
+    inputs[name] = np.zeros(input_shapes(changed)[name], dtype=dtype)
     with raises(ValueError, name, "shape"):
         call(inputs)
 
@@ -359,7 +396,7 @@ BAD_PARAMS = [
 @pytest.mark.parametrize(("name", "value", "error"), BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
 def test_rejects_a_bad_parameter(name, value, error):
     with raises(error, name):
-        call(make_inputs(BASE_DIMS, 0), **{name: value})
+        call(base_inputs(), **{name: value})
 
 
 @pytest.mark.parametrize("check", [check for check, _ in CONSTRAINTS])
@@ -373,13 +410,13 @@ def test_rejects_sizes_that_break_a_constraint(check):
             if not constraints_hold(dims, BASE_PARAMS, only=check) and all(
                     constraints_hold(dims, BASE_PARAMS, only=other) for other in others):
                 with pytest.raises(ValueError, match=f"^{FUNCTION}: .*expected {re.escape(check)}"):
-                    call(make_inputs(dims, 0))
+                    call(base_inputs(dims))
                 return
     pytest.skip(f"no larger sizes break {check}")
 
 
 def test_rejects_an_out_of_the_wrong_dtype():
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     wrong = np.float64 if OUTPUT_DTYPE != np.float64 else np.float32
     out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=wrong)
     with raises(TypeError, "out", "dtype"):
@@ -387,7 +424,7 @@ def test_rejects_an_out_of_the_wrong_dtype():
 
 
 def test_rejects_an_out_of_the_wrong_shape():
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     shape = output_shape(BASE_DIMS, BASE_PARAMS)
     out = np.zeros((*shape[:-1], shape[-1] + 1) if shape else (2,), dtype=OUTPUT_DTYPE)
     with raises(ValueError, "out", "shape"):
@@ -399,24 +436,24 @@ def test_rejects_a_non_contiguous_out():
     if out is None:
         pytest.skip("a one-element array is always contiguous")
     with raises(ValueError, "out", "a C-contiguous array"):
-        call(make_inputs(BASE_DIMS, 0), out=out)
+        call(base_inputs(), out=out)
 
 
 def test_rejects_a_read_only_out():
     out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE)
     out.flags.writeable = False
     with raises(ValueError, "out", "a writeable array"):
-        call(make_inputs(BASE_DIMS, 0), out=out)
+        call(base_inputs(), out=out)
 
 
 def test_rejects_an_out_that_overlaps_an_input():
-    inputs = make_inputs(BASE_DIMS, 0)
-    position = 0
+    inputs = base_inputs()
+    name = INPUTS[0][0]
     shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    size = max(inputs[position].size, math.prod(shape))
+    size = max(inputs[name].size, math.prod(shape))
     buffer = np.zeros(size, dtype=OUTPUT_DTYPE)
-    buffer[:inputs[position].size] = inputs[position].ravel()
-    inputs[position] = buffer[:inputs[position].size].reshape(inputs[position].shape)
+    buffer[:inputs[name].size] = inputs[name].ravel()
+    inputs[name] = buffer[:inputs[name].size].reshape(inputs[name].shape)
     out = buffer[:math.prod(shape)].reshape(shape)
     with raises(ValueError, "out", "a buffer of its own"):
         call(inputs, out=out)

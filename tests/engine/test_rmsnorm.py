@@ -23,6 +23,8 @@ try:
 except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
     torch = None
 
+from koschei.engine import _runtime
+
 module = importlib.import_module("koschei.engine.rmsnorm")
 rmsnorm = module.rmsnorm
 reference = module.reference
@@ -30,20 +32,22 @@ reference = module.reference
 FUNCTION = "rmsnorm"
 # rtol, atol by output dtype
 TOLERANCE = {"float32": (1e-05, 1e-06)}
+# the results, in order: name, dtype
+RESULTS = [("y", "float32")]
 OUTPUT_DTYPE = np.dtype("float32")
 # the parameters' defaults
 DEFAULTS = {"eps": 1e-06}
-# label, sizes of the named dimensions ("...": the leading ones), parameters
+# label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
 CASES = [
-    pytest.param("1", {"...": [], "d": 1}, {}, id="1"),
-    pytest.param("1x1", {"...": [1], "d": 1}, {}, id="1x1"),
-    pytest.param("3x7", {"...": [3], "d": 7}, {}, id="3x7"),
-    pytest.param("2x5x13", {"...": [2, 5], "d": 13}, {}, id="2x5x13"),
-    pytest.param("17x97", {"...": [17], "d": 97}, {}, id="17x97"),
-    pytest.param("4x768", {"...": [4], "d": 768}, {}, id="4x768"),
-    pytest.param("33x1000", {"...": [33], "d": 1000}, {}, id="33x1000"),
-    pytest.param("129x1031", {"...": [129], "d": 1031}, {}, id="129x1031"),
-    pytest.param("eps_large", {"...": [5], "d": 64}, {"eps": 0.5}, id="eps_large"),
+    pytest.param("1", {"...": [], "d": 1}, {}, [], id="1"),
+    pytest.param("1x1", {"...": [1], "d": 1}, {}, [], id="1x1"),
+    pytest.param("3x7", {"...": [3], "d": 7}, {}, [], id="3x7"),
+    pytest.param("2x5x13", {"...": [2, 5], "d": 13}, {}, [], id="2x5x13"),
+    pytest.param("17x97", {"...": [17], "d": 97}, {}, [], id="17x97"),
+    pytest.param("4x768", {"...": [4], "d": 768}, {}, [], id="4x768"),
+    pytest.param("33x1000", {"...": [33], "d": 1000}, {}, [], id="33x1000"),
+    pytest.param("129x1031", {"...": [129], "d": 1031}, {}, [], id="129x1031"),
+    pytest.param("eps_large", {"...": [5], "d": 64}, {"eps": 0.5}, [], id="eps_large"),
 ]
 # the case the argument checks start from
 BASE_DIMS = {"...": [3], "d": 7}
@@ -53,6 +57,8 @@ INPUTS = [
     ("x", "float32", True, 1),
     ("weight", "float32", False, 1),
 ]
+# the inputs that may be None; the argument checks give them all
+OPTIONAL = []
 
 
 def case_seed(label):
@@ -66,62 +72,78 @@ def input_shapes(dims):
     return {"x": (*lead, d), "weight": (d,)}
 
 
-def output_shape(dims, params):
-    """The shape of y (..., d)."""
+def output_shapes(dims, params):
+    """The shapes of y (..., d)."""
     lead = tuple(dims["..."])
     d = dims["d"]
-    return (*lead, d)
+    return [(*lead, d)]
 
 
-def draw(rng, dtype, shape, low_high):
-    """Float inputs standard normal, integers uniform in [low, high), booleans fair coins."""
-    if dtype in ("float32", "float64"):
-        return rng.standard_normal(shape, dtype=np.dtype(dtype))
-    if dtype == "bool":
-        return rng.random(shape) < 0.5
-    low, high = math.ceil(low_high[0]), math.floor(low_high[1])
-    return rng.integers(low, max(high, low + 1), size=shape, dtype=np.dtype(dtype))
+def output_shape(dims, params):
+    """The shape of the first output, y."""
+    return output_shapes(dims, params)[0]
 
 
 RANGES = {"x": None, "weight": None}
 
 
-def make_inputs(dims, seed):
-    """The inputs, in order, drawn from one generator seeded with seed."""
+def make_inputs(dims, seed, params=None, with_inputs=None):
+    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
+    with_inputs (default: all of them) are None."""
     rng = np.random.default_rng(seed)
     shapes = input_shapes(dims)
-    return [draw(rng, dtype, shapes[name], RANGES[name]) for name, dtype, _, _ in INPUTS]
+    given = OPTIONAL if with_inputs is None else with_inputs
+    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
+              for name, dtype, _, _ in INPUTS}
+    return {name: (value if name not in OPTIONAL or name in given else None)
+            for name, value in inputs.items()}
 
 
-def assert_close(actual, expected):
+def copied(inputs):
+    return {name: None if value is None else value.copy() for name, value in inputs.items()}
+
+
+def results(value):
+    """A function's or reference's result as a tuple of arrays, one per output."""
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(OUTPUT_DTYPE.name, (0.0, 0.0))
+    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def assert_results_close(actual, expected):
+    actual, expected = results(actual), results(expected)
+    assert len(actual) == len(expected) == len(RESULTS)
+    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
+        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
+        assert_close(got, wanted, dtype)
 
 
 # --- the reference ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_matches_the_reference(label, dims, params):
-    inputs = make_inputs(dims, case_seed(label))
-    originals = [array.copy() for array in inputs]
-    expected = reference(*originals, **params)
-    actual = rmsnorm(*inputs, **params)
-    assert isinstance(actual, np.ndarray) and actual.dtype == OUTPUT_DTYPE
-    assert actual.shape == output_shape(dims, params)
-    assert_close(actual, expected)
-    for array, original in zip(inputs, originals):
-        np.testing.assert_array_equal(array, original, err_msg="an input was modified")
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_matches_the_reference(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    originals = copied(inputs)
+    expected = reference(**originals, **params)
+    actual = rmsnorm(**inputs, **params)
+    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
+    assert_results_close(actual, expected)
+    for name, original in originals.items():
+        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_writes_into_out(label, dims, params):
-    inputs = make_inputs(dims, case_seed(label))
-    expected = reference(*[array.copy() for array in inputs], **params)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_writes_into_out(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    expected = reference(**copied(inputs), **params)
     out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
-    result = rmsnorm(*inputs, **params, out=out)
+    result = rmsnorm(**inputs, **params, out=out)
     assert result is out
     assert_close(out, expected)
 
@@ -134,23 +156,27 @@ def test_random_shapes_match_the_reference(data):
     dims["..."] = data.draw(st.lists(st.integers(1, 9), max_size=2), label="...")
     dims["d"] = data.draw(st.integers(1, 300), label="d")
     params = dict(BASE_PARAMS)
-    inputs = make_inputs(dims, data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    expected = reference(*[array.copy() for array in inputs], **params)
-    assert_close(rmsnorm(*inputs, **params), expected)
+    with_inputs = []
+    inputs = make_inputs(dims, data.draw(st.integers(0, 2**32 - 1), label="seed"), params,
+                         with_inputs)
+    expected = reference(**copied(inputs), **params)
+    assert_results_close(rmsnorm(**inputs, **params), expected)
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_invariant_rows_have_unit_rms_before_the_gain(label, dims, params):
-    x, weight = make_inputs(dims, case_seed(label))
-    out = rmsnorm(x, weight, **params)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_rows_have_unit_rms_before_the_gain(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    x, weight = inputs.values()
+    out = rmsnorm(**inputs, **params)
     eps = {**DEFAULTS, **params}.get("eps")
     assert np.allclose(np.mean(np.square(out / weight), axis=-1), np.mean(x * x, axis=-1) / (np.mean(x * x, axis=-1) + eps), rtol=1e-4, atol=1e-6), "invariant rows_have_unit_rms_before_the_gain does not hold"
 
 
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_invariant_signs_follow_x_times_weight(label, dims, params):
-    x, weight = make_inputs(dims, case_seed(label))
-    out = rmsnorm(x, weight, **params)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_signs_follow_x_times_weight(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    x, weight = inputs.values()
+    out = rmsnorm(**inputs, **params)
     assert np.array_equal(np.sign(out), np.sign(x) * np.sign(weight)), "invariant signs_follow_x_times_weight does not hold"
 
 
@@ -161,13 +187,18 @@ if torch is not None:
         return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
+def to_numpy(value):
+    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
-@pytest.mark.parametrize(("label", "dims", "params"), CASES)
-def test_matches_pytorch(label, dims, params):
-    inputs = make_inputs(dims, case_seed(label))
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_matches_pytorch(label, dims, params, with_inputs):
+    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     with torch.inference_mode():
-        expected = torch_reference(*[torch.from_numpy(array.copy()) for array in inputs], **params)
-    assert_close(rmsnorm(*inputs, **params), expected.numpy())
+        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
+                                      for name, array in copied(inputs).items()}, **params)
+    assert_results_close(rmsnorm(**inputs, **params), to_numpy(expected))
 
 
 # --- the signature and bad arguments ------------------------------------------------------------
@@ -186,7 +217,12 @@ def test_signature_matches_the_spec():
 
 
 def call(inputs, **overrides):
-    return rmsnorm(*inputs, **{**BASE_PARAMS, **overrides})
+    return rmsnorm(**inputs, **{**BASE_PARAMS, **overrides})
+
+
+def base_inputs(dims=None):
+    """Every input of the case the argument checks start from, optional ones included."""
+    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
 
 
 def raises(error, argument, pattern=""):
@@ -207,18 +243,19 @@ INPUT_IDS = [name for name, _, _, _ in INPUTS]
 
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_what_is_not_an_array(position):
-    inputs = make_inputs(BASE_DIMS, 0)
-    inputs[position] = inputs[position].tolist()
-    with raises(TypeError, INPUTS[position][0], "a numpy.ndarray"):
+    inputs = base_inputs()
+    name = INPUTS[position][0]
+    inputs[name] = inputs[name].tolist()
+    with raises(TypeError, name, "a numpy.ndarray"):
         call(inputs)
 
 
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_a_wrong_dtype(position):
     name, dtype, _, _ = INPUTS[position]
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     wrong = "float64" if dtype != "float64" else "float32"
-    inputs[position] = inputs[position].astype(wrong)
+    inputs[name] = inputs[name].astype(wrong)
     with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
         call(inputs)
 
@@ -226,26 +263,26 @@ def test_rejects_a_wrong_dtype(position):
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_a_wrong_number_of_dimensions(position):
     name, dtype, leading, ndim = INPUTS[position]
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     if leading:
         if ndim == 0:
             pytest.skip(f"{name} takes any number of dimensions")
-        inputs[position] = np.zeros(inputs[position].shape[inputs[position].ndim - ndim + 1:],
-                                    dtype=dtype)
+        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
     else:
-        inputs[position] = np.ascontiguousarray(inputs[position][np.newaxis])
+        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
     with raises(ValueError, name, r"(at least )?\d+ dimension"):
         call(inputs)
 
 
 @pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
 def test_rejects_a_non_contiguous_array(position):
-    inputs = make_inputs(BASE_DIMS, 0)
-    strided = non_contiguous(inputs[position])
+    inputs = base_inputs()
+    name = INPUTS[position][0]
+    strided = non_contiguous(inputs[name])
     if strided is None:
         pytest.skip("a one-element array is always contiguous")
-    inputs[position] = strided
-    with raises(ValueError, INPUTS[position][0], "a C-contiguous array"):
+    inputs[name] = strided
+    with raises(ValueError, name, "a C-contiguous array"):
         call(inputs)
 
 
@@ -256,15 +293,15 @@ EMPTY_REJECTED = [0, 1]
 @pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
 def test_rejects_an_empty_array(position):
     name, dtype, leading, ndim = INPUTS[position]
-    inputs = make_inputs(BASE_DIMS, 0)
-    shape = inputs[position].shape
+    inputs = base_inputs()
+    shape = inputs[name].shape
     if leading:
         shape = (0, *shape[len(shape) - ndim:])
     elif shape:
         shape = (0, *shape[1:])
     else:
         pytest.skip(f"{name} is a scalar array")
-    inputs[position] = np.zeros(shape, dtype=dtype)
+    inputs[name] = np.zeros(shape, dtype=dtype)
     with raises(ValueError, name, "a non-empty array"):
         call(inputs)
 
@@ -275,14 +312,14 @@ MISMATCHES = [("d", 1)]
 
 @pytest.mark.parametrize(("dim", "position"), MISMATCHES, ids=[f"{d}-{INPUT_IDS[i]}" for d, i in MISMATCHES])
 def test_rejects_dimensions_that_disagree(dim, position):
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     if dim == "...":
         lead = list(BASE_DIMS["..."])
         changed = {**BASE_DIMS, "...": [*lead[:-1], lead[-1] + 1] if lead else [2]}
     else:
         changed = {**BASE_DIMS, dim: BASE_DIMS[dim] + 1}
     name, dtype, _, _ = INPUTS[position]
-    inputs[position] = np.zeros(input_shapes(changed)[name], dtype=dtype)
+    inputs[name] = np.zeros(input_shapes(changed)[name], dtype=dtype)
     with raises(ValueError, name, "shape"):
         call(inputs)
 
@@ -300,11 +337,11 @@ BAD_PARAMS = [
 @pytest.mark.parametrize(("name", "value", "error"), BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
 def test_rejects_a_bad_parameter(name, value, error):
     with raises(error, name):
-        call(make_inputs(BASE_DIMS, 0), **{name: value})
+        call(base_inputs(), **{name: value})
 
 
 def test_rejects_an_out_of_the_wrong_dtype():
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     wrong = np.float64 if OUTPUT_DTYPE != np.float64 else np.float32
     out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=wrong)
     with raises(TypeError, "out", "dtype"):
@@ -312,7 +349,7 @@ def test_rejects_an_out_of_the_wrong_dtype():
 
 
 def test_rejects_an_out_of_the_wrong_shape():
-    inputs = make_inputs(BASE_DIMS, 0)
+    inputs = base_inputs()
     shape = output_shape(BASE_DIMS, BASE_PARAMS)
     out = np.zeros((*shape[:-1], shape[-1] + 1) if shape else (2,), dtype=OUTPUT_DTYPE)
     with raises(ValueError, "out", "shape"):
@@ -324,24 +361,24 @@ def test_rejects_a_non_contiguous_out():
     if out is None:
         pytest.skip("a one-element array is always contiguous")
     with raises(ValueError, "out", "a C-contiguous array"):
-        call(make_inputs(BASE_DIMS, 0), out=out)
+        call(base_inputs(), out=out)
 
 
 def test_rejects_a_read_only_out():
     out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE)
     out.flags.writeable = False
     with raises(ValueError, "out", "a writeable array"):
-        call(make_inputs(BASE_DIMS, 0), out=out)
+        call(base_inputs(), out=out)
 
 
 def test_rejects_an_out_that_overlaps_an_input():
-    inputs = make_inputs(BASE_DIMS, 0)
-    position = 0
+    inputs = base_inputs()
+    name = INPUTS[0][0]
     shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    size = max(inputs[position].size, math.prod(shape))
+    size = max(inputs[name].size, math.prod(shape))
     buffer = np.zeros(size, dtype=OUTPUT_DTYPE)
-    buffer[:inputs[position].size] = inputs[position].ravel()
-    inputs[position] = buffer[:inputs[position].size].reshape(inputs[position].shape)
+    buffer[:inputs[name].size] = inputs[name].ravel()
+    inputs[name] = buffer[:inputs[name].size].reshape(inputs[name].shape)
     out = buffer[:math.prod(shape)].reshape(shape)
     with raises(ValueError, "out", "a buffer of its own"):
         call(inputs, out=out)
