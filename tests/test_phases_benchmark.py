@@ -381,7 +381,10 @@ def test_optional_inputs_drawn_inputs_and_two_outputs_are_measured(tmp_path, fac
     [case] = result.cases
     assert case.verdict == verdict, case.error
     if verdict == "ok":
-        assert set(case.contenders) == {"engine", "numpy"} and case.speedup_vs_numpy > 0
+        assert set(case.contenders) == {"engine", "numpy", "row_sums"}
+        assert case.speedup_vs_numpy > 0 and case.speedup_vs_baselines["row_sums"] > 0
+        rounds = {timing.rounds for timing in case.contenders.values()}
+        assert len(rounds) == 1, "the baseline is timed in the same interleaved rounds"
     else:
         assert case.error.startswith("engine output does not match the reference: y: ")
         assert case.contenders == {}

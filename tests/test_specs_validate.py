@@ -466,6 +466,20 @@ def test_with_inputs_names_optional_inputs_and_generators_take_no_default(tmp_pa
     ]
 
 
+def test_a_baseline_defines_baseline_and_is_not_named_like_a_contender(tmp_path):
+    found = scale_problems(tmp_path, ('  flops: "rows * n * d / 2"\n', (
+        '  flops: "rows * n * d / 2"\n'
+        '  baselines:\n'
+        '    torch: "def baseline(x, idx):\\n    return x"\n'
+        '    halves: "def half(x, idx):\\n    return x"\n')))
+    assert found == [
+        ("specs/foundation/scale.yaml:46: bench.baselines.torch: 'torch' is the name of a "
+         "contender the benchmark always has; name the baseline after what it does"),
+        ("specs/foundation/scale.yaml:47: bench.baselines.halves: the source must define a "
+         "function baseline(...) at its top level"),
+    ]
+
+
 def test_output_and_outputs_are_exclusive_and_every_output_is_checked(tmp_path):
     both = scale_problems(tmp_path / "both", (
         '  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"]}',

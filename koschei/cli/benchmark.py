@@ -177,12 +177,14 @@ def render(result: Any, console: Console) -> None:
     if measured:
         speedups = [c.speedup_vs_numpy for c in measured]
         speedups += [c.speedup_vs_torch for c in measured if c.speedup_vs_torch is not None]
+        speedups += [s for c in measured for s in c.speedup_vs_baselines.values() if s is not None]
         scale = max([1.0, *[s for s in speedups if math.isfinite(s)]])
         width = max(len(f"{c.spec}/{c.case}") for c in measured)
         console.print(f"\n[bold]engine speedup[/bold] (full bar = {scale:.2f}×)")
         for case in measured:
             for label, value in (("numpy", case.speedup_vs_numpy),
-                                 ("torch", case.speedup_vs_torch)):
+                                 ("torch", case.speedup_vs_torch),
+                                 *case.speedup_vs_baselines.items()):
                 if value is None:
                     continue
                 line = Text(f"{case.spec}/{case.case}".ljust(width) + f"  vs {label}  ")

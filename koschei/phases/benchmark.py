@@ -105,6 +105,7 @@ class CaseResult:
     roofline_fraction: float | None = None
     speedup_vs_numpy: float | None = None
     speedup_vs_torch: float | None = None
+    speedup_vs_baselines: dict[str, float | None] = field(default_factory=dict)
     compare: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -521,6 +522,14 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
         "engine": run_engine,
         "numpy": lambda: reference(**inputs, **params),
     }
+    for name, source in (spec.bench.baselines if spec.bench is not None else {}).items():
+        try:
+            baseline = load_source_function(source, "baseline", f"{loaded.relpath}: {name}")
+            baseline(**inputs, **params)  # warm: a baseline may build what it reuses
+        except Exception as error:  # noqa: BLE001 - the case goes on without it
+            result.notes.append(f"baseline {name} left out: {type(error).__name__}: {error}")
+            continue
+        contenders[name] = lambda baseline=baseline: baseline(**inputs, **params)
     if use_torch and spec.tests.torch:
         try:
             import torch
@@ -558,6 +567,10 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
         result.speedup_vs_numpy = paired_speedup(timings["numpy"], timings["engine"])
         if "torch" in timings:
             result.speedup_vs_torch = paired_speedup(timings["torch"], timings["engine"])
+        for name in (spec.bench.baselines if spec.bench is not None else {}):
+            if name in timings:
+                result.speedup_vs_baselines[name] = paired_speedup(timings[name],
+                                                                   timings["engine"])
         if spec.bench is not None:
             derive(result, spec.bench.bytes, spec.bench.flops, names, calibration)
     except Exception as error:  # noqa: BLE001

@@ -191,6 +191,10 @@ class Bench(Strict):
     # Arithmetic over the case's dims (and params): bytes moved and floating-point operations.
     bytes: str
     flops: str
+    # Other ways to do the job, timed beside the engine but never compared with it: name ->
+    # Python source defining ``baseline(...)``, called with the function's inputs and params by
+    # name (e.g. an fp32 GEMV of the same shape as a quantized one).
+    baselines: dict[Identifier, str] = {}
 
 
 class Spec(Strict):

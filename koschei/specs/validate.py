@@ -53,6 +53,8 @@ ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z][a-z.-]*(\.[A-Z]{2})?/\d{7})(v\d+)
 # What an invariant may read besides the function's arguments and result (see schema.Invariant).
 INVARIANT_NAMES = frozenset({"np", "out", *dir(builtins)})
 ELLIPSIS = "..."
+# The benchmark's own contenders; a baseline needs another name.
+RESERVED_CONTENDERS = ("engine", "numpy", "torch")
 
 
 # --- one spec -----------------------------------------------------------------------------------
@@ -358,6 +360,11 @@ class _SpecChecker:
             self.source(spec.tests.torch, ("tests", "torch"), "torch_reference")
         if spec.draw is not None:
             self.source(spec.draw, ("draw",), "draw")
+        for name, source in (spec.bench.baselines if spec.bench is not None else {}).items():
+            if name in RESERVED_CONTENDERS:
+                self.add(("bench", "baselines", name), f"{name!r} is the name of a contender the "
+                         "benchmark always has; name the baseline after what it does")
+            self.source(source, ("bench", "baselines", name), "baseline")
         if spec.kernel is not None and spec.kernel.family == "custom":
             source = spec.kernel.params.get("source")
             if not isinstance(source, str) or not source.strip():
