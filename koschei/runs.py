@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import platform
 import re
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from koschei.errors import UsageError
+from koschei.files import file_sha256, read_json, write_json_atomic
 from koschei.workspace import Workspace
 
 MANIFEST = "manifest.json"
@@ -53,47 +52,6 @@ LOCAL_RECORD_FILES = (JOURNAL, "git_commit.json")
 WRITE_ACTIONS = ("create", "update")
 PATH_KEYS = ("path", "file", "target")
 LIST_KEYS = ("created", "written")
-
-
-# --- atomic writes ------------------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None when it is absent or unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- what a run knows about its surroundings ----------------------------------------------------

@@ -217,20 +217,6 @@ def test_generated_modules_whose_spec_is_gone_are_reported(tmp_path):
     assert (tmp_path / "koschei/engine/layernorm.py").exists()  # reported, never deleted
 
 
-def test_write_atomically_keeps_the_old_content_when_the_rename_fails(tmp_path, monkeypatch):
-    target = tmp_path / "module.py"
-    target.write_bytes(b"old\n")
-
-    def failing_replace(source, destination):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(code_generate.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        code_generate.write_atomically(target, b"new\n")
-    assert target.read_bytes() == b"old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["module.py"]  # no temporary file left
-
-
 def test_the_json_output_lists_each_file_with_its_action(tmp_path):
     make_workspace(tmp_path, ("softmax",))
     result = CliRunner().invoke(app, ["code-generate", "--json", "--root", str(tmp_path)])

@@ -1,4 +1,4 @@
-"""Run records: ids, manifests, phase results, what a run wrote, atomic writes and the lock."""
+"""Run records: ids, manifests, phase results, what a run wrote, and the lock."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 
 from koschei import machine
 from koschei.errors import UsageError
+from koschei.files import write_json_atomic
 from koschei.phases.base import Result
 from koschei.runs import (
     RUN_ID_PATTERN,
@@ -24,7 +25,6 @@ from koschei.runs import (
     list_runs,
     reported_writes,
     workspace_lock,
-    write_json_atomic,
 )
 from koschei.workspace import Workspace
 
@@ -166,24 +166,6 @@ def test_reported_writes_finds_both_shapes_anywhere():
     assert reported_writes(result) == ["x.py", "specs/a.yaml", "z.txt"]
     assert reported_writes({"check": True, "files": [{"path": "x", "action": "update"}]}) == []
     assert reported_writes(None) == []
-
-
-# --- atomic writes ------------------------------------------------------------------------------
-
-
-def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    target = tmp_path / "journal.json"
-    write_json_atomic(target, {"status": "running"})
-
-    def refuse(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(OSError, match="disk full"):
-        write_json_atomic(target, {"status": "finished"})
-    monkeypatch.undo()
-    assert json.loads(target.read_text()) == {"status": "running"}
-    assert temporaries(tmp_path) == []
 
 
 # --- the lock -----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from koschei import calibration as machine_calibration
 from koschei import machine
 from koschei.errors import UsageError
 from koschei.phases.base import Progress, Result, SilentProgress
+from koschei.specs.validate import case_label
 from koschei.workspace import Workspace
 
 Verdict = Literal["ok", "wrong", "error", "regression"]
@@ -139,16 +140,6 @@ class BenchmarkResult(Result):
 
 
 # --- inputs -------------------------------------------------------------------------------------
-
-
-def case_label(case: Any) -> str:
-    """A case's name, or its sizes joined with "x" (``{"...": [4096], "d": 768}`` -> 4096x768)."""
-    if case.name:
-        return case.name
-    sizes: list[str] = []
-    for value in case.dims.values():
-        sizes.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-    return "x".join(sizes)
 
 
 def formula_names(case: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any, Literal
 import jinja2
 
 from koschei.errors import SpecError, SpecIssue, UsageError
+from koschei.files import write_bytes_atomic
 from koschei.phases.base import Progress, Result, SilentProgress
 from koschei.specs import expr
 from koschei.specs.load import LoadedSpec
@@ -712,23 +711,6 @@ def render_all(workspace: Workspace, specs: Iterable[LoadedSpec],
 # --- writing ------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
-    that the path holds either the old content or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def action_for(path: Path, data: bytes) -> Action:
     if not path.exists():
         return "create"
@@ -773,11 +755,10 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         result.files.append(GeneratedFile(path=file.relpath, spec=file.spec, action=action,
                                           template=file.template))
         if action != "identical" and not options.check:
-            write_atomically(path, data)
+            write_bytes_atomic(path, data)
             result.written.append(file.relpath)
     result.orphans = find_orphans(workspace, [s.name for s in spec_set.implemented()])
     return result
 
 
-__all__ = ["CodeGenerateResult", "GeneratedFile", "Options", "render_all", "render_spec", "run",
-           "write_atomically"]
+__all__ = ["CodeGenerateResult", "GeneratedFile", "Options", "render_all", "render_spec", "run"]

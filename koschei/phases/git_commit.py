@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from koschei.errors import CheckFailed, UsageError
+from koschei.files import file_sha256
 from koschei.phases.base import Progress, Result, SilentProgress
-from koschei.runs import LOCAL_RECORD_FILES, RunRecord, file_sha256, workspace_lock
+from koschei.runs import LOCAL_RECORD_FILES, RunRecord, workspace_lock
 from koschei.workspace import Workspace
 
 # Git's markers of an operation that has to be finished (or aborted) before committing.

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from koschei.phases.base import Progress, Result, SilentProgress
+from koschei.specs.validate import case_label
 from koschei.workspace import Workspace
 
 Verdict = Literal["confirmed", "partly", "refuted", "unmeasured"]
@@ -204,16 +205,6 @@ def verdict_for(claimed: float, measured: float) -> Verdict:
 # --- the measurements a claim needs -------------------------------------------------------------
 
 
-def bench_label(case: Any) -> str:
-    """A bench case's label as the benchmark writes it: its name, or its sizes joined by "x"."""
-    if case.name:
-        return case.name
-    sizes: list[str] = []
-    for value in case.dims.values():
-        sizes.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-    return "x".join(sizes)
-
-
 def _engine_median(case: dict[str, Any]) -> float | None:
     engine = (case.get("contenders") or {}).get("engine") or {}
     value = engine.get("median_s")
@@ -327,8 +318,8 @@ def measure_size_vs_spec(check: ClaimCheck, loaded: Any, other: Any,
         check.detail = (f"{check.spec} and {baseline.name} both need a signature and bench cases "
                         "to compare their tensor sizes")
         return
-    mine = {bench_label(case): case for case in spec.bench.cases}
-    theirs = {bench_label(case): case for case in baseline.bench.cases}
+    mine = {case_label(case): case for case in spec.bench.cases}
+    theirs = {case_label(case): case for case in baseline.bench.cases}
     shared = [label for label in mine if label in theirs]
     label = wanted_case if wanted_case in shared else (shared[-1] if shared and not wanted_case
                                                        else None)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from koschei.errors import SpecError, UsageError
+from koschei.files import write_bytes_atomic
 from koschei.phases.base import Progress, Result, SilentProgress
 from koschei.specs.graph import TIER_ORDER
 from koschei.specs.load import is_identifier
@@ -129,7 +130,7 @@ def check_new_name(spec_set: Any, workspace: Workspace, name: str) -> None:
 
 def scaffold(workspace: Workspace, spec_set: Any, options: Options,
              progress: Progress) -> SpecCreateResult:
-    from koschei.phases.code_generate import available_families, render_spec, write_atomically
+    from koschei.phases.code_generate import available_families, render_spec
     from koschei.specs.load import parse_spec
     from koschei.specs.validate import check_spec
 
@@ -158,7 +159,7 @@ def scaffold(workspace: Workspace, spec_set: Any, options: Options,
         raise SpecError(issues)  # the scaffold itself is wrong: a template bug, nothing written
     progress.step(f"checking that {name} renders")
     render_spec(env, loaded)
-    write_atomically(path, content)
+    write_bytes_atomic(path, content)
     return SpecCreateResult(
         created=[relative.as_posix()], specs=[entry(loaded)],
         next_steps=[f"fill in every TO FILL IN in {relative.as_posix()}",
