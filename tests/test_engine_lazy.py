@@ -145,3 +145,42 @@ def test_the_installed_engine_hands_out_functions(tmp_path):
         print(isinstance(softmax, types.FunctionType), isinstance(rmsnorm, types.FunctionType))
     """, tmp_path)
     assert output.split() == ["True", "True"]
+
+
+def test_the_models_package_declares_its_names_without_importing_numpy_or_numba(tmp_path):
+    output = python("""
+        import sys
+        import koschei.engine
+        import koschei.engine.models
+        names = koschei.engine.model_names()
+        listed = all(name in dir(koschei.engine) for name in names)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "numpy", "llvmlite")
+                       or (m.startswith("koschei.engine.") and m != "koschei.engine.models"))
+        print(names, listed, heavy)
+    """, tmp_path)
+    assert output.strip() == "['Decoder', 'DecoderConfig', 'KVCache'] True []"
+
+
+def test_model_names_load_their_module_on_first_use(tmp_path):
+    output = python("""
+        import sys
+        from koschei.engine import KVCache
+        import koschei.engine
+        from koschei.engine.models import KVCache as same
+        print(KVCache is same, KVCache.__module__, koschei.engine.KVCache is KVCache)
+        print("koschei.engine.models.decoder" in sys.modules)  # only what was asked for
+        from koschei.engine import Decoder, DecoderConfig
+        print(Decoder.__module__, DecoderConfig.named("tiny").head_dim)
+        print(sorted(set(koschei.engine.model_names()) - set(koschei.engine.__all__)))
+        try:
+            koschei.engine.Encoder
+        except AttributeError as error:
+            print(error)
+    """, tmp_path)
+    kv_cache, decoder_loaded, decoder, missing, error = output.strip().splitlines()
+    assert kv_cache == "True koschei.engine.models.kv_cache True"
+    assert decoder_loaded == "False"
+    assert decoder == "koschei.engine.models.decoder 16"
+    assert missing == "[]"
+    assert "no attribute 'Encoder'" in error and "its models: Decoder, DecoderConfig, KVCache" \
+        in error

@@ -15,6 +15,10 @@ import rmsnorm`` gives the function whether or not ``koschei.engine.rmsnorm`` wa
 function too; use ``from koschei.engine.rmsnorm import reference`` or ``importlib.import_module``
 to reach the module.)
 
+The models composed of these kernels (``KVCache``, ``Decoder``, ``DecoderConfig``; see
+:mod:`koschei.engine.models`) are reachable the same lazy way: ``from koschei.engine import
+Decoder`` imports ``koschei.engine.models.decoder`` on first use.
+
 A workspace made by ``koschei init`` has its own generated modules in ``<root>/koschei/engine``;
 :func:`use_workspace` puts that folder first on this package's ``__path__`` (its generated
 ``tests/engine/conftest.py`` does it), so those modules are the ones imported.
@@ -45,12 +49,24 @@ def _is_subpackage(name: str) -> bool:
     return any((Path(folder) / name / "__init__.py").is_file() for folder in __path__)
 
 
+def model_names() -> list[str]:
+    """The public names of :mod:`koschei.engine.models` (imports neither NumPy nor Numba)."""
+    return list(importlib.import_module(f"{__name__}.models").__all__)
+
+
 def __getattr__(name: str) -> object:
     if name == "__all__":
-        return kernel_names()
-    if name.startswith("_") or not (name in kernel_names() or _is_subpackage(name)):
+        return sorted({*kernel_names(), *model_names()})
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not (name in kernel_names() or _is_subpackage(name)):
+        if name in model_names():
+            value = getattr(importlib.import_module(f"{__name__}.models"), name)
+            globals()[name] = value
+            return value
         raise AttributeError(f"module {__name__!r} has no attribute {name!r} (its kernels: "
-                             f"{', '.join(kernel_names()) or 'none yet: run koschei code-generate'})")
+                             f"{', '.join(kernel_names()) or 'none yet: run koschei code-generate'}"
+                             f"; its models: {', '.join(model_names())})")
     module = importlib.import_module(f"{__name__}.{name}")
     if name not in globals():  # loaded by file location, which sets no attribute
         setattr(sys.modules[__name__], name, module)
@@ -64,7 +80,8 @@ def _subpackages() -> list[str]:
 
 
 def __dir__() -> list[str]:
-    return sorted({*kernel_names(), *_subpackages(), "kernel_names", "use_workspace"})
+    return sorted({*kernel_names(), *_subpackages(), *model_names(), "kernel_names",
+                   "model_names", "use_workspace"})
 
 
 def use_workspace(root: str | Path) -> None:

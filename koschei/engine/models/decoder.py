@@ -1,0 +1,605 @@
+"""A decoder-only language model (the iGLA-LLM v2 architecture) composed of engine kernels.
+
+For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
+
+    x = E[t]                                                   # token embedding, (n, d)
+    for each layer:
+        h = rmsnorm(x) * g_attn                                # RMSNorm, arXiv:1910.07467
+        q, k, v = h W_q^T, h W_k^T, h W_v^T                    # (n, hq hd), (n, hkv hd) x 2
+        q, k = rope(q, p), rope(k, p)                          # RoPE, rotate-half pairing
+        x = x + attention(q, K_cache, V_cache) W_o^T           # causal GQA, arXiv:2305.13245
+        h = rmsnorm(x) * g_ffn
+        x = x + (silu(h W_gate^T) * (h W_up^T)) W_down^T       # SwiGLU, arXiv:2002.05202
+    logits = (rmsnorm(x) * g_final) E^T                        # tied embeddings, arXiv:1608.05859
+
+- RoPE pairs coordinate j with j + head_dim / 2 ("rotate half", as Llama in Hugging Face
+  transformers and GPT-NeoX), angle p * theta^(-2j / head_dim), on queries and keys before they
+  enter the cache (RoFormer, arXiv:2104.09864).
+- Grouped-query attention: query head h reads key/value head h // (hq / hkv).
+- The output projection is the embedding matrix itself (tied): logits = h E^T, E (vocab, d).
+- Weights are in PyTorch's Linear layout (d_out, d_in), named as Hugging Face's Llama
+  (``layers.0.self_attn.q_proj.weight``, ...), see :meth:`DecoderConfig.parameter_shapes`.
+- ``weights="ternary"``: every projection matrix (q, k, v, o, gate, up, down) is quantized to
+  BitNet b1.58 ternary weights {-1, 0, +1} times one absmean scale (arXiv:2402.17764) and applied
+  by the engine's ``bitnet_linear`` (which quantizes the activations per token to int8);
+  the embedding (and so the tied output projection) and the RMSNorm gains stay float32.
+- ``kv_dtype="int8"``: the KV cache stores keys and values as int8 with one scale per
+  (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
+
+The kernels: ``rmsnorm``, ``rope``, ``attention``, ``swiglu`` (float32 weights), ``bitnet_linear``
+(ternary weights), the projections, and ``sample`` for generation; the embedding gather and the
+residual adds are NumPy. Every buffer of a decoding step is allocated once per model and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from koschei.engine import attention, rmsnorm, rope, swiglu
+from koschei.engine.models.kv_cache import KVCache
+
+__all__ = ["Decoder", "DecoderConfig"]
+
+_FLOAT32 = np.dtype(np.float32)
+_WEIGHTS = ("fp32", "ternary")
+_KV_DTYPES = ("float32", "int8")
+# the standard deviation of the random weights (GPT-2's and Llama's initializer range)
+DEFAULT_INIT_STD = 0.02
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:37] + '...' if len(text) > 40 else text}"
+
+
+def _check_int(function: str, name: str, value: object, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{function}: {name}: expected an int, got {_describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{function}: {name}: expected >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def _check_float(function: str, name: str, value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise TypeError(f"{function}: {name}: expected a float, got {_describe(value)}")
+    return float(value)
+
+
+def _check_choice(function: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise (ValueError if isinstance(value, str) else TypeError)(
+            f"{function}: {name}: expected one of {choices}, got {_describe(value)}")
+    return value
+
+
+# --- the configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The sizes of a decoder. ``DecoderConfig.named("igla_v2")`` is the seed's iGLA-LLM v2.
+
+    rms_norm_eps is 1e-5 (Llama 2's value) unless given: added to the mean square in every RMSNorm.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_seq_length: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        function = "DecoderConfig"
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                      "intermediate_size", "max_seq_length"):
+            object.__setattr__(self, field, _check_int(function, field, getattr(self, field), 1))
+        for field in ("rope_theta", "rms_norm_eps"):
+            value = _check_float(function, field, getattr(self, field))
+            if not value > 0:
+                raise ValueError(f"{function}: {field}: expected > 0, got {value!r}")
+            object.__setattr__(self, field, value)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"{function}: hidden_size: expected a multiple of num_heads="
+                             f"{self.num_heads}, got {self.hidden_size}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{function}: num_kv_heads: expected a divisor of num_heads="
+                             f"{self.num_heads} (each key/value head serves a group of query "
+                             f"heads), got {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"{function}: hidden_size: expected an even head_dim (RoPE turns "
+                             f"pairs of coordinates), got hidden_size / num_heads = "
+                             f"{self.hidden_size} / {self.num_heads} = {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @staticmethod
+    def names() -> list[str]:
+        """The named configurations."""
+        return sorted(_NAMED)
+
+    @staticmethod
+    def named(name: str) -> DecoderConfig:
+        """A named configuration: ``igla_v2`` (seed 004's table), ``tiny`` and ``small``."""
+        config = _NAMED.get(name) if isinstance(name, str) else None
+        if config is None:
+            raise ValueError(f"DecoderConfig.named: name: expected one of {sorted(_NAMED)}, got "
+                             f"{_describe(name)}")
+        return config
+
+    def replace(self, **changes: Any) -> DecoderConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape (PyTorch Linear layout: (d_out, d_in))."""
+        d, hd, f = self.hidden_size, self.head_dim, self.intermediate_size
+        shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (self.vocab_size, d)}
+        for layer in range(self.num_layers):
+            prefix = f"layers.{layer}."
+            shapes[prefix + "input_layernorm.weight"] = (d,)
+            shapes[prefix + "self_attn.q_proj.weight"] = (self.num_heads * hd, d)
+            shapes[prefix + "self_attn.k_proj.weight"] = (self.num_kv_heads * hd, d)
+            shapes[prefix + "self_attn.v_proj.weight"] = (self.num_kv_heads * hd, d)
+            shapes[prefix + "self_attn.o_proj.weight"] = (d, self.num_heads * hd)
+            shapes[prefix + "post_attention_layernorm.weight"] = (d,)
+            shapes[prefix + "mlp.gate_proj.weight"] = (f, d)
+            shapes[prefix + "mlp.up_proj.weight"] = (f, d)
+            shapes[prefix + "mlp.down_proj.weight"] = (d, f)
+        shapes["norm.weight"] = (d,)
+        return shapes
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(shape) for shape in self.parameter_shapes().values())
+
+    def random_parameters(self, seed: int = 0, *,
+                          std: float = DEFAULT_INIT_STD) -> dict[str, np.ndarray]:
+        """Random float32 parameters: every matrix N(0, std^2), every RMSNorm gain 1."""
+        function = "DecoderConfig.random_parameters"
+        seed = _check_int(function, "seed", seed, 0)
+        std = _check_float(function, "std", std)
+        if not std > 0:
+            raise ValueError(f"{function}: std: expected > 0, got {std!r}")
+        rng = np.random.default_rng(seed)
+        parameters = {}
+        for name, shape in self.parameter_shapes().items():
+            if len(shape) == 1:
+                parameters[name] = np.ones(shape, dtype=np.float32)
+            else:
+                matrix = rng.standard_normal(shape, dtype=np.float32)
+                matrix *= np.float32(std)
+                parameters[name] = matrix
+        return parameters
+
+
+_NAMED = {
+    # seed 004, "iGLA-LLM v2 Architecture": 12 query heads over 4 KV heads of 64 values
+    "igla_v2": DecoderConfig(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12,
+                             num_kv_heads=4, intermediate_size=2048, max_seq_length=4096,
+                             rope_theta=10000.0),
+    # for tests: every shape differs from every other, GQA 2:1
+    "tiny": DecoderConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4,
+                          num_kv_heads=2, intermediate_size=160, max_seq_length=64),
+    "small": DecoderConfig(vocab_size=1000, hidden_size=256, num_layers=4, num_heads=8,
+                           num_kv_heads=2, intermediate_size=688, max_seq_length=512),
+}
+
+
+# --- projections ----------------------------------------------------------------------------------
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (n, d_out) = x (n, d_in) weight^T, weight (d_out, d_in) float32."""
+    return np.matmul(x, weight.T, out=out)
+
+
+class _Float32Projection:
+    """y = x W^T with W (d_out, d_in) float32."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.weight = weight
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return _linear(x, self.weight, out)
+
+
+class _TernaryProjection:
+    """y = bitnet_linear(x, packed, scale): W ~ scale * ternary(W), activations int8 per token."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        from koschei.engine import bitnet_quantize
+
+        self.packed, self.scale = bitnet_quantize(weight)
+        self.shape = weight.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + np.asarray(self.scale).nbytes
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        from koschei.engine import bitnet_linear
+
+        return bitnet_linear(x, self.packed, self.scale, out=out)
+
+
+@dataclass
+class _Layer:
+    attention_norm: np.ndarray  # (d,)
+    q_proj: Any  # (hq hd, d)
+    k_proj: Any  # (hkv hd, d)
+    v_proj: Any  # (hkv hd, d)
+    o_proj: Any  # (d, hq hd)
+    ffn_norm: np.ndarray  # (d,)
+    gate_proj: Any  # (f, d)
+    up_proj: Any  # (f, d)
+    down_proj: Any  # (d, f)
+
+
+class _Buffers:
+    """Every intermediate of a forward pass over n tokens, allocated once."""
+
+    def __init__(self, config: DecoderConfig, n: int, logits_rows: int, *,
+                 ternary: bool) -> None:
+        d, hd, f = config.hidden_size, config.head_dim, config.intermediate_size
+        hq, hkv = config.num_heads, config.num_kv_heads
+        self.n = n
+        self.positions = np.zeros(n, dtype=np.int64)  # (n,)
+        self.x = np.zeros((n, d), dtype=np.float32)  # the residual stream
+        self.h = np.zeros((n, d), dtype=np.float32)  # normalized x
+        self.q = np.zeros((n, hq * hd), dtype=np.float32)
+        self.k = np.zeros((n, hkv * hd), dtype=np.float32)
+        self.v = np.zeros((n, hkv * hd), dtype=np.float32)
+        self.q_rotated = np.zeros((n, hq, hd), dtype=np.float32)
+        self.k_rotated = np.zeros((n, hkv, hd), dtype=np.float32)
+        self.attended = np.zeros((n, hq, hd), dtype=np.float32)
+        self.projected = np.zeros((n, d), dtype=np.float32)  # attention or FFN output
+        if ternary:  # the FFN's hidden activations (swiglu keeps its own for float32)
+            self.gate = np.zeros((n, f), dtype=np.float32)
+            self.up = np.zeros((n, f), dtype=np.float32)
+            self.sigmoid = np.zeros((n, f), dtype=np.float32)
+        self.logits = np.zeros((logits_rows, config.vocab_size), dtype=np.float32)
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+class Decoder:
+    """The decoder of the module docstring, with its KV cache.
+
+    Args:
+        config: the sizes.
+        parameters: float32 arrays by name and shape as :meth:`DecoderConfig.parameter_shapes`
+            (kept by reference when float32 and C-contiguous; ternary projections are quantized
+            and the float32 matrices not kept).
+        weights: ``"fp32"`` or ``"ternary"`` (BitNet b1.58 projections; embeddings float32).
+        kv_dtype: ``"float32"`` or ``"int8"`` (the KV cache's storage).
+        max_len: positions the KV cache holds (default: ``config.max_seq_length``).
+
+    ``forward(ids)`` feeds tokens after the ones the cache holds and returns their logits;
+    ``generate(ids, n)`` starts over from a prompt; ``reset()`` empties the cache.
+    """
+
+    def __init__(self, config: DecoderConfig, parameters: Mapping[str, np.ndarray], *,
+                 weights: str = "fp32", kv_dtype: str = "float32",
+                 max_len: int | None = None) -> None:
+        function = "Decoder"
+        if not isinstance(config, DecoderConfig):
+            raise TypeError(f"{function}: config: expected a DecoderConfig, got "
+                            f"{_describe(config)}")
+        self.config = config
+        self.weights = _check_choice(function, "weights", weights, _WEIGHTS)
+        self.kv_dtype = _check_choice(function, "kv_dtype", kv_dtype, _KV_DTYPES)
+        if max_len is None:
+            max_len = config.max_seq_length
+        max_len = _check_int(function, "max_len", max_len, 1)
+        if max_len > config.max_seq_length:
+            raise ValueError(f"{function}: max_len: expected <= max_seq_length="
+                             f"{config.max_seq_length}, got {max_len}")
+        arrays = self._check_parameters(function, parameters)
+        projection = _Float32Projection if self.weights == "fp32" else _TernaryProjection
+        self._embedding = arrays["embed_tokens.weight"]  # (vocab, d), also the output projection
+        self._final_norm = arrays["norm.weight"]  # (d,)
+        self._layers = []
+        for index in range(config.num_layers):
+            prefix = f"layers.{index}."
+            self._layers.append(_Layer(
+                attention_norm=arrays[prefix + "input_layernorm.weight"],
+                q_proj=projection(arrays[prefix + "self_attn.q_proj.weight"]),
+                k_proj=projection(arrays[prefix + "self_attn.k_proj.weight"]),
+                v_proj=projection(arrays[prefix + "self_attn.v_proj.weight"]),
+                o_proj=projection(arrays[prefix + "self_attn.o_proj.weight"]),
+                ffn_norm=arrays[prefix + "post_attention_layernorm.weight"],
+                gate_proj=projection(arrays[prefix + "mlp.gate_proj.weight"]),
+                up_proj=projection(arrays[prefix + "mlp.up_proj.weight"]),
+                down_proj=projection(arrays[prefix + "mlp.down_proj.weight"])))
+        self.cache = KVCache(config.num_layers, max_len, config.num_kv_heads, config.head_dim,
+                             dtype=self.kv_dtype)
+        self._step_buffers = self._buffers(1, 1)  # one decoding step
+
+    @classmethod
+    def random(cls, config: DecoderConfig, *, seed: int = 0, std: float = DEFAULT_INIT_STD,
+               weights: str = "fp32", kv_dtype: str = "float32",
+               max_len: int | None = None) -> Decoder:
+        """A decoder with :meth:`DecoderConfig.random_parameters` (N(0, std^2) matrices)."""
+        if not isinstance(config, DecoderConfig):
+            raise TypeError(f"Decoder.random: config: expected a DecoderConfig, got "
+                            f"{_describe(config)}")
+        return cls(config, config.random_parameters(seed, std=std), weights=weights,
+                   kv_dtype=kv_dtype, max_len=max_len)
+
+    # --- what it holds ------------------------------------------------------------------------
+
+    @property
+    def max_len(self) -> int:
+        return self.cache.max_len
+
+    @property
+    def length(self) -> int:
+        """Positions the KV cache holds (the next token's position)."""
+        return self.cache.length
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes of all weights in their stored form (ternary: packed values and scales)."""
+        total = self._embedding.nbytes + self._final_norm.nbytes
+        for layer in self._layers:
+            total += layer.attention_norm.nbytes + layer.ffn_norm.nbytes
+            total += sum(projection.nbytes for projection in self._projections(layer))
+        return total
+
+    def bytes_per_token(self, context: int) -> int:
+        """Bytes a decoding step that attends over ``context`` positions (the new one included)
+        must read: every weight in its stored form (the embedding once, as the tied output
+        projection) and ``context`` positions of the KV cache of every layer. A bandwidth
+        ceiling on decoding is then ``bandwidth / bytes_per_token(context)`` tokens/s."""
+        context = _check_int("Decoder.bytes_per_token", "context", context, 1)
+        if context > self.max_len:
+            raise ValueError(f"Decoder.bytes_per_token: context: expected <= max_len="
+                             f"{self.max_len}, got {context}")
+        return self.weight_nbytes + context * self.cache.bytes_per_position
+
+    def __repr__(self) -> str:
+        return (f"Decoder({self.config!r}, weights={self.weights!r}, "
+                f"kv_dtype={self.kv_dtype!r}, max_len={self.max_len}, length={self.length})")
+
+    # --- running it ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty the KV cache: the next token is at position 0."""
+        self.cache.reset()
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """Feed ``ids`` (n,) after the cached positions; return their logits (n, vocab) float32.
+
+        From an empty cache this is the prefill of a prompt; one id at a time it is decoding.
+        The keys and values of the n tokens are added to the cache."""
+        ids = self._check_ids("Decoder.forward", ids, self.cache.length)
+        n = ids.shape[0]
+        buffers = self._step_buffers if n == 1 else self._buffers(n, n)
+        return self._run(ids, buffers, last_only=False).copy()
+
+    def generate(self, ids: np.ndarray, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0,
+                 rng: np.random.Generator | int | None = None) -> np.ndarray:
+        """Start over from the prompt ``ids`` (n,) and return ``max_new_tokens`` new ids (int64).
+
+        The prompt is one prefill; each new token is one decoding step over the KV cache.
+        Sampling: ``temperature`` 0 is greedy (argmax), else softmax(logits / temperature)
+        restricted to the ``top_k`` most likely tokens (0: all) and to the smallest set whose
+        probability reaches ``top_p`` (nucleus). ``rng``: a numpy Generator, a seed or None.
+        The prompt and the new tokens but the last fill the cache:
+        ``n + max_new_tokens - 1 <= max_len``.
+        """
+        function = "Decoder.generate"
+        ids = self._check_ids(function, ids, 0)
+        max_new_tokens = _check_int(function, "max_new_tokens", max_new_tokens, 0)
+        if ids.shape[0] + max_new_tokens - 1 > self.max_len:
+            raise ValueError(f"{function}: max_new_tokens: expected at most "
+                             f"{self.max_len + 1 - ids.shape[0]} (a prompt of {ids.shape[0]} "
+                             f"tokens, max_len {self.max_len}), got {max_new_tokens}")
+        sampling = _Sampling(function, temperature, top_k, top_p, rng, self.config.vocab_size)
+        self.reset()
+        new_ids = np.zeros(max_new_tokens, dtype=np.int64)
+        buffers = self._step_buffers
+        prompt_buffers = buffers if ids.shape[0] == 1 else self._buffers(ids.shape[0], 1)
+        logits = self._run(ids, prompt_buffers, last_only=True)  # (1, vocab)
+        token = np.zeros(1, dtype=np.int64)  # the input of each decoding step
+        for index in range(max_new_tokens):
+            new_ids[index] = sampling(logits)
+            if index + 1 < max_new_tokens:
+                token[0] = new_ids[index]
+                logits = self._run(token, buffers, last_only=True)
+        return new_ids
+
+    # --- the computation ----------------------------------------------------------------------
+
+    def _buffers(self, n: int, logits_rows: int) -> _Buffers:
+        return _Buffers(self.config, n, logits_rows, ternary=self.weights == "ternary")
+
+    def _run(self, ids: np.ndarray, buffers: _Buffers, *, last_only: bool) -> np.ndarray:
+        """Logits of the last token (last_only) or of every token: buffers.logits."""
+        cache = self.cache
+        start = cache.length
+        try:
+            return self._layers_and_logits(ids, buffers, start, last_only)
+        except BaseException:
+            cache.truncate(start)  # an interrupted step leaves the cache as it was
+            raise
+
+    def _layers_and_logits(self, ids: np.ndarray, b: _Buffers, start: int,
+                           last_only: bool) -> np.ndarray:
+        config, cache = self.config, self.cache
+        n, hq, hkv, hd = ids.shape[0], config.num_heads, config.num_kv_heads, config.head_dim
+        eps, theta = config.rms_norm_eps, config.rope_theta
+        if n == 1:
+            b.positions[0] = start
+        else:
+            b.positions[:] = np.arange(start, start + n)
+        np.take(self._embedding, ids, axis=0, out=b.x)  # (n, d)
+        q_heads = b.q.reshape(n, hq, hd)
+        k_heads = b.k.reshape(n, hkv, hd)
+        v_heads = b.v.reshape(n, hkv, hd)
+        attended_rows = b.attended.reshape(n, hq * hd)
+        for index, layer in enumerate(self._layers):
+            # attention block: x += attention(rope(h W_q^T), rope(h W_k^T), h W_v^T) W_o^T
+            rmsnorm(b.x, layer.attention_norm, eps=eps, out=b.h)
+            layer.q_proj(b.h, b.q)
+            layer.k_proj(b.h, b.k)
+            layer.v_proj(b.h, b.v)
+            rope(q_heads, b.positions, theta=theta, out=b.q_rotated)
+            rope(k_heads, b.positions, theta=theta, out=b.k_rotated)
+            cache.append(index, b.k_rotated, v_heads)
+            attention(b.q_rotated, cache.keys(index), cache.values(index), causal=True,
+                      out=b.attended)
+            layer.o_proj(attended_rows, b.projected)
+            np.add(b.x, b.projected, out=b.x)
+            # feed-forward block: x += swiglu(h)
+            rmsnorm(b.x, layer.ffn_norm, eps=eps, out=b.h)
+            self._feed_forward(layer, b)
+            np.add(b.x, b.projected, out=b.x)
+        rows = slice(n - 1, n) if last_only else slice(0, n)
+        rmsnorm(b.x[rows], self._final_norm, eps=eps, out=b.h[rows])
+        _linear(b.h[rows], self._embedding, b.logits)  # tied: logits = h E^T
+        return b.logits
+
+    def _feed_forward(self, layer: _Layer, b: _Buffers) -> None:
+        """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T."""
+        if self.weights == "fp32":
+            swiglu(b.h, layer.gate_proj.weight, layer.up_proj.weight, layer.down_proj.weight,
+                   out=b.projected)
+            return
+        layer.gate_proj(b.h, b.gate)  # (n, f)
+        layer.up_proj(b.h, b.up)
+        # silu(g) = g sigmoid(g), sigmoid(g) = (1 + tanh(g / 2)) / 2 (no overflow for any g)
+        np.multiply(b.gate, np.float32(0.5), out=b.sigmoid)
+        np.tanh(b.sigmoid, out=b.sigmoid)
+        b.sigmoid += np.float32(1.0)
+        b.sigmoid *= np.float32(0.5)
+        b.gate *= b.sigmoid
+        b.gate *= b.up
+        layer.down_proj(b.gate, b.projected)
+
+    @staticmethod
+    def _projections(layer: _Layer) -> tuple[Any, ...]:
+        return (layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj, layer.gate_proj,
+                layer.up_proj, layer.down_proj)
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def _check_parameters(self, function: str,
+                          parameters: object) -> dict[str, np.ndarray]:
+        if not isinstance(parameters, Mapping):
+            raise TypeError(f"{function}: parameters: expected a mapping of name -> float32 "
+                            f"array, got {_describe(parameters)}")
+        shapes = self.config.parameter_shapes()
+        missing = [name for name in shapes if name not in parameters]
+        unknown = [name for name in parameters if name not in shapes]
+        if missing or unknown:
+            raise ValueError(f"{function}: parameters: expected the names of "
+                             f"DecoderConfig.parameter_shapes(), got {len(missing)} missing "
+                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) "
+                             f"and {len(unknown)} unknown "
+                             f"({', '.join(map(str, unknown[:3]))}"
+                             f"{', ...' if len(unknown) > 3 else ''})")
+        arrays = {}
+        for name, shape in shapes.items():
+            array = parameters[name]
+            if not isinstance(array, np.ndarray):
+                raise TypeError(f"{function}: parameters[{name!r}]: expected a float32 "
+                                f"numpy.ndarray of shape {shape}, got {_describe(array)}")
+            if array.dtype != _FLOAT32:
+                raise TypeError(f"{function}: parameters[{name!r}]: expected dtype float32, got "
+                                f"{array.dtype}")
+            if array.shape != shape:
+                raise ValueError(f"{function}: parameters[{name!r}]: expected shape {shape}, "
+                                 f"got {tuple(array.shape)}")
+            arrays[name] = np.ascontiguousarray(array)
+        return arrays
+
+    def _check_ids(self, function: str, ids: object, cached: int) -> np.ndarray:
+        """ids as a C-contiguous int64 (n,) array of tokens < vocab that fit after ``cached``."""
+        vocab = self.config.vocab_size
+        if not isinstance(ids, np.ndarray):
+            raise TypeError(f"{function}: ids: expected a 1-D numpy.ndarray of integer token "
+                            f"ids, got {_describe(ids)}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"{function}: ids: expected an integer dtype (e.g. int64), got "
+                            f"{ids.dtype}")
+        if ids.ndim != 1 or ids.shape[0] == 0:
+            raise ValueError(f"{function}: ids: expected shape (n,) with n >= 1, got "
+                             f"{tuple(ids.shape)}")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ValueError(f"{function}: ids: expected token ids in 0 .. {vocab - 1} "
+                             f"(vocab_size {vocab}), got {bad} at index "
+                             f"{int(np.flatnonzero(ids == bad)[0])}")
+        if cached + ids.shape[0] > self.max_len:
+            raise ValueError(f"{function}: ids: expected at most {self.max_len - cached} tokens "
+                             f"(the cache holds {cached} of max_len {self.max_len}), got "
+                             f"{ids.shape[0]}")
+        return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+
+class _Sampling:
+    """The next token from one row of logits, with the sampling parameters checked once."""
+
+    def __init__(self, function: str, temperature: object, top_k: object, top_p: object,
+                 rng: object, vocab_size: int) -> None:
+        self.temperature = _check_float(function, "temperature", temperature)
+        if not self.temperature >= 0 or math.isinf(self.temperature):
+            raise ValueError(f"{function}: temperature: expected a finite value >= 0 (0: "
+                             f"greedy), got {self.temperature!r}")
+        self.top_k = _check_int(function, "top_k", top_k, 0)
+        self.top_p = _check_float(function, "top_p", top_p)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{function}: top_p: expected 0 < top_p <= 1, got {self.top_p!r}")
+        if rng is None or isinstance(rng, np.random.Generator):
+            self.rng = np.random.default_rng(rng)
+        elif isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+            if rng < 0:
+                raise ValueError(f"{function}: rng: expected a seed >= 0, got {int(rng)}")
+            self.rng = np.random.default_rng(int(rng))
+        else:
+            raise TypeError(f"{function}: rng: expected None, a seed or a "
+                            f"numpy.random.Generator, got {_describe(rng)}")
+        self.vocab_size = vocab_size
+
+    def __call__(self, logits: np.ndarray) -> int:
+        """logits (1, vocab) float32 -> a token id."""
+        row = logits[0]
+        if self.temperature == 0:
+            return int(np.argmax(row))
+        scaled = row.astype(np.float64) / self.temperature
+        order = np.argsort(-scaled, kind="stable")
+        if 0 < self.top_k < self.vocab_size:
+            order = order[:self.top_k]
+        probabilities = np.exp(scaled[order] - scaled[order[0]])
+        probabilities /= probabilities.sum()
+        if self.top_p < 1:
+            kept = int(np.searchsorted(np.cumsum(probabilities), self.top_p)) + 1
+            order, probabilities = order[:kept], probabilities[:kept]
+            probabilities = probabilities / probabilities.sum()
+        return int(order[self.rng.choice(order.shape[0], p=probabilities)])
