@@ -6,6 +6,15 @@
   the STREAM way: 3 arrays per iteration (read b, read c, write a = 24 bytes), *not* the 4 a
   write-allocate cache really moves. The benchmark's per-spec byte formulas count logical bytes
   the same way, so a kernel's GB/s and this ceiling are on one scale.
+  A write-allocate cache also reads each written line before it overwrites it, so a kernel that
+  reads one array and writes one with ordinary stores moves 3 arrays for the 2 it counts, the
+  triad 4 for its 3: such a kernel reaches at most 4/3 * 2/3 = 89% of the triad figure (see
+  ``write_allocate_limit``).
+- Cache bandwidth: the same triad over arrays that fit in each data cache level (half of the
+  capacity the threads can fill: ``size * instances``, L1, L2, L3 as sysfs reports them), each
+  thread repeating it over its own slice so that the data stays in its core's caches. A kernel
+  whose working set fits in a level is served from that level, so its ceiling is that level's
+  triad, not DRAM's.
 - Compute: single-precision GEMM FLOP/s from a large float32 NumPy matmul (default 2048^3,
   ``2 n^3`` FLOPs), i.e. what the machine's BLAS reaches on this CPU.
 
@@ -23,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,10 +44,12 @@ import koschei.engine._runtime  # noqa: F401  (Numba's cache folder, set before 
 from koschei import machine
 from koschei.errors import UsageError
 
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2  # 2: cache-level triads
 STREAM_COUNTED_ARRAYS = 3  # read b, read c, write a; write-allocate traffic is not counted
 DEFAULT_ARRAY_MIB = 64
 DEFAULT_GEMM_N = 2048
+CACHE_FILL_FRACTION = 0.5  # a cache level's triad uses this fraction of its capacity
+CACHE_TRIAD_BYTES = 512 * 1024 * 1024  # bytes one timed cache-level triad moves (all repeats)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,10 @@ class Calibration:
     repeats: int
     # 1-minute load average when measured: other work on the machine lowers both ceilings
     load_average: float | None = None
+    # "L1", "L2", "L3" -> GB/s of the triad over arrays that fit in that level (3 arrays counted)
+    cache_triad_gbs: dict[str, float] = field(default_factory=dict)
+    # "L1", "L2", "L3" -> the working set of that triad: a kernel whose bytes fit is served there
+    cache_working_set_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
@@ -63,6 +78,29 @@ class Calibration:
     @property
     def peak_flops_per_s(self) -> float:
         return self.sgemm_gflops * 1e9
+
+    def memory_level(self, working_set_bytes: float) -> tuple[str, float]:
+        """The innermost calibrated level whose triad working set holds ``working_set_bytes``,
+        and that level's bandwidth in GB/s; ("DRAM", STREAM triad) when none does."""
+        for level, gbs in sorted(self.cache_triad_gbs.items()):
+            if working_set_bytes <= self.cache_working_set_bytes.get(level, 0):
+                return level, gbs
+        return "DRAM", self.stream_triad_gbs
+
+
+def write_allocate_limit(moved_bytes: float, written_bytes: float) -> float | None:
+    """The largest fraction of the STREAM-triad figure a kernel with ordinary stores can reach
+    when it counts ``moved_bytes`` of which ``written_bytes`` are written.
+
+    With write-allocate every written byte is also read, so the memory carries
+    ``moved + written`` bytes for the ``moved`` counted; the triad carries 4 arrays for the 3 it
+    counts. At the same real traffic the kernel's counted rate is ``moved / (moved + written)``
+    of the real one, the triad's 3/4: the limit is their ratio (8/9 for read one, write one).
+    """
+    if moved_bytes <= 0 or written_bytes < 0:
+        return None
+    triad_counted_share = STREAM_COUNTED_ARRAYS / (STREAM_COUNTED_ARRAYS + 1)
+    return moved_bytes / (moved_bytes + written_bytes) / triad_counted_share
 
 
 def max_threads() -> int:
@@ -84,8 +122,9 @@ def resolve_threads(threads: int | None) -> int:
 
 
 @contextmanager
-def limited_threads(threads: int) -> Iterator[dict[str, Any]]:
-    """Hold Numba, PyTorch (when importable) and the BLAS behind NumPy to ``threads`` threads.
+def limited_threads(threads: int, blas_threads: int | None = None) -> Iterator[dict[str, Any]]:
+    """Hold Numba and PyTorch (when importable) to ``threads`` threads, and the BLAS behind
+    NumPy to ``blas_threads`` (default: ``threads`` too).
 
     Yields what was applied: ``{"numba": n, "torch": n | None, "blas": n | None}`` (None: that
     library is absent, or, for BLAS, threadpoolctl is not installed so NumPy's BLAS runs with its
@@ -94,23 +133,28 @@ def limited_threads(threads: int) -> Iterator[dict[str, Any]]:
     import numba
 
     applied: dict[str, Any] = {"numba": threads, "torch": None, "blas": None}
-    numba_before = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    # PyTorch first: imported before Numba starts its OpenMP pool, it keeps an OpenMP runtime of
+    # its own. Sharing Numba's, a torch.set_num_threads() makes PyTorch's parallel kernels up to
+    # 100x slower on this runtime, so the count is set only when it differs.
     torch_module, torch_before = None, None
     try:
         import torch as torch_module
 
         torch_before = torch_module.get_num_threads()
-        torch_module.set_num_threads(threads)
+        if torch_before != threads:
+            torch_module.set_num_threads(threads)
         applied["torch"] = threads
     except ImportError:
         torch_module = None
+    numba_before = numba.get_num_threads()
+    numba.set_num_threads(threads)
     blas_limits = None
     try:
         from threadpoolctl import threadpool_limits
 
-        blas_limits = threadpool_limits(limits=threads, user_api="blas")
-        applied["blas"] = threads
+        blas_count = threads if blas_threads is None else blas_threads
+        blas_limits = threadpool_limits(limits=blas_count, user_api="blas")
+        applied["blas"] = blas_count
     except ImportError:
         pass
     try:
@@ -118,7 +162,7 @@ def limited_threads(threads: int) -> Iterator[dict[str, Any]]:
     finally:
         if blas_limits is not None:
             blas_limits.restore_original_limits()
-        if torch_module is not None and torch_before is not None:
+        if torch_module is not None and torch_before not in (None, threads):
             torch_module.set_num_threads(torch_before)
         numba.set_num_threads(numba_before)
 
@@ -128,6 +172,61 @@ def _triad(a, b, c, scalar):  # pragma: no cover - compiled by numba
     """STREAM triad: a = b + scalar * c, split across Numba's threads."""
     for i in prange(a.shape[0]):
         a[i] = b[i] + scalar * c[i]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _triad_in_cache(a, b, c, scalar, repeats, slices):  # pragma: no cover - compiled by numba
+    """The triad ``repeats`` times, each of ``slices`` threads over its own slice of the arrays
+    (so the slice stays in that thread's caches); repeat r uses scalar + r."""
+    n = a.shape[0]
+    per_slice = n // slices
+    for part in prange(slices):
+        low = part * per_slice
+        high = n if part == slices - 1 else low + per_slice
+        # slices indexed from 0, so that LLVM sees no negative index and vectorizes
+        a_part, b_part, c_part = a[low:high], b[low:high], c[low:high]
+        for r in range(repeats):
+            factor = scalar + r
+            for i in range(a_part.shape[0]):
+                a_part[i] = b_part[i] + factor * c_part[i]
+
+
+def cache_levels(threads: int) -> list[tuple[str, int]]:
+    """("L1", bytes), ... : the data cache levels and the capacity ``threads`` threads on
+    separate cores can fill (a private cache counts once per thread, a shared one once)."""
+    levels = []
+    for cache in machine.describe().get("caches", []):
+        instances = max(1, min(int(cache["instances"]), threads))
+        levels.append((f"L{cache['level']}", int(cache["size_bytes"]) * instances))
+    return levels
+
+
+def measure_cache_triads(threads: int, *, repeats: int = 5) -> tuple[dict[str, float],
+                                                                      dict[str, int]]:
+    """GB/s of the triad at each cache level (best of ``repeats``), and its working set."""
+    bandwidths: dict[str, float] = {}
+    working_sets: dict[str, int] = {}
+    for level, capacity in cache_levels(threads):
+        n = int(capacity * CACHE_FILL_FRACTION) // (STREAM_COUNTED_ARRAYS * 8)
+        n -= n % (8 * threads)
+        if n < 64 * threads:
+            continue
+        a = np.zeros(n)
+        b = np.full(n, 1.0)
+        c = np.full(n, 2.0)
+        inner = max(1, CACHE_TRIAD_BYTES // (STREAM_COUNTED_ARRAYS * 8 * n))
+        _triad_in_cache(a, b, c, 3.0, 1, threads)  # compiles; the slices into their caches
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter_ns()
+            _triad_in_cache(a, b, c, 3.0, inner, threads)
+            best = min(best, (time.perf_counter_ns() - start) / 1e9)
+        if not np.all(a == 1.0 + 2.0 * (3.0 + inner - 1)):
+            raise RuntimeError(f"the {level} triad produced a wrong result; the measurement "
+                               "is void")
+        bandwidths[level] = round(STREAM_COUNTED_ARRAYS * 8 * n * inner / best / 1e9, 3)
+        working_sets[level] = STREAM_COUNTED_ARRAYS * 8 * n
+    return bandwidths, working_sets
 
 
 def measure_stream_triad(*, array_mib: int = DEFAULT_ARRAY_MIB, repeats: int = 10) -> float:
@@ -168,13 +267,15 @@ def measure_sgemm(*, n: int = DEFAULT_GEMM_N, repeats: int = 3) -> float:
 
 def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = DEFAULT_GEMM_N,
             repeats: int = 5) -> Calibration:
-    """Measure both ceilings at ``threads`` threads (Numba, BLAS and PyTorch alike)."""
+    """Measure the ceilings at ``threads`` threads (Numba, BLAS and PyTorch alike): DRAM and
+    cache-level triads, sgemm."""
     if array_mib < 1 or gemm_n < 16 or repeats < 1:
         raise UsageError(f"calibration sizes too small: array_mib={array_mib}, gemm_n={gemm_n}, "
                          f"repeats={repeats}")
     load = load_average()
     with limited_threads(threads):
         bandwidth = measure_stream_triad(array_mib=array_mib, repeats=max(repeats, 5))
+        cache_bandwidths, cache_working_sets = measure_cache_triads(threads)
         flops = measure_sgemm(n=gemm_n, repeats=repeats)
     return Calibration(
         stream_triad_gbs=round(bandwidth, 3),
@@ -186,6 +287,8 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
         gemm_n=gemm_n,
         repeats=repeats,
         load_average=load,
+        cache_triad_gbs=cache_bandwidths,
+        cache_working_set_bytes=cache_working_sets,
     )
 
 

@@ -80,3 +80,36 @@ def test_thread_counts_outside_the_pool_are_usage_errors():
     for bad in (0, calibration.max_threads() + 1):
         with pytest.raises(UsageError, match="--threads"):
             calibration.resolve_threads(bad)
+
+
+def test_cache_levels_are_measured_and_pick_the_level_a_working_set_fits_in():
+    result = calibration.measure(1, **SMALL)
+    levels = [level for level, _ in calibration.cache_levels(1)]
+    assert sorted(result.cache_triad_gbs) == sorted(result.cache_working_set_bytes)
+    assert set(result.cache_triad_gbs) <= set(levels)
+    if not result.cache_triad_gbs:
+        pytest.skip("this system reports no cache sizes")
+    assert all(gbs > 0.1 for gbs in result.cache_triad_gbs.values())
+    innermost = min(result.cache_working_set_bytes)
+    assert result.memory_level(1)[0] == innermost
+    assert result.memory_level(result.cache_working_set_bytes[innermost])[0] == innermost
+    assert result.memory_level(2**40) == ("DRAM", result.stream_triad_gbs)
+
+
+def test_write_allocate_caps_a_read_one_write_one_kernel_at_eight_ninths_of_the_triad():
+    assert calibration.write_allocate_limit(2.0, 1.0) == pytest.approx(8 / 9)
+    assert calibration.write_allocate_limit(3.0, 1.0) == pytest.approx(1.0)  # the triad itself
+    assert calibration.write_allocate_limit(0.0, 0.0) is None
+
+
+def test_the_fingerprint_covers_cpu_cores_isa_caches_and_versions():
+    described = machine.describe()
+    assert set(described) >= {"cpu_model", "cores", "isa_flags", "caches", "numpy", "numba",
+                              "torch"}
+    assert described["cpu_model"] and described["cores"] >= 1
+
+
+def test_numpy_blas_can_be_held_to_its_own_count():
+    pytest.importorskip("threadpoolctl")
+    with calibration.limited_threads(calibration.max_threads(), blas_threads=1) as applied:
+        assert applied["blas"] == 1 and applied["numba"] == calibration.max_threads()

@@ -324,6 +324,81 @@ def test_interleaved_timing_rotates_and_stops():
     assert all(math.isfinite(t.median_s) and t.median_s > 0 for t in timings.values())
 
 
+def engine_only(seconds: float) -> benchmark.CaseResult:
+    timing = benchmark.ContenderTiming(median_s=seconds, iqr_s=0.0, rounds=5, batch=1,
+                                       min_s=seconds, samples_s=[seconds] * 5)
+    return benchmark.CaseResult(spec="scale", case="64x256", verdict="ok",
+                                contenders={"engine": timing})
+
+
+CEILINGS = calibration.Calibration(
+    stream_triad_gbs=20.0, sgemm_gflops=100.0, measured_at="2000-01-01T00:00:00+00:00",
+    threads=1, stream_array_mib=64, stream_counted_arrays=3, gemm_n=2048, repeats=5,
+    cache_triad_gbs={"L1": 200.0, "L2": 80.0}, cache_working_set_bytes={"L1": 2**14, "L2": 2**19})
+
+
+def test_a_cache_resident_case_is_measured_against_its_cache_level():
+    # 256 KiB moved in 4 us: 65.5 GB/s, above DRAM's 20 GB/s, within L2's 80 GB/s
+    case = engine_only(4e-6)
+    benchmark.derive(case, "2 * 4 * rows * d", "rows * d", {"rows": 128, "d": 256}, CEILINGS,
+                     written_bytes=4 * 128 * 256)
+    assert case.bound == "memory" and case.memory_level == "L2"
+    assert case.roofline_fraction == pytest.approx(case.gbs / 20.0)  # the DRAM roofline, > 1
+    assert case.level_bandwidth_gbs == 80.0
+    assert case.level_roofline_fraction == pytest.approx(case.gbs / 80.0)
+    assert case.level_roofline_fraction < 1 < case.roofline_fraction
+    assert case.write_allocate_limit is None  # only DRAM traffic is write-allocate bound here
+    assert any("fits in L2" in note for note in case.notes)
+
+
+def test_a_dram_case_says_what_write_allocate_leaves_of_the_triad():
+    case = engine_only(0.01)
+    benchmark.derive(case, "2 * 4 * rows * d", "rows * d", {"rows": 4096, "d": 4096}, CEILINGS,
+                     written_bytes=4 * 4096 * 4096)
+    assert case.memory_level == "DRAM"
+    assert case.level_roofline_fraction == case.roofline_fraction
+    assert case.write_allocate_limit == pytest.approx(8 / 9)
+    assert any("cap this case at 89%" in note for note in case.notes)
+
+
+def test_goals_are_met_or_short_by_a_percentage():
+    from koschei.specs.schema import Goal
+
+    case = engine_only(0.01)
+    benchmark.derive(case, "2 * 4 * rows * d", "rows * d", {"rows": 4096, "d": 4096}, CEILINGS)
+    case.speedup_vs_numpy, case.speedup_vs_torch = 2.0, 1.5
+    goals = [Goal(vs="numpy", at_least=1.5), Goal(vs="torch", at_least=3.0),
+             Goal(roofline=0.8)]
+    evaluated = benchmark.evaluate_goals(goals, case)
+    assert [goal["goal"] for goal in evaluated] == ["xnumpy >= 1.5", "xtorch >= 3",
+                                                     "roofline >= 80%"]
+    assert [goal["met"] for goal in evaluated] == [True, False, case.roofline_fraction >= 0.8]
+    assert evaluated[0]["short_by_pct"] is None
+    assert evaluated[1]["short_by_pct"] == pytest.approx(50.0)
+    assert evaluated[2]["measured"] == case.level_roofline_fraction
+
+
+def test_without_matplotlib_a_note_and_no_image(measured, tmp_path, monkeypatch):
+    from koschei import benchmark_report
+
+    _, result = measured
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    written, note = benchmark_report.write_charts(result, tmp_path)
+    assert written == [] and "matplotlib is not installed" in note
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_charts_are_the_same_for_the_same_result(measured, tmp_path):
+    pytest.importorskip("matplotlib")
+    from koschei import benchmark_report
+
+    _, result = measured
+    first, _ = benchmark_report.write_charts(result, tmp_path / "a")
+    again, _ = benchmark_report.write_charts(result, tmp_path / "b")
+    assert [p.name for p in first] == ["roofline.png", "speedup.png"]
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+
+
 def test_generated_kernels_measured_and_a_wrong_reference_caught(tmp_path):
     """The real flow: the repository's softmax spec (with small bench cases), rendered by
     code_generate, measured; a copy whose reference is deliberately different is "wrong"."""

@@ -52,6 +52,14 @@ def benchmark(
         "--fail-on-regression", metavar="PCT",
         help="Exit 1 when a case is slower than the compared run by more than PCT percent and the "
              "difference is significant (Mann-Whitney U, p < 0.01).", show_default=False)] = None,
+    charts: Annotated[bool, typer.Option(
+        "--charts/--no-charts",
+        help="Write roofline.png and speedup.png beside the run record (needs matplotlib).",
+    )] = True,
+    readme: Annotated[bool, typer.Option(
+        "--readme", help="Rewrite the table between <!-- benchmark:begin --> and "
+                         "<!-- benchmark:end --> in the workspace's README.md from this run.",
+    )] = False,
 ) -> None:
     with handle_errors():
         from koschei.phases import benchmark as phase
@@ -62,7 +70,8 @@ def benchmark(
         record = RunRecord.create(root_workspace, "benchmark")
         options = phase.Options(select=names or None, threads=threads, budget_s=budget,
                                 record_dir=record.dir, recalibrate=recalibrate, compare=compare,
-                                fail_on_regression=fail_on_regression)
+                                fail_on_regression=fail_on_regression, charts=charts,
+                                readme=readme)
         result = phase.run(root_workspace, options, RichProgress())
         record.save_phase("benchmark", result)
         finish(result, json_output, render)
@@ -128,12 +137,51 @@ def print_wide(console: Console, renderable: Any) -> None:
         console.width = width
 
 
+def format_roofline(case: Any) -> str:
+    """The fraction of the roofline of the level the case runs from: "70% DRAM", "48% L3",
+    "20% FLOP" (compute-bound)."""
+    fraction = case.level_roofline_fraction
+    if fraction is None:
+        fraction = case.roofline_fraction
+    if fraction is None:
+        return "—"
+    where = (case.memory_level or "mem") if case.bound == "memory" else "FLOP"
+    return f"{fraction * 100:.0f}% {where}"
+
+
+def format_goals(goals: list[dict[str, Any]]) -> Text:
+    if not goals:
+        return Text("")
+    met = sum(1 for goal in goals if goal["met"])
+    return Text(f"{met}/{len(goals)}", style="green" if met == len(goals) else "yellow")
+
+
+def goal_line(goal: dict[str, Any]) -> Text:
+    target, measured = goal["target"], goal["measured"]
+    as_percent = goal["kind"] == "roofline"
+
+    def show(value: float) -> str:
+        return f"{value:.0%}" if as_percent else f"{value:.2f}×"
+
+    if measured is None:
+        return Text(f"{goal['goal']}: not measured", style="yellow")
+    if goal["met"]:
+        return Text(f"{goal['goal']}: {show(measured)}, met", style="green")
+    return Text(f"{goal['goal']}: {show(measured)}, short by {goal['short_by_pct']:.0f}% "
+                f"(needs {show(target)})", style="yellow")
+
+
 def render(result: Any, console: Console) -> None:
     calibration = result.calibration
+    caches = ", ".join(f"{level} {gbs:.0f}" for level, gbs in
+                       sorted((calibration.get("cache_triad_gbs") or {}).items()))
     console.print(
-        f"[bold]benchmark[/bold] · {result.threads} thread(s) · roofline: STREAM triad "
-        f"{calibration['stream_triad_gbs']:.1f} GB/s, sgemm {calibration['sgemm_gflops']:.1f} "
-        f"GFLOP/s · fingerprint {result.fingerprint}", highlight=False)
+        f"[bold]benchmark[/bold] · {result.threads} thread(s) (Numba, PyTorch; NumPy's BLAS "
+        f"{result.thread_control.get('blas') or 'default'}) · roofline: STREAM triad "
+        f"{calibration['stream_triad_gbs']:.1f} GB/s"
+        + (f" (cache triads {caches} GB/s)" if caches else "")
+        + f", sgemm {calibration['sgemm_gflops']:.1f} GFLOP/s · fingerprint {result.fingerprint}",
+        highlight=False)
     comparing = result.compared_with is not None
     table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
                   collapse_padding=True)
@@ -145,14 +193,13 @@ def render(result: Any, console: Console) -> None:
     table.add_column("roofline", justify="right", no_wrap=True)
     table.add_column("×NumPy", justify="right")
     table.add_column("×PyTorch", justify="right")
+    table.add_column("goals", justify="right")
     if comparing:
         table.add_column("Δ", justify="right")
     table.add_column("verdict")
     for case in result.cases:
         contenders = case.contenders
-        roofline = "—"
-        if case.roofline_fraction is not None:
-            roofline = f"{case.roofline_fraction * 100:.0f}% {case.bound[:3]}"
+        roofline = format_roofline(case)
         row: list[Any] = [
             f"{case.spec}/{case.case}",
             format_timing(contenders.get("engine"), spread=True),
@@ -162,6 +209,7 @@ def render(result: Any, console: Console) -> None:
             roofline,
             format_ratio(case.speedup_vs_numpy),
             format_ratio(case.speedup_vs_torch),
+            format_goals(case.goals),
         ]
         if comparing:
             row.append(format_change(case.compare))
@@ -192,6 +240,15 @@ def render(result: Any, console: Console) -> None:
                 line.append(f" {value:.2f}×")
                 console.print(line)
 
+    goals = [(case, goal) for case in result.cases for goal in case.goals]
+    if goals:
+        console.print("\n[bold]goals[/bold] (from the specs' bench.goals)")
+        width = max(len(f"{case.spec}/{case.case}") for case, _ in goals)
+        for case, goal in goals:
+            line = Text(f"{case.spec}/{case.case}".ljust(width) + "  ")
+            line.append_text(goal_line(goal))
+            console.print(line)
+
     for case in result.cases:
         if case.verdict != "ok":
             console.print(Text(f"{case.spec}/{case.case}: {case.verdict}: {case.error}",
@@ -200,5 +257,7 @@ def render(result: Any, console: Console) -> None:
             console.print(f"[dim]{case.spec}/{case.case}: {note}[/dim]", highlight=False)
     for note in result.notes:
         console.print(f"[dim]{note}[/dim]", highlight=False)
+    for chart in result.charts:
+        console.print(f"[dim]chart: {chart}[/dim]", highlight=False)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
     console.print(f"{len(result.cases)} case(s): {counts or 'none'}", highlight=False)

@@ -10,10 +10,18 @@ each round, many calls per sample for tiny cases (a sample lasts at least ~1 ms)
 per-case budget runs out or every median is stable. Numba, PyTorch and NumPy's BLAS run on the
 same thread count.
 
+NumPy's BLAS is held to one thread while timing: OpenBLAS's pool busy-waits for ~0.1 s after
+every call, and on a machine with few cores that steals a core from whichever contender is timed
+next (PyTorch's SDPA measured 20-100x slower after a NumPy matmul on 2 cores).
+
 Derived figures use the spec's ``bench.bytes`` and ``bench.flops`` formulas and this machine's
 calibration (``koschei.calibration``): GB/s, GFLOP/s, arithmetic intensity, and the roofline
-fraction ``achieved / min(peak_flops, intensity * bandwidth)``, with the bound that applies.
-Speedups are medians of the per-round time ratios (the contenders of one round ran back to back).
+fraction ``achieved / min(peak_flops, intensity * bandwidth)`` on the DRAM roofline (STREAM
+triad), with the bound that applies. A case whose working set (its bytes) fits in a cache level is
+served from that level, so it is also measured against that level's own triad
+(``memory_level``, ``level_roofline_fraction``): a DRAM fraction above 100% means "cache", not
+"faster than memory". Speedups are medians of the per-round time ratios (the contenders of one
+round ran back to back). The spec's ``bench.goals`` are reported as met or short by how much.
 
 With ``compare``, each case's engine samples are tested against an earlier run's with a one-sided
 Mann-Whitney U test, both as absolute times and relative to the NumPy reference of the same round
@@ -56,6 +64,7 @@ STABLE_ROUNDS = 10  # rounds before a stable median may end the case early
 STABLE_RELATIVE_IQR = 0.02  # a median is stable when IQR / median is at most this
 MAX_ROUNDS = 2000
 MAX_BATCH = 100_000
+BLAS_THREADS = 1  # NumPy's BLAS while timing (see the module docstring)
 SIGNIFICANCE_P = 0.01
 DEFAULT_CHANGE_THRESHOLD_PCT = 5.0  # labels faster/slower when no regression gate is given
 FLOAT_DTYPES = ("float32", "float64")
@@ -70,6 +79,8 @@ class Options:
     recalibrate: bool = False
     compare: str | None = None  # "latest" or a run id
     fail_on_regression: float | None = None  # percent
+    charts: bool = True  # roofline.png and speedup.png into record_dir (needs matplotlib)
+    readme: bool = False  # rewrite the benchmark block of the workspace's README.md
 
 
 @dataclass
@@ -103,7 +114,15 @@ class CaseResult:
     gflops: float | None = None
     intensity: float | None = None  # FLOP per byte
     bound: Literal["memory", "compute"] | None = None
-    roofline_fraction: float | None = None
+    roofline_fraction: float | None = None  # on the DRAM roofline (STREAM triad, sgemm)
+    # where the working set is served from: "L1", "L2", "L3" (it fits) or "DRAM"
+    memory_level: str | None = None
+    level_bandwidth_gbs: float | None = None  # that level's triad
+    level_roofline_fraction: float | None = None  # on the roofline of that level
+    written_bytes: float | None = None  # bytes of the outputs
+    # the most of the STREAM triad a kernel with ordinary (write-allocating) stores can reach
+    write_allocate_limit: float | None = None
+    goals: list[dict[str, Any]] = field(default_factory=list)  # bench.goals of this case
     speedup_vs_numpy: float | None = None
     speedup_vs_torch: float | None = None
     speedup_vs_baselines: dict[str, float | None] = field(default_factory=dict)
@@ -125,6 +144,7 @@ class BenchmarkResult(Result):
     fail_on_regression: float | None = None
     cases: list[CaseResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    charts: list[str] = field(default_factory=list)  # image files beside the run record
 
     @property
     def ok(self) -> bool:
@@ -438,29 +458,83 @@ def _no_autograd(use_torch: bool) -> Iterator[None]:
 # --- one case -----------------------------------------------------------------------------------
 
 
+def _roofline_fraction(moved: float, operations: float, seconds: float, bandwidth: float,
+                       peak: float) -> tuple[Literal["memory", "compute"], float]:
+    """The bound and achieved / attainable, attainable = min(peak, intensity * bandwidth)."""
+    if moved > 0 and operations / moved * bandwidth < peak:
+        # attainable = intensity * bandwidth, so achieved/attainable is achieved bytes/s over
+        # bandwidth (which also holds for kernels that do no floating-point work)
+        return "memory", moved / seconds / bandwidth
+    return "compute", operations / seconds / peak
+
+
 def derive(result: CaseResult, bytes_formula: str, flops_formula: str, names: dict[str, Any],
-           calibration: machine_calibration.Calibration) -> None:
-    """Bytes, FLOPs, GB/s, GFLOP/s, intensity and the roofline fraction from the engine median."""
+           calibration: machine_calibration.Calibration,
+           written_bytes: float | None = None) -> None:
+    """Bytes, FLOPs, GB/s, GFLOP/s, intensity and the roofline fractions from the engine median:
+    on the DRAM roofline, and on the roofline of the memory level the working set fits in."""
     seconds = result.contenders["engine"].median_s
     moved = float(_evaluate(bytes_formula, names))
     operations = float(_evaluate(flops_formula, names))
     result.bytes, result.flops = moved, operations
     result.gbs = moved / seconds / 1e9
     result.gflops = operations / seconds / 1e9
-    bandwidth, peak = calibration.bandwidth_bytes_per_s, calibration.peak_flops_per_s
+    peak = calibration.peak_flops_per_s
     result.intensity = operations / moved if moved > 0 else None
-    if result.intensity is not None and result.intensity * bandwidth < peak:
-        # attainable = intensity * bandwidth, so achieved/attainable is achieved bytes/s over
-        # bandwidth (which also holds for kernels that do no floating-point work)
-        result.bound = "memory"
-        result.roofline_fraction = moved / seconds / bandwidth
-        if result.roofline_fraction > 1:
-            result.notes.append("above the memory roofline: the working set is served from "
-                                "cache, or the calibration is low (koschei benchmark "
-                                "--recalibrate measures it again)")
-    else:
-        result.bound = "compute"
-        result.roofline_fraction = operations / seconds / peak
+    result.bound, result.roofline_fraction = _roofline_fraction(
+        moved, operations, seconds, calibration.bandwidth_bytes_per_s, peak)
+    level, level_gbs = calibration.memory_level(moved)
+    result.memory_level, result.level_bandwidth_gbs = level, level_gbs
+    _, result.level_roofline_fraction = _roofline_fraction(moved, operations, seconds,
+                                                           level_gbs * 1e9, peak)
+    result.written_bytes = written_bytes
+    if written_bytes is not None and result.bound == "memory" and level == "DRAM":
+        result.write_allocate_limit = machine_calibration.write_allocate_limit(moved,
+                                                                               written_bytes)
+        if result.write_allocate_limit is not None and result.write_allocate_limit < 1:
+            result.notes.append(
+                f"ordinary stores cap this case at {result.write_allocate_limit:.0%} of the "
+                f"STREAM triad (each written line is read first: "
+                f"{(moved + written_bytes) / 2**20:.0f} MiB of traffic for the "
+                f"{moved / 2**20:.0f} MiB counted; the triad moves 4 arrays for its 3)")
+    if level != "DRAM" and result.bound == "memory":
+        result.notes.append(
+            f"working set {moved / 2**20:.2f} MiB fits in {level}: measured against the {level} "
+            f"triad ({level_gbs:.0f} GB/s), not DRAM's (DRAM roofline "
+            f"{result.roofline_fraction:.0%})")
+    elif result.roofline_fraction > 1:
+        result.notes.append("above the memory roofline: the calibration is low (koschei "
+                            "benchmark --recalibrate measures it again)")
+
+
+def output_bytes(outputs: Any) -> float:
+    """The bytes of an output array, or of a tuple of them (what a kernel writes)."""
+    arrays = outputs if isinstance(outputs, tuple) else (outputs,)
+    return float(sum(np.asarray(array).nbytes for array in arrays))
+
+
+def goal_text(goal: Any) -> str:
+    if goal.roofline is not None:
+        return f"roofline >= {goal.roofline:.0%}"
+    return f"x{goal.vs} >= {goal.at_least:g}"
+
+
+def evaluate_goals(goals: list[Any], case: CaseResult) -> list[dict[str, Any]]:
+    """Each of a bench case's goals: target, measured, met, and when not met, how far short in
+    percent of the target."""
+    evaluated: list[dict[str, Any]] = []
+    speedups = {"numpy": case.speedup_vs_numpy, "torch": case.speedup_vs_torch,
+                **(getattr(case, "speedup_vs_baselines", None) or {})}
+    for goal in goals:
+        if goal.roofline is not None:
+            kind, target, measured = "roofline", goal.roofline, case.level_roofline_fraction
+        else:
+            kind, target, measured = f"vs_{goal.vs}", goal.at_least, speedups.get(goal.vs)
+        met = None if measured is None else measured >= target
+        short = None if measured is None or met else (1 - measured / target) * 100
+        evaluated.append({"goal": goal_text(goal), "kind": kind, "target": target,
+                          "measured": measured, "met": met, "short_by_pct": short})
+    return evaluated
 
 
 def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
@@ -563,7 +637,9 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
                 result.speedup_vs_baselines[name] = paired_speedup(timings[name],
                                                                    timings["engine"])
         if spec.bench is not None:
-            derive(result, spec.bench.bytes, spec.bench.flops, names, calibration)
+            derive(result, spec.bench.bytes, spec.bench.flops, names, calibration,
+                   written_bytes=output_bytes(expected))
+            result.goals = evaluate_goals(case.goals, result)
     except Exception as error:  # noqa: BLE001
         result.error = f"{type(error).__name__}: {error}"
         return result
@@ -603,10 +679,20 @@ def earlier_runs(runs_dir: Path, exclude: Path | None) -> list[tuple[str, Path, 
 
 
 def load_baseline(workspace: Workspace, compare: str, exclude: Path | None,
+                  fingerprint: str | None = None, threads: int | None = None,
                   ) -> tuple[str, dict[str, Any]] | None:
-    """The earlier run to compare with: ``latest`` or a run id. None: no earlier run exists."""
+    """The earlier run to compare with: ``latest`` or a run id. None: no earlier run exists.
+
+    ``latest`` is the latest run measured on ``fingerprint`` at ``threads`` threads (when given):
+    runs of other machines or software are passed over, and when there are only such runs, the
+    comparison is refused with what differs rather than silently skipped."""
     runs = earlier_runs(workspace.runs_dir, exclude)
     if compare == "latest":
+        if fingerprint is not None:
+            same = [run for run in runs if run[2].get("fingerprint") == fingerprint
+                    and (threads is None or run[2].get("threads") == threads)]
+            if same or not runs:
+                return (same[-1][0], same[-1][2]) if same else None
         return (runs[-1][0], runs[-1][2]) if runs else None
     for name, _, payload in runs:
         if name == compare:
@@ -691,13 +777,24 @@ def compare_case(case: CaseResult, previous: dict[str, Any] | None, run_id: str,
             "relative_to_numpy": relative, "threshold_pct": threshold_pct, "status": status}
 
 
+def machine_differences(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """The fields of two machine descriptions that differ, as "field: before -> now"."""
+    if not isinstance(before, dict):
+        return []
+    return [f"{key}: {before.get(key)} -> {now.get(key)}"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+
+
 def check_comparable(run_id: str, baseline: dict[str, Any], fingerprint: str,
                      threads: int) -> None:
     """Refuse a comparison across machines, software versions or thread counts."""
     if baseline.get("fingerprint") != fingerprint:
+        differences = machine_differences(baseline.get("machine"), machine.describe())
+        detail = f"; {'; '.join(differences)}" if differences else ""
         raise UsageError(
             f"cannot compare with run {run_id}: it was measured on another machine or software "
-            f"(fingerprint {baseline.get('fingerprint')} vs this machine's {fingerprint})",
+            f"(fingerprint {baseline.get('fingerprint')} vs this machine's {fingerprint}"
+            f"{detail}): its times are not comparable with these",
             hint="compare with a run made on this machine with these numpy/numba/torch versions")
     if baseline.get("threads") != threads:
         raise UsageError(
@@ -754,12 +851,21 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                          f"got {options.fail_on_regression}")
     if options.fail_on_regression is not None and options.compare is None:
         raise UsageError("--fail-on-regression needs --compare (latest or a run id)")
+    if options.readme:
+        from koschei import benchmark_report
+
+        problem = benchmark_report.readme_problem(workspace.root / "README.md")
+        if problem:
+            raise UsageError(f"--readme: {problem}", hint=(
+                f"add a line {benchmark_report.README_BEGIN} and a line "
+                f"{benchmark_report.README_END} where the table goes"))
     chosen = select_specs(load_specs(workspace), options.select)
     threads = machine_calibration.resolve_threads(options.threads)
     started_at = datetime.now(UTC).isoformat(timespec="microseconds")
     baseline = None
     if options.compare is not None:
-        baseline = load_baseline(workspace, options.compare, options.record_dir)
+        baseline = load_baseline(workspace, options.compare, options.record_dir,
+                                 machine.fingerprint(), threads)
         if baseline is not None:
             check_comparable(baseline[0], baseline[1], machine.fingerprint(), threads)
 
@@ -781,10 +887,11 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         notes.append("torch is not importable: PyTorch is left out")
 
     cases: list[CaseResult] = []
-    with machine_calibration.limited_threads(threads) as thread_control:
+    with machine_calibration.limited_threads(threads, blas_threads=BLAS_THREADS) as \
+            thread_control:
         if thread_control["blas"] is None:
             notes.append("threadpoolctl is not installed: NumPy's BLAS runs on its default "
-                         "thread count")
+                         "thread count, and its spinning pool slows the contender timed after it")
         for loaded in chosen:
             for case in loaded.spec.bench.cases:
                 cases.append(run_case(workspace, loaded, case, options.budget_s, calibration,
@@ -798,7 +905,9 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                      "measured_at": calibration.measured_at,
                      "threads": calibration.threads,
                      "stream_counted_arrays": calibration.stream_counted_arrays,
-                     "load_average": calibration.load_average},
+                     "load_average": calibration.load_average,
+                     "cache_triad_gbs": dict(calibration.cache_triad_gbs),
+                     "cache_working_set_bytes": dict(calibration.cache_working_set_bytes)},
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
         load_average=load,
         fail_on_regression=options.fail_on_regression, cases=cases, notes=notes)
@@ -807,4 +916,31 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
             result.notes.append("no earlier run with benchmark results: nothing to compare with")
         else:
             apply_comparison(result, baseline[0], baseline[1], options.fail_on_regression)
+    write_reports(workspace, options, result)
     return result
+
+
+README_COMMAND = "koschei benchmark --readme"
+
+
+def write_reports(workspace: Workspace, options: Options, result: BenchmarkResult) -> None:
+    """The charts beside the run record, and with ``options.readme`` the README's table."""
+    from koschei import benchmark_report
+
+    if options.charts and options.record_dir is not None:
+        written, note = benchmark_report.write_charts(result, options.record_dir)
+        result.charts = [workspace.relative(path) for path in written]
+        if note:
+            result.notes.append(note)
+    if options.readme:
+        readme = workspace.root / "README.md"
+        run_id = options.record_dir.name if options.record_dir is not None else "not recorded"
+        try:
+            changed = benchmark_report.update_readme(
+                readme, benchmark_report.readme_table(result, run_id, README_COMMAND))
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--readme: {error}", hint=(
+                f"add a line {benchmark_report.README_BEGIN} and a line "
+                f"{benchmark_report.README_END} where the table goes")) from None
+        result.notes.append(f"{workspace.relative(readme)}: benchmark table "
+                            f"{'rewritten' if changed else 'unchanged'} from run {run_id}")

@@ -155,6 +155,17 @@ class Tolerance(Strict):
     atol: float = Field(ge=0)
 
 
+class Goal(Strict):
+    """A performance goal of a bench case: a speedup over a contender (``vs`` with ``at_least``,
+    e.g. ``{vs: torch, at_least: 3.0}``) or a fraction of the roofline of the memory level the
+    case runs from (``{roofline: 0.8}``). The benchmark reports each as met or short by how
+    much; a goal missed never fails a run."""
+
+    vs: str | None = None  # "numpy", "torch" or a baseline's name
+    at_least: float | None = Field(default=None, gt=0)
+    roofline: float | None = Field(default=None, gt=0, le=1)
+
+
 class Case(Strict):
     """Concrete sizes for the symbolic dimensions, and parameter values."""
 
@@ -162,6 +173,7 @@ class Case(Strict):
     # Sizes of the named dimensions; "..." gives the leading dimensions as a list.
     dims: dict[str, int | list[int]]
     params: dict[str, Any] = {}
+    goals: list[Goal] = []  # bench cases only
     # The optional inputs given in this case (the others are None).
     with_inputs: list[Identifier] = []
 

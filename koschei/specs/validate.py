@@ -404,6 +404,9 @@ class _SpecChecker:
         assert tests is not None and signature is not None
         for index, case in enumerate(tests.cases):
             self.case(case, ("tests", "cases", index))
+            if case.goals:
+                self.add(("tests", "cases", index, "goals"), "goals belong to bench cases "
+                         "(the benchmark measures them; tests only check results)")
         for result in signature.results:
             if result.dtype in FLOAT_DTYPES and result.dtype not in tests.tolerance:
                 self.add(("tests", "tolerance"), f"no tolerance for the dtype {result.dtype} of "
@@ -459,6 +462,18 @@ class _SpecChecker:
                 if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                     self.add(path, f"{formula} is {show(value)} for this case; expected a finite "
                              "number >= 0")
+        contenders = {"numpy", "torch", *getattr(bench, "baselines", {})}
+        for index, case in enumerate(bench.cases):
+            for number, goal in enumerate(case.goals):
+                path = ("bench", "cases", index, "goals", number)
+                if (goal.roofline is None) == (goal.vs is None and goal.at_least is None):
+                    self.add(path, "a goal is either {roofline: FRACTION} or {vs: CONTENDER, "
+                             "at_least: SPEEDUP}")
+                elif goal.roofline is None and (goal.vs is None or goal.at_least is None):
+                    self.add(path, "a speedup goal needs both vs and at_least")
+                elif goal.vs is not None and goal.vs not in contenders:
+                    self.add((*path, "vs"), f"unknown contender {goal.vs!r} (known: "
+                             f"{', '.join(sorted(contenders))})")
 
     def smallest_size(self, dim: str) -> int:
         return 0 if dim in self.may_be_empty else 1

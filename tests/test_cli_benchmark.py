@@ -1,0 +1,190 @@
+"""`koschei benchmark` end to end on generated kernels: the JSON contract, a regression gate that
+catches a slowed kernel and passes an unchanged one, a wrong kernel never timed, the charts.
+
+Everything is real: the repository's softmax spec with a small bench case is rendered by
+code-generate, compiled by Numba and measured against NumPy and PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import koschei.cli  # noqa: F401  (registers every command)
+from koschei import calibration
+from koschei.cli.app import app
+from koschei.phases import benchmark, code_generate
+from koschei.workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+SOFTMAX = REPO / "specs" / "foundation" / "softmax.yaml"
+BUDGET = "0.4"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _engine_path_restored():
+    """The benchmark points ``koschei.engine`` at each test workspace; put it back afterwards."""
+    import koschei.engine
+
+    saved = list(koschei.engine.__path__)
+    yield
+    koschei.engine.__path__[:] = saved
+    for name, module in list(sys.modules.items()):
+        if name.startswith("koschei.engine.") and not name.startswith("koschei.engine._"):
+            origin = str(Path(getattr(module, "__file__", "") or "").resolve())
+            if not any(origin.startswith(str(Path(folder).resolve())) for folder in saved):
+                del sys.modules[name]
+                koschei.engine.__dict__.pop(name.rpartition(".")[2], None)
+
+
+def softmax_workspace(root: Path, *, slowed: bool = False) -> Workspace:
+    """A workspace with the softmax spec (one 256 x 2048 bench case with a goal), rendered;
+    ``slowed``: its tunables parallel and fastmath set to false (a slower, still correct kernel).
+    """
+    document = yaml.safe_load(SOFTMAX.read_text(encoding="utf-8"))
+    document["bench"]["cases"] = [{"dims": {"...": [256], "d": 2048},
+                                   "goals": [{"vs": "numpy", "at_least": 1.0}]}]
+    if slowed:
+        document["tunables"]["parallel"]["default"] = False
+        document["tunables"]["fastmath"]["default"] = False
+    folder = root / "specs" / "foundation"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "softmax.yaml").write_text(yaml.safe_dump(document, sort_keys=False),
+                                         encoding="utf-8")
+    (root / "koschei.toml").write_text("")
+    (root / "README.md").write_text("# kernels\n\n<!-- benchmark:begin -->\nold\n"
+                                    "<!-- benchmark:end -->\n\nthe rest\n")
+    workspace = Workspace(root.resolve())
+    assert code_generate.run(workspace, code_generate.Options()).ok
+    calibration.load_or_measure(workspace.runs_dir, calibration.resolve_threads(None),
+                                array_mib=2, gemm_n=128, repeats=2)
+    return workspace
+
+
+def bench(workspace: Workspace, *arguments: str) -> tuple[int, dict]:
+    result = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--json",
+                                 "--budget", BUDGET, *arguments])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    workspace = softmax_workspace(tmp_path_factory.mktemp("bench_cli"))
+    return workspace, bench(workspace)
+
+
+def test_json_has_medians_ratios_bandwidth_roofline_and_threads(first_run):
+    workspace, (exit_code, data) = first_run
+    assert exit_code == 0
+    assert data["threads"] == calibration.resolve_threads(None)
+    assert data["thread_control"]["numba"] == data["threads"]
+    assert data["thread_control"]["torch"] == data["threads"]
+    assert data["thread_control"]["blas"] == benchmark.BLAS_THREADS
+    assert set(data["calibration"]) >= {"stream_triad_gbs", "sgemm_gflops", "cache_triad_gbs"}
+    [case] = data["cases"]
+    assert case["verdict"] == "ok", case["error"]
+    assert set(case["contenders"]) == {"engine", "numpy", "torch"}
+    for timing in case["contenders"].values():
+        assert timing["median_s"] > 0 and timing["iqr_s"] >= 0
+        assert len(timing["samples_s"]) == timing["rounds"] >= benchmark.MIN_ROUNDS
+    assert case["speedup_vs_numpy"] > 0 and case["speedup_vs_torch"] > 0
+    assert case["bytes"] == 4 * 2 * 256 * 2048
+    assert case["gbs"] == pytest.approx(case["bytes"] / case["contenders"]["engine"]["median_s"]
+                                        / 1e9)
+    assert 0 < case["roofline_fraction"] and 0 < case["level_roofline_fraction"]
+    assert case["memory_level"] in ("L1", "L2", "L3", "DRAM")
+    assert case["written_bytes"] == 4 * 256 * 2048
+    [goal] = case["goals"]
+    assert goal["goal"] == "xnumpy >= 1" and goal["measured"] == case["speedup_vs_numpy"]
+    assert goal["met"] == (case["speedup_vs_numpy"] >= 1.0)
+    record = workspace.runs_dir / Path(data["charts"][0]).parent.name
+    assert sorted(Path(chart).name for chart in data["charts"]) == ["roofline.png",
+                                                                    "speedup.png"]
+    for chart in data["charts"]:
+        assert (workspace.root / chart).read_bytes().startswith(b"\x89PNG")
+    stored = json.loads((record / "benchmark.json").read_text())
+    stored = stored.get("result", stored)
+    assert stored["cases"][0]["contenders"]["engine"]["samples_s"] == \
+        case["contenders"]["engine"]["samples_s"]
+
+
+def test_the_gate_passes_an_unchanged_rerun_and_fails_a_slowed_kernel(tmp_path):
+    """On one thread (a parallel kernel on a shared 2-core machine is at the mercy of the other
+    work on it): the unchanged kernel passes the 10% gate, the one regenerated with parallel and
+    fastmath off (no vectorized sums: ~10x slower) fails it."""
+    workspace = softmax_workspace(tmp_path)
+    gate = ("--threads", "1", "--compare", "latest", "--fail-on-regression", "10")
+    exit_code, before = bench(workspace, *gate)
+    assert exit_code == 0 and before["compared_with"] is None  # no earlier run
+    exit_code, unchanged = bench(workspace, *gate)
+    [case] = unchanged["cases"]
+    assert unchanged["compared_with"] == Path(before["charts"][0]).parent.name
+    assert case["compare"] is not None and case["compare"]["status"] != "slower", case["compare"]
+    assert exit_code == 0 and case["verdict"] == "ok"
+
+    softmax_workspace(workspace.root, slowed=True)  # the same workspace, regenerated slower
+    exit_code, slowed = bench(workspace, *gate)
+    [case] = slowed["cases"]
+    assert slowed["compared_with"] == Path(unchanged["charts"][0]).parent.name
+    assert case["verdict"] == "regression", case["compare"]
+    assert case["compare"]["change_pct"] > 10 and case["compare"]["p_value"] < 0.01
+    assert case["compare"]["relative_to_numpy"]["direction"] == "slower"
+    assert exit_code == 1
+
+
+def test_a_wrong_kernel_is_reported_and_never_timed(tmp_path):
+    workspace = softmax_workspace(tmp_path)
+    module = workspace.engine_dir / "softmax.py"
+    source = module.read_text(encoding="utf-8")
+    assert source.count("    _compute(x, out)\n") == 1
+    module.write_text(source.replace("    _compute(x, out)\n",
+                                     "    _compute(x, out)\n    out[..., 0] += 1.0\n"))
+    exit_code, data = bench(workspace, "--no-charts")
+    [case] = data["cases"]
+    assert exit_code == 1 and not data["ok"]
+    assert case["verdict"] == "wrong"
+    assert case["error"].startswith("engine output does not match the reference")
+    assert case["contenders"] == {} and case["gbs"] is None and case["speedup_vs_numpy"] is None
+    assert data["charts"] == []
+
+
+def test_readme_block_is_rewritten_from_the_run(tmp_path):
+    workspace = softmax_workspace(tmp_path)
+    exit_code, data = bench(workspace, "--readme", "--no-charts")
+    assert exit_code == 0
+    text = (workspace.root / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("# kernels\n\n<!-- benchmark:begin -->\nMeasured by `koschei "
+                           "benchmark --readme` (run `")
+    assert text.endswith("<!-- benchmark:end -->\n\nthe rest\n") and "old" not in text
+    [case] = data["cases"]
+    assert "| softmax/256x2048 | " in text
+    assert f"{case['speedup_vs_numpy']:.2f}×" in text
+    assert any("README.md: benchmark table rewritten" in note for note in data["notes"])
+
+    (workspace.root / "README.md").write_text("no markers\n")
+    result = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--readme"])
+    assert result.exit_code == 2 and "benchmark:begin" in result.output
+
+
+def test_a_goal_against_an_unknown_contender_is_a_spec_error(tmp_path):
+    workspace = softmax_workspace(tmp_path)
+    path = workspace.root / "specs" / "foundation" / "softmax.yaml"
+    path.write_text(path.read_text().replace("vs: numpy", "vs: jax"))
+    result = runner.invoke(app, ["benchmark", "--root", str(workspace.root)])
+    assert result.exit_code == 2
+    assert "softmax.yaml:" in result.output and "unknown contender 'jax'" in result.output
+
+
+def test_help_does_not_import_matplotlib():
+    code = ("import sys; from koschei.cli import app; import typer.testing as tt;"
+            "r = tt.CliRunner().invoke(app, ['benchmark', '--help']); assert r.exit_code == 0;"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported by --help'")
+    subprocess.run([sys.executable, "-c", code], check=True)
