@@ -167,7 +167,7 @@ def _goals(case: Any) -> str:
             parts.append(f"{goal['goal']}: met")
         else:
             parts.append(f"{goal['goal']}: short by {goal['short_by_pct']:.0f}%")
-    return "; ".join(parts).replace(">=", "≥") or ""
+    return "; ".join(parts)
 
 
 def readme_table(result: Any, run_id: str, command: str) -> str:

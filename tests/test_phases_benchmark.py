@@ -370,8 +370,8 @@ def test_goals_are_met_or_short_by_a_percentage():
     goals = [Goal(vs="numpy", at_least=1.5), Goal(vs="torch", at_least=3.0),
              Goal(roofline=0.8)]
     evaluated = benchmark.evaluate_goals(goals, case)
-    assert [goal["goal"] for goal in evaluated] == ["xnumpy >= 1.5", "xtorch >= 3",
-                                                     "roofline >= 80%"]
+    assert [goal["goal"] for goal in evaluated] == ["×NumPy ≥ 1.5", "×PyTorch ≥ 3",
+                                                     "roofline ≥ 80%"]
     assert [goal["met"] for goal in evaluated] == [True, False, case.roofline_fraction >= 0.8]
     assert evaluated[0]["short_by_pct"] is None
     assert evaluated[1]["short_by_pct"] == pytest.approx(50.0)

@@ -513,10 +513,14 @@ def output_bytes(outputs: Any) -> float:
     return float(sum(np.asarray(array).nbytes for array in arrays))
 
 
+CONTENDER_NAMES = {"numpy": "NumPy", "torch": "PyTorch"}
+
+
 def goal_text(goal: Any) -> str:
+    """``roofline ≥ 80%`` or ``×PyTorch ≥ 3``."""
     if goal.roofline is not None:
-        return f"roofline >= {goal.roofline:.0%}"
-    return f"x{goal.vs} >= {goal.at_least:g}"
+        return f"roofline ≥ {goal.roofline:.0%}"
+    return f"×{CONTENDER_NAMES.get(goal.vs, goal.vs)} ≥ {goal.at_least:g}"
 
 
 def evaluate_goals(goals: list[Any], case: CaseResult) -> list[dict[str, Any]]:
