@@ -139,6 +139,14 @@ def check_out(function: str, out: Any, dtype: np.dtype, shape: tuple[int, ...], 
                              f"{name} (the kernel would read what it already overwrote)")
 
 
+@numba.njit(inline="always")
+def overlap(a, b):  # pragma: no cover - compiled by numba
+    """Whether the memory of two non-empty arrays overlaps (their address ranges intersect: what
+    np.may_share_memory tells), for compiled checks."""
+    a_start, b_start = a.ctypes.data, b.ctypes.data
+    return a_start < b_start + b.nbytes and b_start < a_start + a.nbytes
+
+
 # --- scalar parameters --------------------------------------------------------------------------
 
 
@@ -231,6 +239,23 @@ def float32_from_bits(typingctx, bits):
         return builder.bitcast(value, ir.FloatType())
 
     return numba.types.float32(bits), codegen
+
+
+@intrinsic
+def maxnum(typingctx, a, b):
+    """The larger of two floats of one type, NaN counting as missing (LLVM's maxnum): unlike a
+    compare-and-select, a chain of these over an array is a reduction LLVM vectorizes without
+    assuming there is no NaN."""
+    if not (isinstance(a, numba.types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value_type = context.get_value_type(signature.args[0])
+        function = builder.module.declare_intrinsic(
+            "llvm.maxnum", [value_type], fnty=ir.FunctionType(value_type, [value_type] * 2))
+        return builder.call(function, args)
+
+    return a(a, b), codegen
 
 
 # --- threads ------------------------------------------------------------------------------------

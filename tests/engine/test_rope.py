@@ -60,10 +60,18 @@ INPUTS = [
 ]
 # the inputs that may be None; the argument checks give them all
 OPTIONAL = []
+# the parameters that are sources of randomness: seeded from the case unless it sets them, so
+# that the function and its reference draw the same numbers
+GENERATORS = []
 
 
 def case_seed(label):
     return zlib.crc32(f"{FUNCTION}/{label}".encode())
+
+
+def seeded(params, seed):
+    """params with every generator parameter it does not set seeded with seed."""
+    return {**{name: seed for name in GENERATORS}, **params}
 
 
 def input_shapes(dims):
@@ -144,6 +152,7 @@ def constraints_hold(dims, params, only=None):
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_matches_the_reference(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     originals = copied(inputs)
     expected = reference(**originals, **params)
@@ -156,6 +165,7 @@ def test_matches_the_reference(label, dims, params, with_inputs):
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_writes_into_out(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     expected = reference(**copied(inputs), **params)
     out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
@@ -175,14 +185,16 @@ def test_random_shapes_match_the_reference(data):
     params = dict(BASE_PARAMS)
     assume(constraints_hold(dims, params))
     with_inputs = []
-    inputs = make_inputs(dims, data.draw(st.integers(0, 2**32 - 1), label="seed"), params,
-                         with_inputs)
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    params = seeded(params, seed)
+    inputs = make_inputs(dims, seed, params, with_inputs)
     expected = reference(**copied(inputs), **params)
     assert_results_close(rope(**inputs, **params), expected)
 
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_each_pair_keeps_its_length(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     x, positions = inputs.values()
     out = rope(**inputs, **params)
@@ -191,6 +203,7 @@ def test_invariant_each_pair_keeps_its_length(label, dims, params, with_inputs):
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_position_zero_is_the_identity(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     x, positions = inputs.values()
     out = rope(**inputs, **params)
@@ -199,6 +212,7 @@ def test_invariant_position_zero_is_the_identity(label, dims, params, with_input
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_the_first_pair_turns_by_the_position(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     x, positions = inputs.values()
     out = rope(**inputs, **params)
@@ -228,6 +242,7 @@ def to_numpy(value):
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_matches_pytorch(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     with torch.inference_mode():
         expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)

@@ -61,10 +61,18 @@ INPUTS = [
 ]
 # the inputs that may be None; the argument checks give them all
 OPTIONAL = []
+# the parameters that are sources of randomness: seeded from the case unless it sets them, so
+# that the function and its reference draw the same numbers
+GENERATORS = []
 
 
 def case_seed(label):
     return zlib.crc32(f"{FUNCTION}/{label}".encode())
+
+
+def seeded(params, seed):
+    """params with every generator parameter it does not set seeded with seed."""
+    return {**{name: seed for name in GENERATORS}, **params}
 
 
 def input_shapes(dims):
@@ -131,6 +139,7 @@ def assert_results_close(actual, expected):
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_matches_the_reference(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     originals = copied(inputs)
     expected = reference(**originals, **params)
@@ -143,6 +152,7 @@ def test_matches_the_reference(label, dims, params, with_inputs):
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_writes_into_out(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     expected = reference(**copied(inputs), **params)
     out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
@@ -161,14 +171,16 @@ def test_random_shapes_match_the_reference(data):
     dims["f"] = data.draw(st.integers(1, 200), label="f")
     params = dict(BASE_PARAMS)
     with_inputs = []
-    inputs = make_inputs(dims, data.draw(st.integers(0, 2**32 - 1), label="seed"), params,
-                         with_inputs)
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    params = seeded(params, seed)
+    inputs = make_inputs(dims, seed, params, with_inputs)
     expected = reference(**copied(inputs), **params)
     assert_results_close(swiglu(**inputs, **params), expected)
 
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_outputs_are_finite(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     x, w_gate, w_up, w_down = inputs.values()
     out = swiglu(**inputs, **params)
@@ -177,6 +189,7 @@ def test_invariant_outputs_are_finite(label, dims, params, with_inputs):
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_out_lies_in_the_span_of_w_down(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     x, w_gate, w_up, w_down = inputs.values()
     out = swiglu(**inputs, **params)
@@ -198,6 +211,7 @@ def to_numpy(value):
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_matches_pytorch(label, dims, params, with_inputs):
+    params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
     with torch.inference_mode():
         expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
