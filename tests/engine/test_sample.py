@@ -2,7 +2,7 @@
 # `koschei code-generate` again.
 # spec: specs/inference/sample.yaml
 # spec sha256: f8fdbc3716d7b659c2f1058074d21d53d60c7abdb3d67de06252ab57e00e248d
-# templates: test_module.py.j2, macros.j2
+# templates: test_module.py.j2, families/sample.tests.py.j2, macros.j2
 """Tests of koschei.engine.sample: its NumPy reference and PyTorch, random shapes, invariants, bad
 arguments.
 """
@@ -426,3 +426,193 @@ def test_rejects_a_read_only_out():
     out.flags.writeable = False
     with raises(ValueError, "out", "a writeable array"):
         call(base_inputs(), out=out)
+
+
+# --- the sample family's own tests ----------------------------------------------------------
+
+import itertools
+
+from scipy import special, stats
+
+# A frequency test fails when its p-value is below this: with a fixed seed a test is
+# deterministic, and a correct sampler fails one of these tests with probability 0.001.
+SIGNIFICANCE = 1e-3
+DRAWS = 20000
+
+
+def repeated(row, times):
+    """(times, vocab) float32: the row once per draw (each row gets its own uniform)."""
+    return np.ascontiguousarray(np.tile(np.asarray(row, dtype=np.float32), (times, 1)))
+
+
+def frequencies(tokens, vocab):
+    return np.bincount(tokens.ravel(), minlength=vocab)
+
+
+def nucleus_by_brute_force(probabilities, top_p):
+    """The smallest set of tokens whose probability reaches top_p, the most likely such set
+    among the smallest ones, by trying every subset (no sorting)."""
+    tokens = range(len(probabilities))
+    for size in range(1, len(probabilities) + 1):
+        reaching = [subset for subset in itertools.combinations(tokens, size)
+                    if probabilities[list(subset)].sum() >= top_p]
+        if reaching:
+            return set(max(reaching, key=lambda subset: probabilities[list(subset)].sum()))
+    return set(tokens)
+
+
+def expected_distribution(logits, temperature, top_k, top_p):
+    """The renormalized distribution after temperature, top-k and top-p, from scipy's softmax
+    and the brute-force nucleus; logits with distinct values."""
+    logits = np.asarray(logits, dtype=np.float64)
+    kept = np.ones(len(logits), dtype=bool)
+    if 0 < top_k < len(logits):
+        kept = logits >= np.sort(logits)[-top_k]
+    probabilities = np.where(kept, special.softmax(np.where(kept, logits / temperature, -np.inf)),
+                             0.0)
+    if top_p < 1:
+        nucleus = nucleus_by_brute_force(probabilities, top_p)
+        probabilities = np.array([q if i in nucleus else 0.0 for i, q in enumerate(probabilities)])
+        probabilities /= probabilities.sum()
+    return probabilities
+
+
+def chi_square_p_value(counts, probabilities):
+    """The chi-square test of the counts against the probabilities, over the tokens expected
+    >= 5 times, the rarer ones pooled into one class (or, when even their pool is expected < 5
+    times, into the least likely common token)."""
+    draws = counts.sum()
+    common = np.flatnonzero(probabilities * draws >= 5)
+    rare = np.flatnonzero((probabilities > 0) & (probabilities * draws < 5))
+    observed = counts[common].astype(np.float64)
+    expected = probabilities[common] * draws
+    if probabilities[rare].sum() * draws >= 5:
+        observed = np.append(observed, counts[rare].sum())
+        expected = np.append(expected, probabilities[rare].sum() * draws)
+    elif len(rare):
+        least = np.argmin(expected)
+        observed[least] += counts[rare].sum()
+        expected[least] += probabilities[rare].sum() * draws
+    if len(observed) < 2:
+        return 1.0  # one possible class: nothing to test beyond the zero-probability tokens
+    return stats.chisquare(observed, expected * (draws / expected.sum())).pvalue
+
+
+def assert_frequencies_match(tokens, probabilities):
+    """No token of probability 0, and the chi-square test at SIGNIFICANCE over the others."""
+    counts = frequencies(tokens, len(probabilities))
+    impossible = np.flatnonzero((probabilities == 0) & (counts > 0))
+    assert len(impossible) == 0, f"tokens of probability 0 drawn: {impossible}"
+    p_value = chi_square_p_value(counts, probabilities)
+    assert p_value > SIGNIFICANCE, f"frequencies {counts} vs {probabilities}: p = {p_value:.2e}"
+
+
+# well-separated logits: no two tokens equally likely
+LOGITS_12 = [2.0, 1.6, 1.3, 1.1, 0.8, 0.7, 0.4, 0.1, -0.2, -0.6, -1.0, -1.5]
+
+
+def test_top_k_never_leaves_the_k_largest():
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((DRAWS, 100)).astype(np.float32)
+    tokens = sample(logits, temperature=1.5, top_k=7, rng=1)
+    drawn = np.take_along_axis(logits, tokens[:, None], axis=1)[:, 0]
+    assert np.all(drawn >= np.sort(logits, axis=1)[:, -7])
+    ranks = (logits > drawn[:, None]).sum(axis=1)  # 0 for the largest
+    assert set(np.unique(ranks)) == set(range(7))  # and every one of the 7 is drawn
+
+
+def test_top_k_keeps_the_ties_of_the_k_th_largest():
+    # transformers' TopKLogitsWarper keeps every logit >= the k-th largest
+    logits = [5.0, 4.0, 3.0, 3.0, 3.0, 1.0, 0.0]
+    tokens = sample(repeated(logits, 5000), temperature=2.0, top_k=3, rng=2)
+    assert set(np.unique(tokens)) == {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("top_p", [0.0, 0.3, 0.55, 0.8, 0.95])
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p):
+    probabilities = special.softmax(np.array(LOGITS_12) / 0.8)
+    nucleus = nucleus_by_brute_force(probabilities, top_p)
+    tokens = sample(repeated(LOGITS_12, 5000), temperature=0.8, top_p=top_p, rng=3)
+    assert set(np.unique(tokens)) == nucleus
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"),
+                         [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 6, 1.0), (1.0, 0, 0.9),
+                          (0.7, 9, 0.85)])
+def test_frequencies_match_the_distribution(temperature, top_k, top_p):
+    tokens = sample(repeated(LOGITS_12, DRAWS), temperature=temperature, top_k=top_k,
+                    top_p=top_p, rng=4)
+    assert_frequencies_match(tokens, expected_distribution(LOGITS_12, temperature, top_k, top_p))
+
+
+def test_frequencies_match_over_a_large_vocabulary():
+    # the histogram narrowing of top-p and the chunked draws run on 4096 tokens
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal(4096) * 3).astype(np.float32)
+    logits[:10] = [9.0, 8.5, 8.2, 8.0, 7.6, 7.5, 7.1, 7.0, 6.8, 6.5]
+    for top_k, top_p in [(0, 1.0), (0, 0.6), (2000, 0.6)]:
+        tokens = sample(repeated(logits, DRAWS), top_k=top_k, top_p=top_p, rng=6)
+        probabilities = expected_distribution(logits.astype(np.float64), 1.0, top_k, 1.0)
+        if top_p < 1:  # the nucleus by sorting (brute force is out of reach for 4096 tokens)
+            order = np.argsort(-probabilities, kind="stable")
+            above = np.cumsum(probabilities[order]) - probabilities[order]
+            probabilities[order[above >= top_p]] = 0.0
+            probabilities /= probabilities.sum()
+        assert_frequencies_match(tokens, probabilities)
+
+
+def test_temperature_zero_is_the_argmax_first_on_ties():
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((50, 300)).astype(np.float32)
+    logits[:, 17] = logits[:, 200] = logits.max(axis=1) + 1  # two equal maxima
+    for top_k, top_p in [(0, 1.0), (5, 0.5)]:
+        tokens = sample(logits, temperature=0.0, top_k=top_k, top_p=top_p, rng=8)
+        assert np.all(tokens == 17)
+
+
+def test_temperature_sharpens_and_flattens():
+    top_frequencies = []
+    for temperature in [0.25, 1.0, 4.0]:
+        tokens = sample(repeated(LOGITS_12, DRAWS), temperature=temperature, rng=9)
+        assert_frequencies_match(tokens, special.softmax(np.array(LOGITS_12) / temperature))
+        top_frequencies.append(np.mean(tokens == 0))
+    assert top_frequencies[0] > top_frequencies[1] > top_frequencies[2] > 1 / 12
+    # a very high temperature is nearly uniform, a very low one nearly greedy
+    hot = sample(repeated(LOGITS_12, DRAWS), temperature=1e4, rng=10)
+    assert_frequencies_match(hot, special.softmax(np.array(LOGITS_12) / 1e4))
+    cold = sample(repeated(LOGITS_12, 1000), temperature=1e-3, rng=10)
+    assert np.all(cold == 0)
+
+
+def test_banned_tokens_are_never_drawn():
+    logits = np.array(LOGITS_12, dtype=np.float32)
+    logits[[0, 3, 11]] = -np.inf
+    for top_k, top_p in [(0, 1.0), (11, 1.0), (0, 0.99), (20, 0.5)]:
+        tokens = sample(repeated(logits, 5000), temperature=3.0, top_k=top_k, top_p=top_p, rng=12)
+        assert not np.isin(tokens, [0, 3, 11]).any()
+    only = np.full(12, -np.inf, dtype=np.float32)
+    only[5] = 0.0
+    assert np.all(sample(repeated(only, 10), rng=13) == 5)
+
+
+def test_the_same_seed_draws_the_same_tokens():
+    logits = np.random.default_rng(14).standard_normal((64, 1000)).astype(np.float32)
+    first = sample(logits, top_k=100, rng=15)
+    assert np.array_equal(first, sample(logits, top_k=100, rng=15))
+    generator = np.random.default_rng(15)
+    assert np.array_equal(first, sample(logits, top_k=100, rng=generator))
+    # a Generator moves on: the next call draws other uniforms
+    assert not np.array_equal(first, sample(logits, top_k=100, rng=generator))
+
+
+@pytest.mark.parametrize(("bad", "value"), [("nan", np.nan), ("+inf", np.inf),
+                                            ("all -inf", -np.inf)])
+def test_rejects_rows_that_cannot_be_sampled(bad, value):
+    logits = np.zeros((4, 30), dtype=np.float32)
+    if bad == "all -inf":
+        logits[2] = value
+    else:
+        logits[2, 7] = value
+    for temperature in [0.0, 1.0]:
+        with pytest.raises(ValueError, match=f"^{FUNCTION}: logits: .*row 2 "):
+            sample(logits, temperature=temperature, rng=16)
