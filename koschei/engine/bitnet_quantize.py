@@ -104,7 +104,7 @@ def _pack_row(row, scale, packed_row):
         packed_row[whole] = byte
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _quantize_serial(w, eps, packed, row_sums):
     """w: (rows, cols) -> packed: (rows, (cols + 3) // 4); row_sums: (rows,) float64 scratch.
     Returns the scale, mean|w| + eps as a float32."""
@@ -116,7 +116,7 @@ def _quantize_serial(w, eps, packed, row_sums):
     return scale
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_parallel(w, eps, packed, row_sums):
     """_quantize_serial with the rows spread over the threads (both passes)."""
     for r in prange(w.shape[0]):

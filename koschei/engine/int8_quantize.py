@@ -83,36 +83,47 @@ def _quantize_row(row, bits, codes):
     return scale
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
+def _column_maxima(bits, largest):
+    """largest[j] <- max(largest[j], |w_j|) for a row's bit patterns bits: (cols,)."""
+    for j in range(bits.shape[0]):
+        largest[j] = max(largest[j], np.int32(bits[j] & _MAGNITUDE_BITS))
+
+
+@njit(inline="always")
+def _quantize_by_columns(row, scales, codes):
+    """row, scales, codes: (cols,) -> codes, each column with its own scale."""
+    for j in range(row.shape[0]):
+        codes[j] = _code(row[j], scales[j])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rows_serial(w, bits, q, scale):
     """w, bits, q: (rows, cols); scale: (rows,). One scale per row."""
     for r in range(w.shape[0]):
         scale[r] = _quantize_row(w[r], bits[r], q[r])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _columns_serial(w, bits, q, scale):
     """w, bits, q: (rows, cols); scale: (cols,). One scale per column."""
-    rows, cols = w.shape
-    largest = np.zeros(cols, dtype=np.int32)  # (cols,) max |w| bit patterns
-    for r in range(rows):
-        for j in range(cols):
-            largest[j] = max(largest[j], np.int32(bits[r, j] & _MAGNITUDE_BITS))
-    for j in range(cols):
+    largest = np.zeros(w.shape[1], dtype=np.int32)  # (cols,) max |w| bit patterns
+    for r in range(w.shape[0]):
+        _column_maxima(bits[r], largest)
+    for j in range(largest.shape[0]):
         scale[j] = _scale_of(largest[j])
-    for r in range(rows):
-        for j in range(cols):
-            q[r, j] = _code(w[r, j], scale[j])
+    for r in range(w.shape[0]):
+        _quantize_by_columns(w[r], scale, q[r])
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _rows_parallel(w, bits, q, scale):
     """_rows_serial with the rows spread over the threads."""
     for r in prange(w.shape[0]):
         scale[r] = _quantize_row(w[r], bits[r], q[r])
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _columns_parallel(w, bits, q, scale):
     """_columns_serial over the threads: the maxima by blocks of columns, the codes by rows."""
     rows, cols = w.shape
@@ -121,13 +132,11 @@ def _columns_parallel(w, bits, q, scale):
         stop = min(cols, start + _BLOCK_COLUMNS)
         largest = np.zeros(stop - start, dtype=np.int32)  # this block's max |w| bit patterns
         for r in range(rows):
-            for j in range(start, stop):
-                largest[j - start] = max(largest[j - start], np.int32(bits[r, j] & _MAGNITUDE_BITS))
+            _column_maxima(bits[r, start:stop], largest)
         for j in range(start, stop):
             scale[j] = _scale_of(largest[j - start])
     for r in prange(rows):
-        for j in range(cols):
-            q[r, j] = _code(w[r, j], scale[j])
+        _quantize_by_columns(w[r], scale, q[r])
 
 
 def _compute(w, axis, q, scale):
