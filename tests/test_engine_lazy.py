@@ -153,7 +153,8 @@ def test_the_models_package_declares_its_names_without_importing_numpy_or_numba(
         import koschei.engine
         import koschei.engine.models
         names = koschei.engine.model_names()
-        listed = all(name in dir(koschei.engine) for name in names)
+        listed = all(name in dir(koschei.engine) for name in names) and \
+            names == sorted(koschei.engine.models.EXPORTS)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "numpy", "llvmlite")
                        or (m.startswith("koschei.engine.") and m != "koschei.engine.models"))
         print(names, listed, heavy)

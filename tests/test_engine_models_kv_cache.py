@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import koschei.engine
 from koschei.engine import KVCache, attention
 
 LAYERS, MAX_LEN, KV_HEADS, HEAD_DIM = 3, 40, 2, 16
@@ -192,16 +191,11 @@ def test_the_views_cannot_write_into_the_cache():
 
 # --- int8 -----------------------------------------------------------------------------------------
 
-needs_int8_quantize = pytest.mark.skipif(
-    "int8_quantize" not in koschei.engine.kernel_names(),
-    reason="the int8_quantize kernel is not generated yet")
-
 # |dequantized - x| <= absmax(head vector) / 254 per element (absmax / 127 is the step, rounding
 # to the nearest is off by half of it), with a little room for the float32 product q * scale.
 INT8_BOUND = (1 / 254) * (1 + 1e-5)
 
 
-@needs_int8_quantize
 def test_int8_keys_and_values_are_within_the_stated_error():
     cache = KVCache(LAYERS, MAX_LEN, KV_HEADS, HEAD_DIM, dtype="int8")
     keys, values = fill(cache, [11, 1, 1, 4], seed=5)
@@ -218,7 +212,6 @@ def test_int8_keys_and_values_are_within_the_stated_error():
     assert worst > 0.8 / 254  # the bound is tight: rounding does reach almost half a step
 
 
-@needs_int8_quantize
 def test_int8_takes_about_a_quarter_of_the_memory():
     exact = KVCache(12, 4096, 4, 64)
     quantized = KVCache(12, 4096, 4, 64, dtype="int8")
@@ -227,7 +220,6 @@ def test_int8_takes_about_a_quarter_of_the_memory():
     assert quantized.buffer_nbytes == 2 * 4096 * 4 * 64 * 4  # one layer's worth, float32
 
 
-@needs_int8_quantize
 def test_attention_over_the_int8_cache_is_within_its_error_bound():
     """Attention from dequantized K', V' vs from K, V. With |K' - K| and |V' - V| per element
     and delta = scale * max_j sum_d |q_d| |K'_jd - K_jd| bounding how far each score moves, the
@@ -248,7 +240,6 @@ def test_attention_over_the_int8_cache_is_within_its_error_bound():
     approximate = attention(q, k_int8, v_int8, causal=True)
     scale = 1 / np.sqrt(hd)
     group = hq // hkv
-    worst_ratio = 0.0
     for h in range(hq):
         g = h // group
         delta = scale * np.max(np.abs(q[:, h]) @ np.abs(k_int8[:, g] - k[:, g]).T, axis=1)
@@ -257,12 +248,10 @@ def test_attention_over_the_int8_cache_is_within_its_error_bound():
                  + 1e-5 * np.max(np.abs(v[:, g])))  # (n,)
         error = np.max(np.abs(approximate[:, h] - exact[:, h]), axis=1)
         assert np.all(error <= bound), (h, error, bound)
-        worst_ratio = max(worst_ratio, float(np.max(error / bound)))
     relative = np.max(np.abs(approximate - exact)) / np.max(np.abs(exact))
-    assert 0 < relative < 2e-2, relative  # measured ~5e-3 at these sizes
+    assert 0 < relative < 3e-2, relative  # measured 9.8e-3 of max |out| at these sizes
 
 
-@needs_int8_quantize
 def test_the_int8_buffer_is_shared_and_overwritten_by_the_next_read():
     cache = KVCache(2, 8, 1, 4, dtype="int8")
     rng = np.random.default_rng(4)
@@ -275,7 +264,6 @@ def test_the_int8_buffer_is_shared_and_overwritten_by_the_next_read():
     assert np.allclose(first, 10 * layer_0, rtol=0, atol=10 * np.abs(layer_0).max() / 200)
 
 
-@needs_int8_quantize
 def test_int8_zero_vectors_stay_zero():
     cache = KVCache(1, 4, 2, 8, dtype="int8")
     zeros = np.zeros((2, 2, 8), np.float32)

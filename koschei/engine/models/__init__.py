@@ -18,7 +18,7 @@ EXPORTS: dict[str, str] = {
     "DecoderConfig": "decoder",
 }
 
-__all__ = sorted(EXPORTS)
+__all__ = ["Decoder", "DecoderConfig", "KVCache"]  # the keys of EXPORTS
 
 
 def __getattr__(name: str) -> object:

@@ -26,8 +26,8 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
 - ``kv_dtype="int8"``: the KV cache stores keys and values as int8 with one scale per
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
-The kernels: ``rmsnorm``, ``rope``, ``attention``, ``swiglu`` (float32 weights), ``bitnet_linear``
-(ternary weights), the projections, and ``sample`` for generation; the embedding gather and the
+The kernels: ``rmsnorm``, ``rope``, ``attention``, ``linear`` (float32 projections and the
+logits), ``swiglu`` (float32 weights), ``bitnet_linear`` (ternary weights) and ``sample``; the embedding gather and the
 residual adds are NumPy. Every buffer of a decoding step is allocated once per model and reused.
 """
 
@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from koschei.engine import attention, rmsnorm, rope, swiglu
+from koschei.engine import _runtime as _rt
+from koschei.engine import attention, linear, rmsnorm, rope, sample, swiglu
 from koschei.engine.models.kv_cache import KVCache
 
 __all__ = ["Decoder", "DecoderConfig"]
@@ -200,12 +201,17 @@ _NAMED = {
 }
 
 
+def _silu(x: np.ndarray, *, out: np.ndarray) -> np.ndarray:
+    """out = silu(x) = x sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow)."""
+    np.multiply(x, np.float32(0.5), out=out)
+    np.tanh(out, out=out)
+    out += np.float32(1.0)
+    out *= np.float32(0.5)
+    out *= x
+    return out
+
+
 # --- projections ----------------------------------------------------------------------------------
-
-
-def _linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out (n, d_out) = x (n, d_in) weight^T, weight (d_out, d_in) float32."""
-    return np.matmul(x, weight.T, out=out)
 
 
 class _Float32Projection:
@@ -219,7 +225,7 @@ class _Float32Projection:
         return self.weight.nbytes
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return _linear(x, self.weight, out)
+        return linear(x, self.weight, out=out)
 
 
 class _TernaryProjection:
@@ -272,10 +278,10 @@ class _Buffers:
         self.k_rotated = np.zeros((n, hkv, hd), dtype=np.float32)
         self.attended = np.zeros((n, hq, hd), dtype=np.float32)
         self.projected = np.zeros((n, d), dtype=np.float32)  # attention or FFN output
-        if ternary:  # the FFN's hidden activations (swiglu keeps its own for float32)
+        if ternary or n == 1:  # the FFN's hidden activations (swiglu keeps its own)
             self.gate = np.zeros((n, f), dtype=np.float32)
             self.up = np.zeros((n, f), dtype=np.float32)
-            self.sigmoid = np.zeros((n, f), dtype=np.float32)
+            self.activated = np.zeros((n, f), dtype=np.float32)
         self.logits = np.zeros((logits_rows, config.vocab_size), dtype=np.float32)
 
 
@@ -416,17 +422,17 @@ class Decoder:
             raise ValueError(f"{function}: max_new_tokens: expected at most "
                              f"{self.max_len + 1 - ids.shape[0]} (a prompt of {ids.shape[0]} "
                              f"tokens, max_len {self.max_len}), got {max_new_tokens}")
-        sampling = _Sampling(function, temperature, top_k, top_p, rng, self.config.vocab_size)
+        sampling = _Sampling(function, temperature, top_k, top_p, rng)
         self.reset()
         new_ids = np.zeros(max_new_tokens, dtype=np.int64)
         buffers = self._step_buffers
         prompt_buffers = buffers if ids.shape[0] == 1 else self._buffers(ids.shape[0], 1)
         logits = self._run(ids, prompt_buffers, last_only=True)  # (1, vocab)
-        token = np.zeros(1, dtype=np.int64)  # the input of each decoding step
+        token = np.zeros(1, dtype=np.int64)  # sampled, then the input of the next step
         for index in range(max_new_tokens):
-            new_ids[index] = sampling(logits)
+            sampling(logits, token)
+            new_ids[index] = token[0]
             if index + 1 < max_new_tokens:
-                token[0] = new_ids[index]
                 logits = self._run(token, buffers, last_only=True)
         return new_ids
 
@@ -436,10 +442,19 @@ class Decoder:
         return _Buffers(self.config, n, logits_rows, ternary=self.weights == "ternary")
 
     def _run(self, ids: np.ndarray, buffers: _Buffers, *, last_only: bool) -> np.ndarray:
-        """Logits of the last token (last_only) or of every token: buffers.logits."""
+        """Logits of the last token (last_only) or of every token: buffers.logits.
+
+        Several float32 tokens run their matrix products in BLAS (linear and swiglu hand them
+        to np.matmul); meanwhile Numba's kernels run on one thread, because OpenBLAS's threads
+        busy-wait after each call and a parallel Numba kernel then waits for a core (a 511-token
+        igla_v2 prefill: 0.7 s so, 1.1 s with both pools on two cores). A decoding step and
+        ternary weights call no BLAS: there Numba's kernels use every thread."""
         cache = self.cache
         start = cache.length
         try:
+            if self.weights == "fp32" and ids.shape[0] > 1:
+                with _rt.threads(1):
+                    return self._layers_and_logits(ids, buffers, start, last_only)
             return self._layers_and_logits(ids, buffers, start, last_only)
         except BaseException:
             cache.truncate(start)  # an interrupted step leaves the cache as it was
@@ -478,24 +493,23 @@ class Decoder:
             np.add(b.x, b.projected, out=b.x)
         rows = slice(n - 1, n) if last_only else slice(0, n)
         rmsnorm(b.x[rows], self._final_norm, eps=eps, out=b.h[rows])
-        _linear(b.h[rows], self._embedding, b.logits)  # tied: logits = h E^T
+        linear(b.h[rows], self._embedding, out=b.logits)  # tied: logits = h E^T
         return b.logits
 
     def _feed_forward(self, layer: _Layer, b: _Buffers) -> None:
-        """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T."""
-        if self.weights == "fp32":
+        """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T.
+
+        swiglu for several float32 tokens (its three GEMMs in BLAS); otherwise the projections
+        (linear's Numba GEMV for one float32 token, bitnet_linear for ternary weights), silu
+        and the product, so that a decoding step never wakes BLAS's threads."""
+        if self.weights == "fp32" and b.n > 1:
             swiglu(b.h, layer.gate_proj.weight, layer.up_proj.weight, layer.down_proj.weight,
                    out=b.projected)
             return
         layer.gate_proj(b.h, b.gate)  # (n, f)
         layer.up_proj(b.h, b.up)
-        # silu(g) = g sigmoid(g), sigmoid(g) = (1 + tanh(g / 2)) / 2 (no overflow for any g)
-        np.multiply(b.gate, np.float32(0.5), out=b.sigmoid)
-        np.tanh(b.sigmoid, out=b.sigmoid)
-        b.sigmoid += np.float32(1.0)
-        b.sigmoid *= np.float32(0.5)
-        b.gate *= b.sigmoid
-        b.gate *= b.up
+        _silu(b.gate, out=b.activated)
+        np.multiply(b.activated, b.up, out=b.gate)  # silu(gate) * up
         layer.down_proj(b.gate, b.projected)
 
     @staticmethod
@@ -564,18 +578,18 @@ class Decoder:
 
 
 class _Sampling:
-    """The next token from one row of logits, with the sampling parameters checked once."""
+    """The sampling options of one ``generate`` call, checked before anything runs."""
 
     def __init__(self, function: str, temperature: object, top_k: object, top_p: object,
-                 rng: object, vocab_size: int) -> None:
+                 rng: object) -> None:
         self.temperature = _check_float(function, "temperature", temperature)
-        if not self.temperature >= 0 or math.isinf(self.temperature):
+        if not 0 <= self.temperature < math.inf:
             raise ValueError(f"{function}: temperature: expected a finite value >= 0 (0: "
                              f"greedy), got {self.temperature!r}")
         self.top_k = _check_int(function, "top_k", top_k, 0)
         self.top_p = _check_float(function, "top_p", top_p)
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"{function}: top_p: expected 0 < top_p <= 1, got {self.top_p!r}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"{function}: top_p: expected 0 <= top_p <= 1, got {self.top_p!r}")
         if rng is None or isinstance(rng, np.random.Generator):
             self.rng = np.random.default_rng(rng)
         elif isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
@@ -585,21 +599,8 @@ class _Sampling:
         else:
             raise TypeError(f"{function}: rng: expected None, a seed or a "
                             f"numpy.random.Generator, got {_describe(rng)}")
-        self.vocab_size = vocab_size
 
-    def __call__(self, logits: np.ndarray) -> int:
-        """logits (1, vocab) float32 -> a token id."""
-        row = logits[0]
-        if self.temperature == 0:
-            return int(np.argmax(row))
-        scaled = row.astype(np.float64) / self.temperature
-        order = np.argsort(-scaled, kind="stable")
-        if 0 < self.top_k < self.vocab_size:
-            order = order[:self.top_k]
-        probabilities = np.exp(scaled[order] - scaled[order[0]])
-        probabilities /= probabilities.sum()
-        if self.top_p < 1:
-            kept = int(np.searchsorted(np.cumsum(probabilities), self.top_p)) + 1
-            order, probabilities = order[:kept], probabilities[:kept]
-            probabilities = probabilities / probabilities.sum()
-        return int(order[self.rng.choice(order.shape[0], p=probabilities)])
+    def __call__(self, logits: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """logits (1, vocab) float32 -> out (1,) int64: the next token."""
+        return sample(logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                      rng=self.rng, out=out)
