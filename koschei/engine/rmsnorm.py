@@ -56,6 +56,9 @@ def _normalize_row(x, weight, eps, out):
 
 # Below this many elements one thread does all rows: waking the pool costs more than it saves.
 _PARALLEL_MIN_ELEMENTS = 32768
+# From this many elements on, out is far larger than the caches: it is written with
+# non-temporal stores (no read of each line before it is overwritten).
+_STREAM_MIN_ELEMENTS = 4194304
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
@@ -63,6 +66,25 @@ def _rows_parallel(x, weight, eps, out):
     """x, out: (rows, d); the rows are spread over the threads."""
     for r in prange(x.shape[0]):
         _normalize_row(x[r], weight, eps, out[r])
+
+
+# Rows per task of _rows_streaming: each task normalizes them one by one into a scratch row of
+# its own (it stays in L1) and copies each to out with non-temporal stores.
+_STREAM_ROWS_PER_TASK = 16
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
+def _rows_streaming(x, weight, eps, out):
+    """x, out: (rows, d); tasks of _STREAM_ROWS_PER_TASK rows spread over the threads, out
+    written with non-temporal stores (_rt.stream_copy)."""
+    rows = x.shape[0]
+    tasks = (rows + _STREAM_ROWS_PER_TASK - 1) // _STREAM_ROWS_PER_TASK
+    for task in prange(tasks):
+        row = np.empty(x.shape[1], x.dtype)
+        for r in range(task * _STREAM_ROWS_PER_TASK,
+                       min(rows, (task + 1) * _STREAM_ROWS_PER_TASK)):
+            _normalize_row(x[r], weight, eps, row)
+            _rt.stream_copy(out[r], row)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -77,7 +99,9 @@ def _compute(x, weight, eps, out):
     if x.ndim != 2:
         x = x.reshape(-1, x.shape[-1])
         out = out.reshape(x.shape)
-    if x.shape[0] > 1 and x.size >= _PARALLEL_MIN_ELEMENTS:
+    if x.shape[0] > 1 and x.size >= _STREAM_MIN_ELEMENTS:
+        _rows_streaming(x, weight, eps, out)
+    elif x.shape[0] > 1 and x.size >= _PARALLEL_MIN_ELEMENTS:
         _rows_parallel(x, weight, eps, out)
     else:
         _rows_serial(x, weight, eps, out)
@@ -108,7 +132,9 @@ def _checked_compute_source(x, weight, eps, out):
         return False
     x_rows = x.reshape((x.size // d, d))
     out_rows = out.reshape(x_rows.shape)
-    if x_rows.shape[0] > 1 and x.size >= _PARALLEL_MIN_ELEMENTS:
+    if x_rows.shape[0] > 1 and x.size >= _STREAM_MIN_ELEMENTS:
+        _rows_streaming(x_rows, weight, eps, out_rows)
+    elif x_rows.shape[0] > 1 and x.size >= _PARALLEL_MIN_ELEMENTS:
         _rows_parallel(x_rows, weight, eps, out_rows)
     else:
         _rows_serial(x_rows, weight, eps, out_rows)
@@ -119,6 +145,7 @@ def _checked_compute(x, weight, eps, out):
     """The first call compiles _checked_compute_source for _CHECKED_SIGNATURES (types beyond
     them raise TypeError, never compile) and puts it in this name's place."""
     global _checked_compute
+    _rt.start_thread_pool()  # before it is compiled or loaded from the cache: it calls prange kernels
     _checked_compute = njit(_CHECKED_SIGNATURES, cache=True, nogil=True)(_checked_compute_source)
     return _checked_compute(x, weight, eps, out)
 
