@@ -6,10 +6,13 @@
   the STREAM way: 3 arrays per iteration (read b, read c, write a = 24 bytes), *not* the 4 a
   write-allocate cache really moves. The benchmark's per-spec byte formulas count logical bytes
   the same way, so a kernel's GB/s and this ceiling are on one scale.
-  A write-allocate cache also reads each written line before it overwrites it, so a kernel that
-  reads one array and writes one with ordinary stores moves 3 arrays for the 2 it counts, the
-  triad 4 for its 3: such a kernel reaches at most 4/3 * 2/3 = 89% of the triad figure (see
-  ``write_allocate_limit``).
+  A write-allocate cache also reads each written line before it overwrites it, so with ordinary
+  stores the triad moves 4 arrays for the 3 it counts. The triad is measured twice: with
+  ordinary stores, and with non-temporal ones (a written line goes to memory without being read
+  first: ``koschei.engine._runtime.stream_copy``, as the engine's large outputs are written).
+  The DRAM ceiling is the faster of the two, and ``write_allocate_limit`` says how much of it a
+  kernel with ordinary stores can reach at all (2/3 for one read and one write, against the
+  non-temporal triad; 8/9 against the ordinary one).
 - Cache bandwidth: the same triad over arrays that fit in each data cache level (half of the
   capacity the threads can fill: ``size * instances``, L1, L2, L3 as sysfs reports them), each
   thread repeating it over its own slice so that the data stays in its core's caches. A kernel
@@ -40,11 +43,11 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-import koschei.engine._runtime  # noqa: F401  (Numba's cache folder, set before any kernel)
 from koschei import machine
+from koschei.engine import _runtime as _rt  # Numba's cache folder, set before any kernel
 from koschei.errors import UsageError
 
-CALIBRATION_FORMAT = 2  # 2: cache-level triads
+CALIBRATION_FORMAT = 3  # 2: cache-level triads; 3: the triad with non-temporal stores too
 STREAM_COUNTED_ARRAYS = 3  # read b, read c, write a; write-allocate traffic is not counted
 DEFAULT_ARRAY_MIB = 64
 DEFAULT_GEMM_N = 2048
@@ -56,7 +59,7 @@ CACHE_TRIAD_BYTES = 512 * 1024 * 1024  # bytes one timed cache-level triad moves
 class Calibration:
     """The roofline ceilings for one machine fingerprint at one thread count."""
 
-    stream_triad_gbs: float  # GB/s = 1e9 bytes/s, 3 arrays counted per iteration
+    stream_triad_gbs: float  # GB/s = 1e9 bytes/s, 3 arrays counted per iteration: the DRAM ceiling
     sgemm_gflops: float  # GFLOP/s = 1e9 float32 FLOP/s of an n x n x n matmul (2 n^3 FLOPs)
     measured_at: str  # ISO-8601 UTC
     threads: int
@@ -70,6 +73,10 @@ class Calibration:
     cache_triad_gbs: dict[str, float] = field(default_factory=dict)
     # "L1", "L2", "L3" -> the working set of that triad: a kernel whose bytes fit is served there
     cache_working_set_bytes: dict[str, int] = field(default_factory=dict)
+    # the DRAM triad with each kind of store; stream_triad_gbs is the faster, made with these
+    stream_triad_ordinary_gbs: float | None = None
+    stream_triad_nontemporal_gbs: float | None = None
+    stream_stores: str = "ordinary"  # "ordinary" | "non-temporal"
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
@@ -88,18 +95,21 @@ class Calibration:
         return "DRAM", self.stream_triad_gbs
 
 
-def write_allocate_limit(moved_bytes: float, written_bytes: float) -> float | None:
+def write_allocate_limit(moved_bytes: float, written_bytes: float,
+                         triad_stores: str = "ordinary") -> float | None:
     """The largest fraction of the STREAM-triad figure a kernel with ordinary stores can reach
     when it counts ``moved_bytes`` of which ``written_bytes`` are written.
 
     With write-allocate every written byte is also read, so the memory carries
-    ``moved + written`` bytes for the ``moved`` counted; the triad carries 4 arrays for the 3 it
-    counts. At the same real traffic the kernel's counted rate is ``moved / (moved + written)``
-    of the real one, the triad's 3/4: the limit is their ratio (8/9 for read one, write one).
+    ``moved + written`` bytes for the ``moved`` counted: the kernel's counted rate is
+    ``moved / (moved + written)`` of the real one. The triad's is 3/4 with ordinary stores (4
+    arrays carried, 3 counted), 1 with non-temporal ones. The limit is their ratio: for read one,
+    write one, 8/9 of the ordinary triad, 2/3 of the non-temporal one.
     """
     if moved_bytes <= 0 or written_bytes < 0:
         return None
-    triad_counted_share = STREAM_COUNTED_ARRAYS / (STREAM_COUNTED_ARRAYS + 1)
+    triad_counted_share = (1.0 if triad_stores == "non-temporal" else
+                           STREAM_COUNTED_ARRAYS / (STREAM_COUNTED_ARRAYS + 1))
     return moved_bytes / (moved_bytes + written_bytes) / triad_counted_share
 
 
@@ -229,10 +239,36 @@ def measure_cache_triads(threads: int, *, repeats: int = 5) -> tuple[dict[str, f
     return bandwidths, working_sets
 
 
-def measure_stream_triad(*, array_mib: int = DEFAULT_ARRAY_MIB, repeats: int = 10) -> float:
-    """Best STREAM-triad bandwidth in GB/s, counting 3 arrays of float64 per iteration."""
+STREAM_BLOCK = 2048  # float64 elements per block of the non-temporal triad (16 KiB, in L1)
+STREAM_TASKS = 64  # tasks of the non-temporal triad: each has one scratch block
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _triad_nontemporal(a, b, c, scalar):  # pragma: no cover - compiled by numba
+    """a = b + scalar * c, a written with non-temporal stores: each block is computed into the
+    task's scratch block, which stays in L1, and copied to a by _rt.stream_copy."""
+    n = a.shape[0]
+    blocks = (n + STREAM_BLOCK - 1) // STREAM_BLOCK
+    per_task = (blocks + STREAM_TASKS - 1) // STREAM_TASKS
+    for task in prange(STREAM_TASKS):
+        scratch = np.empty(STREAM_BLOCK, a.dtype)
+        for block in range(task * per_task, min(blocks, (task + 1) * per_task)):
+            low = block * STREAM_BLOCK
+            high = min(n, low + STREAM_BLOCK)
+            part, b_part, c_part = scratch[: high - low], b[low:high], c[low:high]
+            for i in range(high - low):
+                part[i] = b_part[i] + scalar * c_part[i]
+            _rt.stream_copy(a[low:high], part)
+
+
+def measure_stream_triad(*, array_mib: int = DEFAULT_ARRAY_MIB, repeats: int = 10,
+                         nontemporal: bool = False) -> float:
+    """Best STREAM-triad bandwidth in GB/s, counting 3 arrays of float64 per iteration; with
+    ``nontemporal``, a is written with non-temporal stores."""
     n = array_mib * 1024 * 1024 // 8
-    triad = _triad
+    if nontemporal:
+        _rt.start_thread_pool()
+    triad = _triad_nontemporal if nontemporal else _triad
     a = np.empty(n, dtype=np.float64)
     b = np.empty(n, dtype=np.float64)
     c = np.empty(n, dtype=np.float64)
@@ -274,11 +310,13 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
                          f"repeats={repeats}")
     load = load_average()
     with limited_threads(threads):
-        bandwidth = measure_stream_triad(array_mib=array_mib, repeats=max(repeats, 5))
+        ordinary = measure_stream_triad(array_mib=array_mib, repeats=max(repeats, 5))
+        nontemporal = measure_stream_triad(array_mib=array_mib, repeats=max(repeats, 5),
+                                           nontemporal=True)
         cache_bandwidths, cache_working_sets = measure_cache_triads(threads)
         flops = measure_sgemm(n=gemm_n, repeats=repeats)
     return Calibration(
-        stream_triad_gbs=round(bandwidth, 3),
+        stream_triad_gbs=round(max(ordinary, nontemporal), 3),
         sgemm_gflops=round(flops, 3),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
         threads=threads,
@@ -289,6 +327,9 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
         load_average=load,
         cache_triad_gbs=cache_bandwidths,
         cache_working_set_bytes=cache_working_sets,
+        stream_triad_ordinary_gbs=round(ordinary, 3),
+        stream_triad_nontemporal_gbs=round(nontemporal, 3),
+        stream_stores="non-temporal" if nontemporal > ordinary else "ordinary",
     )
 
 

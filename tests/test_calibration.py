@@ -96,8 +96,17 @@ def test_cache_levels_are_measured_and_pick_the_level_a_working_set_fits_in():
     assert result.memory_level(2**40) == ("DRAM", result.stream_triad_gbs)
 
 
+def test_the_dram_ceiling_is_the_faster_triad_ordinary_or_non_temporal():
+    result = calibration.measure(1, **SMALL)
+    both = (result.stream_triad_ordinary_gbs, result.stream_triad_nontemporal_gbs)
+    assert all(gbs > 0.01 for gbs in both)
+    assert result.stream_triad_gbs == max(both)
+    assert result.stream_stores == ("non-temporal" if both[1] > both[0] else "ordinary")
+
+
 def test_write_allocate_caps_a_read_one_write_one_kernel_at_eight_ninths_of_the_triad():
     assert calibration.write_allocate_limit(2.0, 1.0) == pytest.approx(8 / 9)
+    assert calibration.write_allocate_limit(2.0, 1.0, "non-temporal") == pytest.approx(2 / 3)
     assert calibration.write_allocate_limit(3.0, 1.0) == pytest.approx(1.0)  # the triad itself
     assert calibration.write_allocate_limit(0.0, 0.0) is None
 

@@ -489,14 +489,14 @@ def derive(result: CaseResult, bytes_formula: str, flops_formula: str, names: di
                                                            level_gbs * 1e9, peak)
     result.written_bytes = written_bytes
     if written_bytes is not None and result.bound == "memory" and level == "DRAM":
-        result.write_allocate_limit = machine_calibration.write_allocate_limit(moved,
-                                                                               written_bytes)
+        result.write_allocate_limit = machine_calibration.write_allocate_limit(
+            moved, written_bytes, calibration.stream_stores)
         if result.write_allocate_limit is not None and result.write_allocate_limit < 1:
             result.notes.append(
                 f"ordinary stores cap this case at {result.write_allocate_limit:.0%} of the "
-                f"STREAM triad (each written line is read first: "
-                f"{(moved + written_bytes) / 2**20:.0f} MiB of traffic for the "
-                f"{moved / 2**20:.0f} MiB counted; the triad moves 4 arrays for its 3)")
+                f"STREAM triad ({calibration.stream_stores} stores): each written line is read "
+                f"first, {(moved + written_bytes) / 2**20:.0f} MiB of traffic for the "
+                f"{moved / 2**20:.0f} MiB counted; non-temporal stores avoid that")
     if level != "DRAM" and result.bound == "memory":
         result.notes.append(
             f"working set {moved / 2**20:.2f} MiB fits in {level}: measured against the {level} "
@@ -910,6 +910,9 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                      "threads": calibration.threads,
                      "stream_counted_arrays": calibration.stream_counted_arrays,
                      "load_average": calibration.load_average,
+                     "stream_triad_ordinary_gbs": calibration.stream_triad_ordinary_gbs,
+                     "stream_triad_nontemporal_gbs": calibration.stream_triad_nontemporal_gbs,
+                     "stream_stores": calibration.stream_stores,
                      "cache_triad_gbs": dict(calibration.cache_triad_gbs),
                      "cache_working_set_bytes": dict(calibration.cache_working_set_bytes)},
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
