@@ -73,7 +73,7 @@ def _activation(g):
     return g / (np.float32(1.0) + _exp(-g))
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 def _gate_serial(gate, up):
     """gate, up: (elements,); gate <- act(gate) * up."""
     for j in range(gate.shape[0]):
@@ -85,7 +85,7 @@ _PARALLEL_MIN_ELEMENTS = 32768
 _BLOCK_ELEMENTS = 4096
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True, error_model="numpy")
 def _gate_parallel(gate, up):
     """gate, up: (elements,); gate <- act(gate) * up, blocks of elements over the threads."""
     size = gate.shape[0]
