@@ -89,6 +89,7 @@ _BLOCK_Q = 64
 _BLOCK_K = 192
 # A finite "minus infinity": masked scores and empty running maxima (never inf arithmetic).
 _LOWEST = np.float32(-3.0e38)
+_HIGHEST = np.float32(3.4e38)
 _LOG2_E = 1.4426950408889634
 
 
@@ -320,12 +321,13 @@ def _add_alibi(scores, rows, keys, j0, p0, group, h0, slopes):
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _mask_padded(scores, rows, keys, j0, padded):
-    """scores[r, c] = _LOWEST where key j0 + c is padded (its weight becomes exactly 0)."""
+def _mask_padded(scores, rows, keys, limits):
+    """scores[r, c] = min(scores[r, c], limits[c]): _LOWEST for a padded key (its weight becomes
+    exactly 0), the largest float32 for the others (float compares: this vectorizes)."""
     for r in range(rows):
         row = scores[r]
         for c in range(keys):
-            row[c] = _LOWEST if padded[j0 + c] else row[c]
+            row[c] = min(row[c], limits[c])
 
 
 # Rows of a task from which the weights-times-V product uses the transposed-V register tiles.
@@ -384,6 +386,8 @@ def _attention_task(task, q, k, v, causal, window, q_scale, heads_per_task, spli
     v_block = np.empty((head_dim, 1, _BLOCK_K), dtype=np.float32)  # transposed: (hd, keys)
     first = np.empty(rows, dtype=np.int64)
     last = np.empty(rows, dtype=np.int64)
+    if padded is not None:
+        limits = np.empty(_BLOCK_K, dtype=np.float32)  # per key of a block: see _mask_padded
 
     for j0 in range(start, stop, _BLOCK_K):
         keys = min(stop, j0 + _BLOCK_K) - j0
@@ -400,6 +404,9 @@ def _attention_task(task, q, k, v, causal, window, q_scale, heads_per_task, spli
                 b = min(b, position + window - j0)
             first[r] = a
             last[r] = b
+        if padded is not None:
+            for c in range(keys):
+                limits[c] = _LOWEST if padded[j0 + c] else _HIGHEST
         for local in range(heads_per_task):
             head = g0 + local
             r0 = local * rows
@@ -413,7 +420,7 @@ def _attention_task(task, q, k, v, causal, window, q_scale, heads_per_task, spli
             if slopes is not None:
                 _add_alibi(scores, rows, keys, j0, offset + i0, group, head * group, slopes)
             if padded is not None:
-                _mask_padded(scores, rows, keys, j0, padded)
+                _mask_padded(scores, rows, keys, limits)
             _online_softmax(scores, rows, keys, first, last, running_max[r0:r1],
                             running_sum[r0:r1], acc[r0:r1])
             if rows >= _TRANSPOSE_V_MIN_ROWS:
