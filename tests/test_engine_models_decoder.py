@@ -172,6 +172,14 @@ def test_greedy_generation_gives_the_tokens_of_a_greedy_pytorch_loop(parameters,
     assert decoder.generate(PROMPT, DECODE_STEPS + 1, temperature=0).tolist() == new.tolist()
 
 
+def test_a_one_token_prompt_generates_like_pytorch(parameters):
+    tokens = [int(PROMPT[0])]
+    for _ in range(4):
+        tokens.append(int(np.argmax(torch_logits(CONFIG, parameters, np.array(tokens))[-1])))
+    decoder = Decoder(CONFIG, parameters)
+    assert decoder.generate(PROMPT[:1], 4, temperature=0).tolist() == tokens[1:]
+
+
 def test_the_pytorch_model_is_not_trivially_satisfied(parameters, greedy_tokens):
     """The reference depends on the position (RoPE), on the earlier tokens (attention) and on
     every layer: changing any of them changes the logits well beyond the tolerance."""

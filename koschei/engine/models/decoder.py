@@ -27,7 +27,8 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
 The kernels: ``rmsnorm``, ``rope``, ``attention``, ``linear`` (float32 projections and the
-logits), ``swiglu`` (float32 weights), ``bitnet_linear`` (ternary weights) and ``sample``; the embedding gather and the
+logits), ``swiglu`` (a float32 prefill's FFN), ``silu`` (the FFN of a decoding step and of ternary
+weights), ``bitnet_linear`` (ternary projections) and ``sample``; the embedding gather and the
 residual adds are NumPy. Every buffer of a decoding step is allocated once per model and reused.
 """
 
@@ -42,7 +43,17 @@ from typing import Any
 import numpy as np
 
 from koschei.engine import _runtime as _rt
-from koschei.engine import attention, linear, rmsnorm, rope, sample, swiglu
+from koschei.engine import (
+    attention,
+    bitnet_linear,
+    bitnet_quantize,
+    linear,
+    rmsnorm,
+    rope,
+    sample,
+    silu,
+    swiglu,
+)
 from koschei.engine.models.kv_cache import KVCache
 
 __all__ = ["Decoder", "DecoderConfig"]
@@ -201,16 +212,6 @@ _NAMED = {
 }
 
 
-def _silu(x: np.ndarray, *, out: np.ndarray) -> np.ndarray:
-    """out = silu(x) = x sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow)."""
-    np.multiply(x, np.float32(0.5), out=out)
-    np.tanh(out, out=out)
-    out += np.float32(1.0)
-    out *= np.float32(0.5)
-    out *= x
-    return out
-
-
 # --- projections ----------------------------------------------------------------------------------
 
 
@@ -232,32 +233,30 @@ class _TernaryProjection:
     """y = bitnet_linear(x, packed, scale): W ~ scale * ternary(W), activations int8 per token."""
 
     def __init__(self, weight: np.ndarray) -> None:
-        from koschei.engine import bitnet_quantize
-
-        self.packed, self.scale = bitnet_quantize(weight)
-        self.shape = weight.shape
+        self.packed, self.scale = bitnet_quantize(weight)  # (d_out, (d_in + 3) // 4) uint8, ()
 
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes + np.asarray(self.scale).nbytes
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        from koschei.engine import bitnet_linear
-
         return bitnet_linear(x, self.packed, self.scale, out=out)
+
+
+_Projection = _Float32Projection | _TernaryProjection
 
 
 @dataclass
 class _Layer:
     attention_norm: np.ndarray  # (d,)
-    q_proj: Any  # (hq hd, d)
-    k_proj: Any  # (hkv hd, d)
-    v_proj: Any  # (hkv hd, d)
-    o_proj: Any  # (d, hq hd)
+    q_proj: _Projection  # (hq hd, d)
+    k_proj: _Projection  # (hkv hd, d)
+    v_proj: _Projection  # (hkv hd, d)
+    o_proj: _Projection  # (d, hq hd)
     ffn_norm: np.ndarray  # (d,)
-    gate_proj: Any  # (f, d)
-    up_proj: Any  # (f, d)
-    down_proj: Any  # (d, f)
+    gate_proj: _Projection  # (f, d)
+    up_proj: _Projection  # (f, d)
+    down_proj: _Projection  # (d, f)
 
 
 class _Buffers:
@@ -508,12 +507,12 @@ class Decoder:
             return
         layer.gate_proj(b.h, b.gate)  # (n, f)
         layer.up_proj(b.h, b.up)
-        _silu(b.gate, out=b.activated)
+        silu(b.gate, out=b.activated)
         np.multiply(b.activated, b.up, out=b.gate)  # silu(gate) * up
         layer.down_proj(b.gate, b.projected)
 
     @staticmethod
-    def _projections(layer: _Layer) -> tuple[Any, ...]:
+    def _projections(layer: _Layer) -> tuple[_Projection, ...]:
         return (layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj, layer.gate_proj,
                 layer.up_proj, layer.down_proj)
 
