@@ -184,8 +184,9 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
         + (f" (cache triads GB/s: {caches})" if caches else "")
         + f", sgemm {calibration['sgemm_gflops']:.0f} GFLOP/s; numpy "
         f"{result.machine.get('numpy')}, numba {result.machine.get('numba')}, torch "
-        f"{result.machine.get('torch')}. Times are medians; ratios are medians of per-round "
-        "ratios from the same run.",
+        f"{result.machine.get('torch')}; 1-minute load {result.load_average} when it started "
+        "(other work on the machine slows every contender). Times are medians; ratios are "
+        "medians of per-round ratios from the same run.",
         "",
         "| case | engine | NumPy | PyTorch | GB/s | roofline | ×NumPy | ×PyTorch | goals |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
