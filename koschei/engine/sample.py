@@ -91,6 +91,7 @@ _CHUNK = 256
 _BLOCK = 64
 # The candidates' ids when they are the whole vocabulary: none (a token's id is its position).
 _ALL_TOKENS = np.empty(0, dtype=np.int64)
+_NO_BLOCKS = np.empty(0, dtype=np.int64)
 # The token written for a row that cannot be sampled (NaN, +inf, no finite logit).
 _INVALID_ROW = -1
 # ln 2 in two parts (k * _LN2_HIGH is exact for |k| < 2^20), 1 / ln 2.
@@ -150,15 +151,44 @@ def _row_maximum(bits):
 
     Positive NaN orders above +inf, negative NaN below -inf: the row is good iff its keys lie
     in (-inf, +inf) at the top and [-inf, +inf) at the bottom."""
-    highest = np.int32(-2147483648)
-    lowest = np.int32(2147483647)
+    highest = np.int64(-2147483648)
+    lowest = np.int64(2147483647)
     for i in range(bits.shape[0]):
         key = _ordered(bits[i])
         highest = max(highest, key)
         lowest = min(lowest, key)
-    good = (_KEY_NEGATIVE_INFINITY < highest < _KEY_POSITIVE_INFINITY
+    return highest, _sampleable(highest, lowest)
+
+
+@njit(inline="always")
+def _sampleable(highest, lowest):
+    """Whether keys from lowest to highest are logits a row can be sampled from."""
+    return (_KEY_NEGATIVE_INFINITY < highest < _KEY_POSITIVE_INFINITY
             and lowest >= _KEY_NEGATIVE_INFINITY)
-    return highest, good
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _block_maxima(bits):
+    """(the largest key of each full block of _BLOCK logits (blocks,), the row's largest key,
+    whether the row can be sampled): _row_maximum's pass, keeping the blocks' maxima."""
+    vocab = bits.shape[0]
+    blocks = vocab // _BLOCK
+    block_keys = np.empty(blocks, dtype=np.int64)
+    highest = np.int64(-2147483648)
+    lowest = np.int64(2147483647)
+    for block in range(blocks):
+        block_highest = np.int64(-2147483648)
+        for i in range(block * _BLOCK, block * _BLOCK + _BLOCK):
+            key = _ordered(bits[i])
+            block_highest = max(block_highest, key)
+            lowest = min(lowest, key)
+        block_keys[block] = block_highest
+        highest = max(highest, block_highest)
+    for i in range(blocks * _BLOCK, vocab):
+        key = _ordered(bits[i])
+        highest = max(highest, key)
+        lowest = min(lowest, key)
+    return block_keys, highest, _sampleable(highest, lowest)
 
 
 @njit(inline="always")
@@ -256,28 +286,35 @@ def _gather_candidates(row, threshold):
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _top_k_candidates(row, bits, k):
+def _top_k_candidates(row, block_keys, k):
     """ids (c,) in increasing order and logits (c,) of the tokens whose logit is >= the k-th
-    largest (counted with repeats; ties with it stay), 1 <= k < vocab.
+    largest (counted with repeats; ties with it stay), 1 <= k <= the number of full blocks.
 
-    The k-th largest of the maxima of blocks of _BLOCK logits is a lower bound of the k-th
-    largest logit (k blocks hold a logit that high), so the tokens at or above it are gathered
-    (one vectorized pass; a few hundred tokens for k ~ 50 of 32000) and the k-th largest is
-    found among them by a partition. For k above the number of blocks, a partition of the row."""
+    The k-th largest of the blocks' maxima (block_keys, from _block_maxima) is a lower bound
+    of the k-th largest logit (k blocks hold a logit that high); only blocks whose maximum
+    reaches it (about k of them, and the tail) can hold a candidate, so only those are read
+    again: the tokens at or above the bound are gathered and a partition of them finds the
+    k-th largest. No sort, no pass over the rest of the vocabulary."""
     vocab = row.shape[0]
-    blocks = vocab // _BLOCK
-    if k > blocks:  # too few blocks for a bound: a partition of the whole row
-        return _gather_candidates(row, np.partition(row, vocab - k)[vocab - k])
-    block_keys = np.empty(blocks, dtype=np.int64)  # (blocks,): each block's largest key
-    for block in range(blocks):
-        highest = np.int64(_KEY_NEGATIVE_INFINITY)
-        for i in range(block * _BLOCK, block * _BLOCK + _BLOCK):
-            highest = max(highest, _ordered(bits[i]))
-        block_keys[block] = highest
+    blocks = block_keys.shape[0]
     bound_key = np.partition(block_keys, blocks - k)[blocks - k]
-    bound = _rt.float32_from_bits(_ordered(bound_key))
-    ids, values = _gather_candidates(row, bound)
-    count = values.shape[0]
+    below = np.nextafter(_rt.float32_from_bits(_ordered(bound_key)), np.float32(-np.inf))
+    count = 0  # tokens > below (>= the bound) in the blocks that can hold one, and the tail
+    for block in range(blocks):
+        if block_keys[block] >= bound_key:
+            count += _count_above(row, block * _BLOCK, below)
+    for i in range(blocks * _BLOCK, vocab):
+        count += row[i] > below
+    ids = np.empty(count, dtype=np.int64)
+    values = np.empty(count, dtype=np.float32)
+    j = 0
+    for block in range(blocks + 1):
+        if block == blocks or block_keys[block] >= bound_key:
+            for i in range(block * _BLOCK, min(vocab, block * _BLOCK + _BLOCK)):
+                if row[i] > below:
+                    ids[j] = i
+                    values[j] = row[i]
+                    j += 1
     if count <= k:
         return ids, values  # fewer than k finite logits: every one stays
     threshold = np.partition(values, count - k)[count - k]
@@ -329,7 +366,6 @@ def _nucleus_cut(values, ids, weights, target):
     identity = ids.shape[0] == 0
     count = values.shape[0]
     above = 0.0  # the weight of the tokens known to rank above every remaining one
-    mass = np.empty(_BUCKETS + 1, dtype=np.float64)  # the last bin: -inf logits
     while count > _SORT_MAX_TOKENS:
         highest, lowest = _finite_range(values)
         if not highest > lowest:
@@ -338,7 +374,7 @@ def _nucleus_cut(values, ids, weights, target):
         bins = np.empty(count, dtype=np.int64)
         for j in range(count):
             bins[j] = _bucket(highest, values[j], scale)
-        mass[:] = 0.0
+        mass = np.zeros(_BUCKETS + 1, dtype=np.float64)  # the last bin: -inf logits
         for j in range(count):
             mass[bins[j]] += weights[j]
         # the first bin whose mass takes the weight ranked above to target (it has mass > 0);
@@ -447,18 +483,25 @@ def _draw_kept(values, ids, weights, cut_value, cut_id, u):
 def _sample_row(row, bits, temperature, top_k, top_p, u):
     """The token drawn for one row (see the module's description), or _INVALID_ROW."""
     vocab = row.shape[0]
-    key, good = _row_maximum(bits)
+    narrow_k = 0 < top_k < vocab and temperature > 0.0
+    bounded_k = narrow_k and top_k <= vocab // _BLOCK  # the blocks' maxima bound the k-th
+    block_keys = _NO_BLOCKS
+    if bounded_k:
+        block_keys, key, good = _block_maxima(bits)
+    else:
+        key, good = _row_maximum(bits)
     if not good:
         return _INVALID_ROW
     maximum = _rt.float32_from_bits(_ordered(key))
     if temperature == 0.0:
         return _first_index_of(row, maximum)
     inverse_temperature = 1.0 / temperature
-    narrow_k = 0 < top_k < vocab
     if not narrow_k and top_p >= 1.0:
         return _draw_from_all(row, maximum, inverse_temperature, u)
-    if narrow_k:
-        ids, values = _top_k_candidates(row, bits, top_k)
+    if bounded_k:
+        ids, values = _top_k_candidates(row, block_keys, top_k)
+    elif narrow_k:  # too few blocks for a bound: a partition of the whole row
+        ids, values = _gather_candidates(row, np.partition(row, vocab - top_k)[vocab - top_k])
     else:
         ids, values = _ALL_TOKENS, row  # every token: ids are positions
     count = values.shape[0]
