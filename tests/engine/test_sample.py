@@ -512,21 +512,42 @@ def assert_frequencies_match(tokens, probabilities):
 LOGITS_12 = [2.0, 1.6, 1.3, 1.1, 0.8, 0.7, 0.4, 0.1, -0.2, -0.6, -1.0, -1.5]
 
 
-def test_top_k_never_leaves_the_k_largest():
+# (rows, vocab, k): a partition of the row finds the k-th largest (k > vocab / 64), or the
+# maxima of blocks of 64 bound it first
+TOP_K_SHAPES = [(DRAWS, 100, 7), (2000, 4096, 20)]
+
+
+@pytest.mark.parametrize(("rows", "vocab", "top_k"), TOP_K_SHAPES)
+def test_top_k_never_leaves_the_k_largest(rows, vocab, top_k):
     rng = np.random.default_rng(11)
-    logits = rng.standard_normal((DRAWS, 100)).astype(np.float32)
-    tokens = sample(logits, temperature=1.5, top_k=7, rng=1)
+    logits = rng.standard_normal((rows, vocab)).astype(np.float32)
+    tokens = sample(logits, temperature=3.0, top_k=top_k, rng=1)
     drawn = np.take_along_axis(logits, tokens[:, None], axis=1)[:, 0]
-    assert np.all(drawn >= np.sort(logits, axis=1)[:, -7])
+    assert np.all(drawn >= np.sort(logits, axis=1)[:, -top_k])
     ranks = (logits > drawn[:, None]).sum(axis=1)  # 0 for the largest
-    assert set(np.unique(ranks)) == set(range(7))  # and every one of the 7 is drawn
+    assert set(np.unique(ranks)) == set(range(top_k))  # and every one of the k is drawn
 
 
-def test_top_k_keeps_the_ties_of_the_k_th_largest():
+@pytest.mark.parametrize("vocab", [7, 4096])
+def test_top_k_keeps_the_ties_of_the_k_th_largest(vocab):
     # transformers' TopKLogitsWarper keeps every logit >= the k-th largest
-    logits = [5.0, 4.0, 3.0, 3.0, 3.0, 1.0, 0.0]
+    logits = np.full(vocab, -2.0, dtype=np.float32)
+    logits[[0, 1, 2, vocab - 3, vocab - 1]] = [5.0, 4.0, 3.0, 3.0, 3.0]
     tokens = sample(repeated(logits, 5000), temperature=2.0, top_k=3, rng=2)
-    assert set(np.unique(tokens)) == {0, 1, 2, 3, 4}
+    assert set(np.unique(tokens)) == {0, 1, 2, vocab - 3, vocab - 1}
+
+
+def test_top_k_over_sorted_logits_and_fewer_finite_ones():
+    # ascending logits put the k largest in the last blocks
+    ascending = np.linspace(-3, 3, 4096, dtype=np.float32)
+    tokens = sample(repeated(ascending, 2000), top_k=30, rng=3)
+    assert tokens.min() >= 4096 - 30 and len(np.unique(tokens)) == 30
+    # only 25 finite logits for top_k = 50: all 25 stay, no -inf is drawn
+    sparse = np.full(4096, -np.inf, dtype=np.float32)
+    finite = np.random.default_rng(4).choice(4096, 25, replace=False)
+    sparse[finite] = 0.0
+    tokens = sample(repeated(sparse, 2000), top_k=50, rng=5)
+    assert set(np.unique(tokens)) == set(finite)
 
 
 @pytest.mark.parametrize("top_p", [0.0, 0.3, 0.55, 0.8, 0.95])
