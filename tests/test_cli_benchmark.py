@@ -102,6 +102,7 @@ def test_json_has_medians_ratios_bandwidth_roofline_and_threads(first_run):
     assert 0 < case["roofline_fraction"] and 0 < case["level_roofline_fraction"]
     assert case["memory_level"] in ("L1", "L2", "L3", "DRAM")
     assert case["written_bytes"] == 4 * 256 * 2048
+    assert case["other_work_share"] is None or 0 <= case["other_work_share"] <= 1
     [goal] = case["goals"]
     assert goal["goal"] == "×NumPy ≥ 1" and goal["measured"] == case["speedup_vs_numpy"]
     assert goal["met"] == (case["speedup_vs_numpy"] >= 1.0)

@@ -359,7 +359,7 @@ def test_a_dram_case_says_what_write_allocate_leaves_of_the_triad():
     assert case.memory_level == "DRAM"
     assert case.level_roofline_fraction == case.roofline_fraction
     assert case.write_allocate_limit == pytest.approx(8 / 9)
-    assert any("cap this case at 89%" in note for note in case.notes)
+    assert any("reaches at most 89% of the DRAM ceiling" in note for note in case.notes)
     faster_streaming = dataclasses.replace(CEILINGS, stream_stores="non-temporal")
     again = engine_only(0.01)
     benchmark.derive(again, "2 * 4 * rows * d", "rows * d", {"rows": 4096, "d": 4096},

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -123,6 +123,8 @@ class CaseResult:
     # the most of the STREAM triad a kernel with ordinary (write-allocating) stores can reach
     write_allocate_limit: float | None = None
     goals: list[dict[str, Any]] = field(default_factory=list)  # bench.goals of this case
+    # share of the machine's cores that other processes used while this case was timed
+    other_work_share: float | None = None
     speedup_vs_numpy: float | None = None
     speedup_vs_torch: float | None = None
     speedup_vs_baselines: dict[str, float | None] = field(default_factory=dict)
@@ -443,6 +445,43 @@ def paired_speedup(baseline: ContenderTiming, engine: ContenderTiming) -> float 
     return float(np.median(ratios)) if ratios else None
 
 
+BUSY_SHARE = 0.1  # other processes using this share of the cores make a case's note
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process has used, CPU seconds this process has used) so far, from
+    Linux's /proc/stat; None where it is not available."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
+    values = [int(v) for v in fields[1:9]]
+    busy = sum(values) - values[3] - values[4]
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+class OtherWork:
+    """Measures, over a ``with`` block, the share of the machine's cores that processes other
+    than this one kept busy (``share``; None where the system does not say)."""
+
+    def __enter__(self) -> Self:
+        self.share: float | None = None
+        self._start = _cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        end, started = _cpu_seconds(), self._start[0]
+        wall = time.perf_counter() - self._start[1]
+        if end is None or started is None or wall <= 0:
+            return
+        others = (end[0] - started[0]) - (end[1] - started[1])
+        self.share = round(min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1)))), 3)
+
+
 @contextmanager
 def _no_autograd(use_torch: bool) -> Iterator[None]:
     """PyTorch without autograd bookkeeping for the whole timing (it is inference)."""
@@ -493,9 +532,10 @@ def derive(result: CaseResult, bytes_formula: str, flops_formula: str, names: di
             moved, written_bytes, calibration.stream_stores)
         if result.write_allocate_limit is not None and result.write_allocate_limit < 1:
             result.notes.append(
-                f"ordinary stores cap this case at {result.write_allocate_limit:.0%} of the "
-                f"STREAM triad ({calibration.stream_stores} stores): each written line is read "
-                f"first, {(moved + written_bytes) / 2**20:.0f} MiB of traffic for the "
+                f"with ordinary stores a kernel reaches at most "
+                f"{result.write_allocate_limit:.0%} of the DRAM ceiling here (the triad with "
+                f"{calibration.stream_stores} stores): each written line is read first, "
+                f"{(moved + written_bytes) / 2**20:.0f} MiB of traffic for the "
                 f"{moved / 2**20:.0f} MiB counted; non-temporal stores avoid that")
     if level != "DRAM" and result.bound == "memory":
         result.notes.append(
@@ -623,9 +663,14 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
 
     progress.step(f"benchmark {spec.name}/{label}: timing {', '.join(contenders)}")
     try:
-        with _no_autograd(use_torch):
+        with _no_autograd(use_torch), OtherWork() as other_work:
             timings, stopped = measure_interleaved(contenders, budget_s)
         result.contenders, result.stopped = timings, stopped
+        result.other_work_share = other_work.share
+        if other_work.share is not None and other_work.share >= BUSY_SHARE:
+            result.notes.append(
+                f"other processes used {other_work.share:.0%} of the cores while this case was "
+                "timed: parallel contenders lose more to them than serial ones")
         # the measured engine path must still produce the checked result
         matches, _, reason = compare_results(spec, run_engine(), expected)
         if not matches:
