@@ -16,8 +16,8 @@
 - Cache bandwidth: the same triad over arrays that fit in each data cache level (half of the
   capacity the threads can fill: ``size * instances``, L1, L2, L3 as sysfs reports them), each
   thread repeating it over its own slice so that the data stays in its core's caches. A kernel
-  whose working set fits in a level is served from that level, so its ceiling is that level's
-  triad, not DRAM's.
+  whose working set fits in a level (up to 3/4 of its capacity) is served from that level, so
+  its ceiling is that level's triad, not DRAM's.
 - Compute: single-precision GEMM FLOP/s from a large float32 NumPy matmul (default 2048^3,
   ``2 n^3`` FLOPs), i.e. what the machine's BLAS reaches on this CPU.
 
@@ -52,6 +52,7 @@ STREAM_COUNTED_ARRAYS = 3  # read b, read c, write a; write-allocate traffic is 
 DEFAULT_ARRAY_MIB = 64
 DEFAULT_GEMM_N = 2048
 CACHE_FILL_FRACTION = 0.5  # a cache level's triad uses this fraction of its capacity
+CACHE_FIT_FRACTION = 0.75  # a working set up to this fraction of a level's capacity is served there
 CACHE_TRIAD_BYTES = 512 * 1024 * 1024  # bytes one timed cache-level triad moves (all repeats)
 
 
@@ -71,8 +72,10 @@ class Calibration:
     load_average: float | None = None
     # "L1", "L2", "L3" -> GB/s of the triad over arrays that fit in that level (3 arrays counted)
     cache_triad_gbs: dict[str, float] = field(default_factory=dict)
-    # "L1", "L2", "L3" -> the working set of that triad: a kernel whose bytes fit is served there
+    # "L1", "L2", "L3" -> the working set of that triad
     cache_working_set_bytes: dict[str, int] = field(default_factory=dict)
+    # "L1", "L2", "L3" -> the capacity the threads can fill (size times the caches they use)
+    cache_capacity_bytes: dict[str, int] = field(default_factory=dict)
     # the DRAM triad with each kind of store; stream_triad_gbs is the faster, made with these
     stream_triad_ordinary_gbs: float | None = None
     stream_triad_nontemporal_gbs: float | None = None
@@ -87,10 +90,13 @@ class Calibration:
         return self.sgemm_gflops * 1e9
 
     def memory_level(self, working_set_bytes: float) -> tuple[str, float]:
-        """The innermost calibrated level whose triad working set holds ``working_set_bytes``,
-        and that level's bandwidth in GB/s; ("DRAM", STREAM triad) when none does."""
+        """The innermost calibrated level that holds ``working_set_bytes`` (at most
+        CACHE_FIT_FRACTION of its capacity: the rest is for everything else), and that level's
+        bandwidth in GB/s; ("DRAM", STREAM triad) when none does."""
         for level, gbs in sorted(self.cache_triad_gbs.items()):
-            if working_set_bytes <= self.cache_working_set_bytes.get(level, 0):
+            capacity = self.cache_capacity_bytes.get(
+                level, self.cache_working_set_bytes.get(level, 0) / CACHE_FILL_FRACTION)
+            if working_set_bytes <= CACHE_FIT_FRACTION * capacity:
                 return level, gbs
         return "DRAM", self.stream_triad_gbs
 
@@ -211,11 +217,13 @@ def cache_levels(threads: int) -> list[tuple[str, int]]:
     return levels
 
 
-def measure_cache_triads(threads: int, *, repeats: int = 5) -> tuple[dict[str, float],
-                                                                      dict[str, int]]:
-    """GB/s of the triad at each cache level (best of ``repeats``), and its working set."""
+def measure_cache_triads(threads: int, *, repeats: int = 5
+                         ) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+    """GB/s of the triad at each cache level (best of ``repeats``), its working set, and the
+    level's capacity."""
     bandwidths: dict[str, float] = {}
     working_sets: dict[str, int] = {}
+    capacities: dict[str, int] = {}
     for level, capacity in cache_levels(threads):
         n = int(capacity * CACHE_FILL_FRACTION) // (STREAM_COUNTED_ARRAYS * 8)
         n -= n % (8 * threads)
@@ -236,7 +244,8 @@ def measure_cache_triads(threads: int, *, repeats: int = 5) -> tuple[dict[str, f
                                "is void")
         bandwidths[level] = round(STREAM_COUNTED_ARRAYS * 8 * n * inner / best / 1e9, 3)
         working_sets[level] = STREAM_COUNTED_ARRAYS * 8 * n
-    return bandwidths, working_sets
+        capacities[level] = capacity
+    return bandwidths, working_sets, capacities
 
 
 STREAM_BLOCK = 2048  # float64 elements per block of the non-temporal triad (16 KiB, in L1)
@@ -313,7 +322,7 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
         ordinary = measure_stream_triad(array_mib=array_mib, repeats=max(repeats, 5))
         nontemporal = measure_stream_triad(array_mib=array_mib, repeats=max(repeats, 5),
                                            nontemporal=True)
-        cache_bandwidths, cache_working_sets = measure_cache_triads(threads)
+        cache_bandwidths, cache_working_sets, cache_capacities = measure_cache_triads(threads)
         flops = measure_sgemm(n=gemm_n, repeats=repeats)
     return Calibration(
         stream_triad_gbs=round(max(ordinary, nontemporal), 3),
@@ -327,6 +336,7 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
         load_average=load,
         cache_triad_gbs=cache_bandwidths,
         cache_working_set_bytes=cache_working_sets,
+        cache_capacity_bytes=cache_capacities,
         stream_triad_ordinary_gbs=round(ordinary, 3),
         stream_triad_nontemporal_gbs=round(nontemporal, 3),
         stream_stores="non-temporal" if nontemporal > ordinary else "ordinary",

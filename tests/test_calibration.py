@@ -94,6 +94,10 @@ def test_cache_levels_are_measured_and_pick_the_level_a_working_set_fits_in():
     assert result.memory_level(1)[0] == innermost
     assert result.memory_level(result.cache_working_set_bytes[innermost])[0] == innermost
     assert result.memory_level(2**40) == ("DRAM", result.stream_triad_gbs)
+    outermost = max(result.cache_capacity_bytes)
+    just_fits = calibration.CACHE_FIT_FRACTION * result.cache_capacity_bytes[outermost]
+    assert result.memory_level(just_fits)[0] == outermost
+    assert result.memory_level(just_fits + 1)[0] == "DRAM"
 
 
 def test_the_dram_ceiling_is_the_faster_triad_ordinary_or_non_temporal():

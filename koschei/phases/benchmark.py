@@ -543,8 +543,10 @@ def derive(result: CaseResult, bytes_formula: str, flops_formula: str, names: di
             f"triad ({level_gbs:.0f} GB/s), not DRAM's (DRAM roofline "
             f"{result.roofline_fraction:.0%})")
     elif result.roofline_fraction > 1:
-        result.notes.append("above the memory roofline: the calibration is low (koschei "
-                            "benchmark --recalibrate measures it again)")
+        result.notes.append("above the DRAM roofline: the spec's bytes formula counts more than "
+                            "reaches memory (a second pass over data still in cache), or the "
+                            "calibration is low (koschei benchmark --recalibrate measures it "
+                            "again)")
 
 
 def output_bytes(outputs: Any) -> float:
@@ -959,7 +961,8 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                      "stream_triad_nontemporal_gbs": calibration.stream_triad_nontemporal_gbs,
                      "stream_stores": calibration.stream_stores,
                      "cache_triad_gbs": dict(calibration.cache_triad_gbs),
-                     "cache_working_set_bytes": dict(calibration.cache_working_set_bytes)},
+                     "cache_working_set_bytes": dict(calibration.cache_working_set_bytes),
+                     "cache_capacity_bytes": dict(calibration.cache_capacity_bytes)},
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
         load_average=load,
         fail_on_regression=options.fail_on_regression, cases=cases, notes=notes)
