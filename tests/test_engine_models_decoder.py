@@ -152,6 +152,20 @@ def test_prefill_and_every_decoding_step_match_pytorch(parameters, greedy_tokens
     assert decoder.length == len(PROMPT) + DECODE_STEPS
 
 
+@pytest.mark.parametrize("weights", ["fp32", "ternary"])
+def test_the_kernels_references_composed_give_the_logits_of_forward(parameters, weights):
+    model = Decoder(CONFIG, parameters, weights=weights, max_len=32)
+    ids = np.random.default_rng(5).integers(0, CONFIG.vocab_size, 19)
+    expected = model.reference_logits(ids)
+    assert model.length == 0  # the reference leaves the cache alone
+    logits = model.forward(ids)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * scale)
+    broken = Decoder(CONFIG, {**parameters, "norm.weight": parameters["norm.weight"] * 1.01},
+                     weights=weights, max_len=32)
+    assert np.abs(broken.reference_logits(ids) - logits).max() > 1e-3 * scale
+
+
 def test_a_chunked_prefill_equals_one_prefill(parameters):
     """Feeding the prompt in chunks (queries are the last n of the cached positions)."""
     decoder = Decoder(CONFIG, parameters)
@@ -451,7 +465,7 @@ def test_the_constructor_checks_its_parameters(parameters):
                                          r"expected shape \(160, 64\), got \(64, 160\)"):
         Decoder(CONFIG, wrong_shape)
     with pytest.raises(ValueError, match=r"Decoder: weights: expected one of \('fp32', "
-                                         r"'ternary'\), got str 'int4'"):
+                                         r"'ternary'\), got 'int4'"):
         Decoder(CONFIG, parameters, weights="int4")
     with pytest.raises(ValueError, match=r"Decoder: kv_dtype: expected one of"):
         Decoder(CONFIG, parameters, kv_dtype="float16")

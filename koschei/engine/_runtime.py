@@ -182,6 +182,23 @@ def as_str(function: str, name: str, value: Any) -> str:
     return value
 
 
+def as_int_at_least(function: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int (see :func:`as_int`) that is at least ``minimum``."""
+    number = as_int(function, name, value)
+    if number < minimum:
+        raise out_of_range(function, name, number, f">= {minimum}")
+    return number
+
+
+def as_choice(function: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` as one of the strings ``choices``."""
+    if value not in choices:
+        if not isinstance(value, str):
+            raise _type_error(function, name, f"one of {choices}", value)
+        raise out_of_range(function, name, value, f"one of {choices}")
+    return value
+
+
 def as_generator(function: str, name: str, value: Any) -> np.random.Generator:
     """``value`` as a ``numpy.random.Generator``: None (fresh entropy), a seed (an int >= 0) or a
     Generator; bools, floats and strings are not seeds."""

@@ -35,6 +35,7 @@ residual adds are NumPy. Every buffer of a decoding step is allocated once per m
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,35 +66,6 @@ _KV_DTYPES = ("float32", "int8")
 DEFAULT_INIT_STD = 0.02
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {tuple(value.shape)}"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:37] + '...' if len(text) > 40 else text}"
-
-
-def _check_int(function: str, name: str, value: object, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{function}: {name}: expected an int, got {_describe(value)}")
-    if value < minimum:
-        raise ValueError(f"{function}: {name}: expected >= {minimum}, got {int(value)}")
-    return int(value)
-
-
-def _check_float(function: str, name: str, value: object) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                      np.floating)):
-        raise TypeError(f"{function}: {name}: expected a float, got {_describe(value)}")
-    return float(value)
-
-
-def _check_choice(function: str, name: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise (ValueError if isinstance(value, str) else TypeError)(
-            f"{function}: {name}: expected one of {choices}, got {_describe(value)}")
-    return value
-
-
 # --- the configuration ----------------------------------------------------------------------------
 
 
@@ -118,9 +90,9 @@ class DecoderConfig:
         function = "DecoderConfig"
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                       "intermediate_size", "max_seq_length"):
-            object.__setattr__(self, field, _check_int(function, field, getattr(self, field), 1))
+            object.__setattr__(self, field, _rt.as_int_at_least(function, field, getattr(self, field), 1))
         for field in ("rope_theta", "rms_norm_eps"):
-            value = _check_float(function, field, getattr(self, field))
+            value = _rt.as_float(function, field, getattr(self, field))
             if not value > 0:
                 raise ValueError(f"{function}: {field}: expected > 0, got {value!r}")
             object.__setattr__(self, field, value)
@@ -151,7 +123,7 @@ class DecoderConfig:
         config = _NAMED.get(name) if isinstance(name, str) else None
         if config is None:
             raise ValueError(f"DecoderConfig.named: name: expected one of {sorted(_NAMED)}, got "
-                             f"{_describe(name)}")
+                             f"{_rt.describe(name)}")
         return config
 
     def replace(self, **changes: Any) -> DecoderConfig:
@@ -183,8 +155,8 @@ class DecoderConfig:
                           std: float = DEFAULT_INIT_STD) -> dict[str, np.ndarray]:
         """Random float32 parameters: every matrix N(0, std^2), every RMSNorm gain 1."""
         function = "DecoderConfig.random_parameters"
-        seed = _check_int(function, "seed", seed, 0)
-        std = _check_float(function, "std", std)
+        seed = _rt.as_int_at_least(function, "seed", seed, 0)
+        std = _rt.as_float(function, "std", std)
         if not std > 0:
             raise ValueError(f"{function}: std: expected > 0, got {std!r}")
         rng = np.random.default_rng(seed)
@@ -215,6 +187,11 @@ _NAMED = {
 # --- projections ----------------------------------------------------------------------------------
 
 
+def _reference(kernel: str) -> Any:
+    """The NumPy reference of the engine kernel ``kernel``."""
+    return importlib.import_module(f"koschei.engine.{kernel}").reference
+
+
 class _Float32Projection:
     """y = x W^T with W (d_out, d_in) float32."""
 
@@ -227,6 +204,9 @@ class _Float32Projection:
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         return linear(x, self.weight, out=out)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return _reference("linear")(x, self.weight)
 
 
 class _TernaryProjection:
@@ -241,6 +221,9 @@ class _TernaryProjection:
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         return bitnet_linear(x, self.packed, self.scale, out=out)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return _reference("bitnet_linear")(x, self.packed, self.scale)
 
 
 _Projection = _Float32Projection | _TernaryProjection
@@ -309,13 +292,13 @@ class Decoder:
         function = "Decoder"
         if not isinstance(config, DecoderConfig):
             raise TypeError(f"{function}: config: expected a DecoderConfig, got "
-                            f"{_describe(config)}")
+                            f"{_rt.describe(config)}")
         self.config = config
-        self.weights = _check_choice(function, "weights", weights, _WEIGHTS)
-        self.kv_dtype = _check_choice(function, "kv_dtype", kv_dtype, _KV_DTYPES)
+        self.weights = _rt.as_choice(function, "weights", weights, _WEIGHTS)
+        self.kv_dtype = _rt.as_choice(function, "kv_dtype", kv_dtype, _KV_DTYPES)
         if max_len is None:
             max_len = config.max_seq_length
-        max_len = _check_int(function, "max_len", max_len, 1)
+        max_len = _rt.as_int_at_least(function, "max_len", max_len, 1)
         if max_len > config.max_seq_length:
             raise ValueError(f"{function}: max_len: expected <= max_seq_length="
                              f"{config.max_seq_length}, got {max_len}")
@@ -347,7 +330,7 @@ class Decoder:
         """A decoder with :meth:`DecoderConfig.random_parameters` (N(0, std^2) matrices)."""
         if not isinstance(config, DecoderConfig):
             raise TypeError(f"Decoder.random: config: expected a DecoderConfig, got "
-                            f"{_describe(config)}")
+                            f"{_rt.describe(config)}")
         return cls(config, config.random_parameters(seed, std=std), weights=weights,
                    kv_dtype=kv_dtype, max_len=max_len)
 
@@ -376,7 +359,7 @@ class Decoder:
         must read: every weight in its stored form (the embedding once, as the tied output
         projection) and ``context`` positions of the KV cache of every layer. A bandwidth
         ceiling on decoding is then ``bandwidth / bytes_per_token(context)`` tokens/s."""
-        context = _check_int("Decoder.bytes_per_token", "context", context, 1)
+        context = _rt.as_int_at_least("Decoder.bytes_per_token", "context", context, 1)
         if context > self.max_len:
             raise ValueError(f"Decoder.bytes_per_token: context: expected <= max_len="
                              f"{self.max_len}, got {context}")
@@ -416,7 +399,7 @@ class Decoder:
         """
         function = "Decoder.generate"
         ids = self._check_ids(function, ids, 0)
-        max_new_tokens = _check_int(function, "max_new_tokens", max_new_tokens, 0)
+        max_new_tokens = _rt.as_int_at_least(function, "max_new_tokens", max_new_tokens, 0)
         if ids.shape[0] + max_new_tokens - 1 > self.max_len:
             raise ValueError(f"{function}: max_new_tokens: expected at most "
                              f"{self.max_len + 1 - ids.shape[0]} (a prompt of {ids.shape[0]} "
@@ -434,6 +417,32 @@ class Decoder:
             if index + 1 < max_new_tokens:
                 logits = self._run(token, buffers, last_only=True)
         return new_ids
+
+    def reference_logits(self, ids: np.ndarray) -> np.ndarray:
+        """The logits (n, vocab) of a prompt ``ids`` (n,) from the kernels' NumPy references,
+        one pass over the whole sequence without a cache: what ``forward`` from an empty cache
+        must give (the benchmark checks it before timing a model). Slow, and it leaves the
+        cache alone."""
+        ids = self._check_ids("Decoder.reference_logits", ids, 0)
+        config = self.config
+        n, hq, hkv, hd = ids.shape[0], config.num_heads, config.num_kv_heads, config.head_dim
+        eps, theta = config.rms_norm_eps, config.rope_theta
+        rmsnorm_ref, rope_ref = _reference("rmsnorm"), _reference("rope")
+        attention_ref, silu_ref = _reference("attention"), _reference("silu")
+        positions = np.arange(n, dtype=np.int64)
+        x = self._embedding[ids]  # (n, d)
+        for layer in self._layers:
+            h = rmsnorm_ref(x, layer.attention_norm, eps=eps)
+            q = rope_ref(layer.q_proj.reference(h).reshape(n, hq, hd), positions, theta=theta)
+            k = rope_ref(layer.k_proj.reference(h).reshape(n, hkv, hd), positions, theta=theta)
+            v = layer.v_proj.reference(h).reshape(n, hkv, hd)
+            attended = attention_ref(q, k, v, causal=True).reshape(n, hq * hd)
+            x = x + layer.o_proj.reference(attended)
+            h = rmsnorm_ref(x, layer.ffn_norm, eps=eps)
+            hidden = silu_ref(layer.gate_proj.reference(h)) * layer.up_proj.reference(h)
+            x = x + layer.down_proj.reference(hidden.astype(np.float32))
+        h = rmsnorm_ref(x, self._final_norm, eps=eps)
+        return _reference("linear")(h, self._embedding)  # tied: logits = h E^T
 
     # --- the computation ----------------------------------------------------------------------
 
@@ -522,7 +531,7 @@ class Decoder:
                           parameters: object) -> dict[str, np.ndarray]:
         if not isinstance(parameters, Mapping):
             raise TypeError(f"{function}: parameters: expected a mapping of name -> float32 "
-                            f"array, got {_describe(parameters)}")
+                            f"array, got {_rt.describe(parameters)}")
         shapes = self.config.parameter_shapes()
         missing = [name for name in shapes if name not in parameters]
         unknown = [name for name in parameters if name not in shapes]
@@ -538,7 +547,7 @@ class Decoder:
             array = parameters[name]
             if not isinstance(array, np.ndarray):
                 raise TypeError(f"{function}: parameters[{name!r}]: expected a float32 "
-                                f"numpy.ndarray of shape {shape}, got {_describe(array)}")
+                                f"numpy.ndarray of shape {shape}, got {_rt.describe(array)}")
             if array.dtype != _FLOAT32:
                 raise TypeError(f"{function}: parameters[{name!r}]: expected dtype float32, got "
                                 f"{array.dtype}")
@@ -553,7 +562,7 @@ class Decoder:
         vocab = self.config.vocab_size
         if not isinstance(ids, np.ndarray):
             raise TypeError(f"{function}: ids: expected a 1-D numpy.ndarray of integer token "
-                            f"ids, got {_describe(ids)}")
+                            f"ids, got {_rt.describe(ids)}")
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{function}: ids: expected an integer dtype (e.g. int64), got "
                             f"{ids.dtype}")
@@ -581,23 +590,15 @@ class _Sampling:
 
     def __init__(self, function: str, temperature: object, top_k: object, top_p: object,
                  rng: object) -> None:
-        self.temperature = _check_float(function, "temperature", temperature)
+        self.temperature = _rt.as_float(function, "temperature", temperature)
         if not 0 <= self.temperature < math.inf:
             raise ValueError(f"{function}: temperature: expected a finite value >= 0 (0: "
                              f"greedy), got {self.temperature!r}")
-        self.top_k = _check_int(function, "top_k", top_k, 0)
-        self.top_p = _check_float(function, "top_p", top_p)
+        self.top_k = _rt.as_int_at_least(function, "top_k", top_k, 0)
+        self.top_p = _rt.as_float(function, "top_p", top_p)
         if not 0 <= self.top_p <= 1:
             raise ValueError(f"{function}: top_p: expected 0 <= top_p <= 1, got {self.top_p!r}")
-        if rng is None or isinstance(rng, np.random.Generator):
-            self.rng = np.random.default_rng(rng)
-        elif isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
-            if rng < 0:
-                raise ValueError(f"{function}: rng: expected a seed >= 0, got {int(rng)}")
-            self.rng = np.random.default_rng(int(rng))
-        else:
-            raise TypeError(f"{function}: rng: expected None, a seed or a "
-                            f"numpy.random.Generator, got {_describe(rng)}")
+        self.rng = _rt.as_generator(function, "rng", rng)
 
     def __call__(self, logits: np.ndarray, out: np.ndarray) -> np.ndarray:
         """logits (1, vocab) float32 -> out (1,) int64: the next token."""

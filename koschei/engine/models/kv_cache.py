@@ -37,27 +37,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from koschei.engine import _runtime as _rt
+
 __all__ = ["KVCache"]
 
 _DTYPES = ("float32", "int8")
 _FLOAT32 = np.dtype(np.float32)
 # int8 absmax quantization maps max|x| to 127 (symmetric: -127..127)
 INT8_LEVELS = 127
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {tuple(value.shape)}"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:37] + '...' if len(text) > 40 else text}"
-
-
-def _positive_int(function: str, name: str, value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{function}: {name}: expected an int, got {_describe(value)}")
-    if value < 1:
-        raise ValueError(f"{function}: {name}: expected >= 1, got {int(value)}")
-    return int(value)
 
 
 def _quantize_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +75,13 @@ class KVCache:
     def __init__(self, num_layers: int, max_len: int, kv_heads: int, head_dim: int, *,
                  dtype: str = "float32") -> None:
         function = "KVCache"
-        self._num_layers = _positive_int(function, "num_layers", num_layers)
-        self._max_len = _positive_int(function, "max_len", max_len)
-        self._kv_heads = _positive_int(function, "kv_heads", kv_heads)
-        self._head_dim = _positive_int(function, "head_dim", head_dim)
+        self._num_layers = _rt.as_int_at_least(function, "num_layers", num_layers, 1)
+        self._max_len = _rt.as_int_at_least(function, "max_len", max_len, 1)
+        self._kv_heads = _rt.as_int_at_least(function, "kv_heads", kv_heads, 1)
+        self._head_dim = _rt.as_int_at_least(function, "head_dim", head_dim, 1)
         if not isinstance(dtype, str):
             raise TypeError(f"{function}: dtype: expected one of {_DTYPES}, got "
-                            f"{_describe(dtype)}")
+                            f"{_rt.describe(dtype)}")
         if dtype not in _DTYPES:
             raise ValueError(f"{function}: dtype: expected one of {_DTYPES}, got {dtype!r}")
         self._dtype = dtype
@@ -235,7 +222,7 @@ class KVCache:
         including a step in progress (``truncate(cache.length)`` abandons only that step)."""
         function = "KVCache.truncate"
         if isinstance(length, (bool, np.bool_)) or not isinstance(length, (int, np.integer)):
-            raise TypeError(f"{function}: length: expected an int, got {_describe(length)}")
+            raise TypeError(f"{function}: length: expected an int, got {_rt.describe(length)}")
         if not 0 <= length <= self._length:
             raise ValueError(f"{function}: length: expected 0 .. {self._length} (the positions "
                              f"the cache holds), got {int(length)}")
@@ -284,7 +271,7 @@ class KVCache:
 
     def _check_layer(self, function: str, layer: object) -> int:
         if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
-            raise TypeError(f"{function}: layer: expected an int, got {_describe(layer)}")
+            raise TypeError(f"{function}: layer: expected an int, got {_rt.describe(layer)}")
         if not 0 <= layer < self._num_layers:
             raise ValueError(f"{function}: layer: expected 0 .. {self._num_layers - 1}, got "
                              f"{int(layer)}")
@@ -296,7 +283,7 @@ class KVCache:
                    f"head_dim={self._head_dim}"
         if not isinstance(array, np.ndarray):
             raise TypeError(f"{function}: {name}: expected a numpy.ndarray of float32 with shape "
-                            f"{expected}, got {_describe(array)}")
+                            f"{expected}, got {_rt.describe(array)}")
         if array.dtype != _FLOAT32:
             raise TypeError(f"{function}: {name}: expected dtype float32, got {array.dtype}")
         if (array.ndim != 3 or array.shape[1] != self._kv_heads
