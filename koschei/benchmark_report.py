@@ -206,6 +206,23 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
             f"{median('torch')} | {case.gbs:.1f} | {_roofline(case)} | "
             f"{_ratio(case.speedup_vs_numpy)} | {_ratio(case.speedup_vs_torch)} | "
             f"{_goals(case)} |")
+    if result.models:
+        lines += ["", ("| model, decoding step | weights | step | tokens/s | MB/token | "
+                       "bandwidth ceiling tokens/s | of ceiling |"),
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model in result.models:
+        for weights, entry in model.weights.items():
+            if model.verdict != "ok":
+                lines.append(f"| {model.label} | {weights} | {model.verdict} | | | | |")
+                continue
+            lines.append(
+                f"| {model.label} | {weights} | "
+                f"{_seconds(model.contenders[weights].median_s)} | {entry.tokens_per_s:.1f} | "
+                f"{entry.bytes_per_token / 1e6:.1f} | {entry.ceiling_tokens_per_s:.1f} | "
+                f"{entry.ceiling_fraction * 100:.0f}% |")
+        if model.speedup_ternary_vs_fp32 is not None:
+            lines.append(f"| {model.label} | ternary ÷ fp32 | | "
+                         f"{_ratio(model.speedup_ternary_vs_fp32)} | | | |")
     lines.append(README_END)
     return "\n".join(lines) + "\n"
 

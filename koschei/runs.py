@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -207,6 +208,19 @@ class RunRecord:
         }
         write_json_atomic(folder / MANIFEST, manifest)
         return cls(workspace, run_id, folder, manifest)
+
+    @classmethod
+    @contextlib.contextmanager
+    def recording(cls, workspace: Workspace, command: str) -> Iterator[RunRecord]:
+        """A new record for one command; removed again when the command fails before any phase
+        result was saved in it (a usage or spec error leaves no record behind)."""
+        record = cls.create(workspace, command)
+        try:
+            yield record
+        except BaseException:
+            if not record.phases():
+                shutil.rmtree(record.dir, ignore_errors=True)
+            raise
 
     @classmethod
     def load(cls, workspace: Workspace, run_id: str = "latest") -> RunRecord:

@@ -8,6 +8,7 @@ code-generate, compiled by Numba and measured against NumPy and PyTorch.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +71,10 @@ def softmax_workspace(root: Path, *, slowed: bool = False) -> Workspace:
 
 
 def bench(workspace: Workspace, *arguments: str) -> tuple[int, dict]:
+    """The benchmark's JSON; no model is measured unless ``arguments`` name one."""
+    models = [] if "--model" in arguments else ["--model", "none"]
     result = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--json",
-                                 "--budget", BUDGET, *arguments])
+                                 "--budget", BUDGET, *models, *arguments])
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, json.loads(result.stdout)
 
@@ -190,3 +193,21 @@ def test_help_does_not_import_matplotlib():
             "r = tt.CliRunner().invoke(app, ['benchmark', '--help']); assert r.exit_code == 0;"
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported by --help'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_is_reported_beside_its_ceiling_and_a_bad_one_leaves_no_record(tmp_path):
+    workspace = softmax_workspace(tmp_path)
+    result = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--budget", BUDGET,
+                                 "--select", "softmax", "--model", "tiny", "--no-charts"],
+                           terminal_width=140)
+    assert result.exit_code == 0, result.output
+    assert "decoding speed" in result.stdout
+    for weights in ("fp32", "ternary"):
+        assert re.search(rf"decoder/tiny_decode_63 +{weights} .* ok", result.stdout), \
+            result.stdout
+    assert re.search(r"ternary ×\d+\.\d\d the fp32 tokens/s", result.stdout)
+    records = sorted(workspace.runs_dir.glob("2*"))
+    refused = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--model", "huge"])
+    assert refused.exit_code == 2
+    assert "--model huge: no decoder config of that name" in refused.stderr
+    assert sorted(workspace.runs_dir.glob("2*")) == records  # no record of the refused run

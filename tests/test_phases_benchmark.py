@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from koschei import calibration, machine
+from koschei import benchmark_models, calibration, machine
 from koschei.errors import UsageError
 from koschei.phases import benchmark
 from koschei.runs import RunRecord
@@ -101,6 +101,11 @@ def _engine_path_restored():
                 koschei.engine.__dict__.pop(name.rpartition(".")[2], None)
 
 
+def options(**values) -> benchmark.Options:
+    """The phase's options; no model is measured unless a test names one."""
+    return benchmark.Options(**{"models": [], **values})
+
+
 def make_workspace(root: Path, kernels: dict[str, float]) -> Workspace:
     """A workspace with one spec per name; the engine adds ``offset`` (0.0 = correct)."""
     (root / "specs" / "foundation").mkdir(parents=True)
@@ -121,7 +126,7 @@ def make_workspace(root: Path, kernels: dict[str, float]) -> Workspace:
 def measured(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     workspace = make_workspace(root, {"scale": 0.0, "shifted": 0.5})
-    result = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    result = benchmark.run(workspace, options(budget_s=BUDGET))
     return workspace, result
 
 
@@ -211,7 +216,7 @@ def test_select_and_errors(tmp_path):
     with pytest.raises(UsageError, match="nope"):
         benchmark.run(workspace, benchmark.Options(select=["nope"]))
     with pytest.raises(UsageError, match="--compare"):
-        benchmark.run(workspace, benchmark.Options(fail_on_regression=5))
+        benchmark.run(workspace, options(fail_on_regression=5))
 
 
 def save_run(workspace: Workspace, run_id: str, data: dict) -> None:
@@ -242,12 +247,12 @@ def scaled(data: dict, factors: dict[str, float], started_at: str) -> dict:
 def test_compare_gates_on_a_large_significant_regression(tmp_path):
     pytest.importorskip("scipy")
     workspace = make_workspace(tmp_path, {"scale": 0.0})
-    first = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET, compare="latest"))
+    first = benchmark.run(workspace, options(budget_s=BUDGET, compare="latest"))
     assert first.compared_with is None and any("nothing to compare" in n for n in first.notes)
     # the earlier engine a thousand times faster: no amount of machine noise hides that
     fast_run = save_record(workspace, scaled(first.to_dict(), {"engine": 1e-3}, "2000-01-01"))
-    gated = benchmark.run(workspace, benchmark.Options(budget_s=COMPARE_BUDGET, compare="latest",
-                                                       fail_on_regression=10))
+    gated = benchmark.run(workspace, options(budget_s=COMPARE_BUDGET, compare="latest",
+                                             fail_on_regression=10))
     assert gated.compared_with == fast_run
     for case in gated.cases:
         assert case.compare["status"] == "slower", case.compare
@@ -258,8 +263,8 @@ def test_compare_gates_on_a_large_significant_regression(tmp_path):
     assert not gated.ok
 
     slow_run = save_record(workspace, scaled(first.to_dict(), {"engine": 1e3}, "2001-01-01"))
-    latest = benchmark.run(workspace, benchmark.Options(budget_s=COMPARE_BUDGET, compare="latest",
-                                                        fail_on_regression=10))
+    latest = benchmark.run(workspace, options(budget_s=COMPARE_BUDGET, compare="latest",
+                                              fail_on_regression=10))
     assert latest.compared_with == slow_run
     assert latest.ok
     assert all(case.compare["status"] == "faster" for case in latest.cases)
@@ -301,16 +306,16 @@ def test_compare_refuses_another_machine_and_unknown_runs(tmp_path):
     save_run(workspace, "elsewhere", {"fingerprint": "0" * 16, "threads": 1, "cases": [],
                                       "started_at": "2000-01-01T00:00:00"})
     with pytest.raises(UsageError, match="fingerprint"):
-        benchmark.run(workspace, benchmark.Options(budget_s=BUDGET, compare="latest"))
+        benchmark.run(workspace, options(budget_s=BUDGET, compare="latest"))
     with pytest.raises(UsageError, match="no run 'missing'"):
-        benchmark.run(workspace, benchmark.Options(budget_s=BUDGET, compare="missing"))
+        benchmark.run(workspace, options(budget_s=BUDGET, compare="missing"))
 
 
 def test_the_current_run_record_is_never_its_own_baseline(tmp_path):
     workspace = make_workspace(tmp_path, {"scale": 0.0})
-    first = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    first = benchmark.run(workspace, options(budget_s=BUDGET))
     save_run(workspace, "current", first.to_dict())
-    result = benchmark.run(workspace, benchmark.Options(
+    result = benchmark.run(workspace, options(
         budget_s=BUDGET, compare="latest", record_dir=workspace.runs_dir / "current"))
     assert result.compared_with is None
 
@@ -429,7 +434,7 @@ def test_generated_kernels_measured_and_a_wrong_reference_caught(tmp_path):
     calibration.load_or_measure(workspace.runs_dir, calibration.resolve_threads(None),
                                 array_mib=2, gemm_n=128, repeats=2)
 
-    result = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    result = benchmark.run(workspace, options(budget_s=BUDGET))
     softmax, wrong = cases_of(result, "softmax"), cases_of(result, "softmax_doubled")
     assert [case.case for case in softmax] == ["64x512"]
     for case in softmax:
@@ -458,7 +463,7 @@ def test_optional_inputs_drawn_inputs_and_two_outputs_are_measured(tmp_path, fac
     code_generate.run(workspace, code_generate.Options())
     calibration.load_or_measure(workspace.runs_dir, calibration.resolve_threads(None),
                                 array_mib=2, gemm_n=128, repeats=2)
-    result = benchmark.run(workspace, benchmark.Options(budget_s=BUDGET))
+    result = benchmark.run(workspace, options(budget_s=BUDGET))
     [case] = result.cases
     assert case.verdict == verdict, case.error
     if verdict == "ok":
@@ -469,3 +474,68 @@ def test_optional_inputs_drawn_inputs_and_two_outputs_are_measured(tmp_path, fac
     else:
         assert case.error.startswith("engine output does not match the reference: y: ")
         assert case.contenders == {}
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decoding(tmp_path_factory):
+    workspace = make_workspace(tmp_path_factory.mktemp("models"), {"scale": 0.0})
+    return workspace, benchmark.run(workspace, benchmark.Options(
+        select=["scale"], models=["tiny"], budget_s=BUDGET, charts=False))
+
+
+def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(decoding):
+    from koschei.engine import Decoder, DecoderConfig
+
+    _, result = decoding
+    [case] = result.models
+    assert case.verdict == "ok", case.error
+    assert (case.model, case.config, case.label) == ("decoder", "tiny", "decoder/tiny_decode_63")
+    assert set(case.contenders) == {"fp32", "ternary"}
+    rounds = {timing.rounds for timing in case.contenders.values()}
+    assert len(rounds) == 1 and rounds.pop() >= benchmark.MIN_ROUNDS
+    config = DecoderConfig.named("tiny")
+    bandwidth = result.calibration["stream_triad_gbs"] * 1e9
+    for weights, entry in case.weights.items():
+        model = Decoder.random(config, weights=weights, max_len=case.context + 1)
+        assert entry.bytes_per_token == model.bytes_per_token(case.context + 1)
+        assert entry.tokens_per_s == pytest.approx(1 / case.contenders[weights].median_s)
+        assert entry.ceiling_tokens_per_s == pytest.approx(bandwidth / entry.bytes_per_token)
+        assert entry.ceiling_fraction == pytest.approx(
+            entry.tokens_per_s / entry.ceiling_tokens_per_s)
+        assert 0 <= entry.max_logit_error <= benchmark_models.LOGIT_TOLERANCE[weights]
+    fp32, ternary = case.contenders["fp32"].samples_s, case.contenders["ternary"].samples_s
+    assert case.speedup_ternary_vs_fp32 == pytest.approx(
+        statistics.median(f / t for f, t in zip(fp32, ternary, strict=True)))
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["models"][0]["weights"]["ternary"]["bytes_per_token"] < \
+        data["models"][0]["weights"]["fp32"]["bytes_per_token"]
+    assert result.counts == {"ok": 3}
+    from koschei import benchmark_report
+
+    table = benchmark_report.readme_table(result, "run", "koschei benchmark --readme")
+    for weights, entry in case.weights.items():
+        assert f"| decoder/tiny_decode_63 | {weights} | " in table
+        assert f"| {entry.tokens_per_s:.1f} | {entry.bytes_per_token / 1e6:.1f} | " in table
+
+
+def test_a_decoder_that_misses_its_reference_is_wrong_and_not_timed(tmp_path, monkeypatch):
+    workspace = make_workspace(tmp_path, {"scale": 0.0})
+    monkeypatch.setitem(benchmark_models.LOGIT_TOLERANCE, "fp32", 0.0)  # any rounding is off
+    result = benchmark.run(workspace, benchmark.Options(
+        select=["scale"], models=["tiny"], budget_s=BUDGET, charts=False))
+    [case] = result.models
+    assert case.verdict == "wrong" and case.contenders == {}
+    assert case.error.startswith("fp32: the decoding step's logits differ from the NumPy")
+    assert not result.ok
+
+
+def test_models_run_by_default_only_without_a_selection_and_unknown_ones_are_refused(tmp_path):
+    workspace = make_workspace(tmp_path, {"scale": 0.0})
+    result = benchmark.run(workspace, benchmark.Options(select=["scale"], budget_s=BUDGET,
+                                                        charts=False))
+    assert result.models == []
+    with pytest.raises(UsageError, match="--model huge: no decoder config of that name"):
+        benchmark.run(workspace, benchmark.Options(models=["huge"], budget_s=BUDGET))

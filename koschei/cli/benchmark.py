@@ -60,24 +60,61 @@ def benchmark(
         "--readme", help="Rewrite the table between <!-- benchmark:begin --> and "
                          "<!-- benchmark:end --> in the workspace's README.md from this run.",
     )] = False,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Measure the decoding speed of this decoder config, fp32 against ternary "
+                        "weights (default: igla_v2 when no --select is given; --model none for "
+                        "no model).", show_default=False)] = None,
 ) -> None:
     with handle_errors():
         from koschei.phases import benchmark as phase
         from koschei.runs import RunRecord
 
         names = [name.strip() for item in select or [] for name in item.split(",") if name.strip()]
+        models = None if model is None else \
+            [name.strip() for item in model for name in item.split(",")
+             if name.strip() and name.strip() != "none"]
         root_workspace = workspace(root)
-        record = RunRecord.create(root_workspace, "benchmark")
-        options = phase.Options(select=names or None, threads=threads, budget_s=budget,
-                                record_dir=record.dir, recalibrate=recalibrate, compare=compare,
-                                fail_on_regression=fail_on_regression, charts=charts,
-                                readme=readme)
-        result = phase.run(root_workspace, options, RichProgress())
-        record.save_phase("benchmark", result)
+        with RunRecord.recording(root_workspace, "benchmark") as record:
+            options = phase.Options(select=names or None, threads=threads, budget_s=budget,
+                                    record_dir=record.dir, recalibrate=recalibrate, compare=compare,
+                                    fail_on_regression=fail_on_regression, charts=charts,
+                                    readme=readme, models=models)
+            result = phase.run(root_workspace, options, RichProgress())
+            record.save_phase("benchmark", result)
         finish(result, json_output, render)
 
 
 # --- rendering ----------------------------------------------------------------------------------
+
+
+def render_models(models: list[Any], console: Console) -> None:
+    """Decoding speed per model and weights, beside the bandwidth ceiling of each."""
+    table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
+                  collapse_padding=True, title="decoding speed", title_justify="left")
+    for column in ("model", "weights", "step ±IQR", "tokens/s", "MB/token", "ceiling tok/s",
+                   "of ceiling", "verdict"):
+        table.add_column(column, justify="left" if column in ("model", "weights", "verdict")
+                         else "right", no_wrap=True)
+    for case in models:
+        for weights, entry in case.weights.items():
+            timing = case.contenders.get(weights)
+            table.add_row(
+                case.label, weights, format_timing(timing, spread=True),
+                f"{entry.tokens_per_s:.1f}" if entry.tokens_per_s else "—",
+                f"{entry.bytes_per_token / 1e6:.1f}" if entry.bytes_per_token else "—",
+                f"{entry.ceiling_tokens_per_s:.1f}" if entry.ceiling_tokens_per_s else "—",
+                f"{entry.ceiling_fraction * 100:.0f}%" if entry.ceiling_fraction else "—",
+                Text(case.verdict, style=VERDICT_STYLES.get(case.verdict, "")))
+    console.print()
+    print_wide(console, table)
+    for case in models:
+        if case.speedup_ternary_vs_fp32 is not None:
+            console.print(f"{case.label}: ternary ×{case.speedup_ternary_vs_fp32:.2f} the fp32 "
+                          f"tokens/s (paired rounds); ceilings at {case.bandwidth_gbs} GB/s",
+                          highlight=False)
+        if case.error:
+            console.print(Text(f"{case.label}: {case.verdict}: {case.error}",
+                               style=VERDICT_STYLES.get(case.verdict, "")))
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -220,6 +257,9 @@ def render(result: Any, console: Console) -> None:
         console.print(f"[dim]Δ: engine median against run {result.compared_with}; * marks a "
                       "change beyond the threshold, significant (Mann-Whitney p < 0.01) in "
                       "absolute time and relative to NumPy[/dim]", highlight=False)
+
+    if result.models:
+        render_models(result.models, console)
 
     measured = [c for c in result.cases if c.speedup_vs_numpy is not None]
     if measured:

@@ -44,11 +44,11 @@ def test_run(
 
         names = [name.strip() for item in select or [] for name in item.split(",") if name.strip()]
         root_workspace = workspace(root)
-        record = RunRecord.create(root_workspace, "test-run")
-        options = phase.Options(select=names or None, junit_xml=junit_xml,
-                                record_dir=record.dir)
-        result = phase.run(root_workspace, options, RichProgress())
-        record.save_phase("test_run", result)
+        with RunRecord.recording(root_workspace, "test-run") as record:
+            options = phase.Options(select=names or None, junit_xml=junit_xml,
+                                    record_dir=record.dir)
+            result = phase.run(root_workspace, options, RichProgress())
+            record.save_phase("test_run", result)
         finish(result, json_output, render)
 
 

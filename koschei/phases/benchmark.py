@@ -23,6 +23,10 @@ served from that level, so it is also measured against that level's own triad
 "faster than memory". Speedups are medians of the per-round time ratios (the contenders of one
 round ran back to back). The spec's ``bench.goals`` are reported as met or short by how much.
 
+Models (``koschei.benchmark_models``): the decoding speed of the engine's decoder with fp32 and
+with ternary weights, side by side with the bandwidth ceiling of each (DRAM bandwidth / bytes
+a step reads); by default for ``igla_v2`` when no spec is selected (``Options.models``).
+
 With ``compare``, each case's engine samples are tested against an earlier run's with a one-sided
 Mann-Whitney U test, both as absolute times and relative to the NumPy reference of the same round
 (which cancels drift of the machine between runs); a regression is slower by more than
@@ -48,8 +52,9 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
+from koschei import benchmark_models, machine
 from koschei import calibration as machine_calibration
-from koschei import machine
+from koschei.benchmark_models import ModelCaseResult
 from koschei.errors import UsageError
 from koschei.phases.base import Progress, Result, SilentProgress
 from koschei.specs.validate import case_label
@@ -81,6 +86,9 @@ class Options:
     fail_on_regression: float | None = None  # percent
     charts: bool = True  # roofline.png and speedup.png into record_dir (needs matplotlib)
     readme: bool = False  # rewrite the benchmark block of the workspace's README.md
+    # decoder configs whose decoding speed is measured (koschei.benchmark_models); None: igla_v2
+    # when no spec is selected, none otherwise
+    models: list[str] | None = None
 
 
 @dataclass
@@ -145,18 +153,19 @@ class BenchmarkResult(Result):
     compared_with: str | None = None
     fail_on_regression: float | None = None
     cases: list[CaseResult] = field(default_factory=list)
+    models: list[ModelCaseResult] = field(default_factory=list)  # decoding speed of models
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)  # image files beside the run record
 
     @property
     def ok(self) -> bool:
         """False when any case is wrong, a gated regression, or could not be measured (error)."""
-        return all(case.verdict == "ok" for case in self.cases)
+        return all(case.verdict == "ok" for case in [*self.cases, *self.models])
 
     @property
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for case in self.cases:
+        for case in [*self.cases, *self.models]:
             counts[case.verdict] = counts.get(case.verdict, 0) + 1
         return counts
 
@@ -911,6 +920,10 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                 f"add a line {benchmark_report.README_BEGIN} and a line "
                 f"{benchmark_report.README_END} where the table goes"))
     chosen = select_specs(load_specs(workspace), options.select)
+    models = options.models
+    if models is None:
+        models = [] if options.select else [benchmark_models.DEFAULT_CONFIG]
+    benchmark_models.check_configs(models)
     threads = machine_calibration.resolve_threads(options.threads)
     started_at = datetime.now(UTC).isoformat(timespec="microseconds")
     baseline = None
@@ -948,6 +961,14 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                 cases.append(run_case(workspace, loaded, case, options.budget_s, calibration,
                                       use_torch, progress))
                 progress.advance()
+        if models:
+            import koschei.engine
+
+            koschei.engine.use_workspace(workspace.root)  # the models run its kernels
+        model_cases = [benchmark_models.run_decoder_case(name, options.budget_s,
+                                                         calibration.bandwidth_bytes_per_s,
+                                                         progress)
+                       for name in models]
 
     result = BenchmarkResult(
         threads=threads, fingerprint=machine.fingerprint(), machine=machine.describe(),
@@ -965,7 +986,8 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                      "cache_capacity_bytes": dict(calibration.cache_capacity_bytes)},
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
         load_average=load,
-        fail_on_regression=options.fail_on_regression, cases=cases, notes=notes)
+        fail_on_regression=options.fail_on_regression, cases=cases, models=model_cases,
+        notes=notes)
     if options.compare is not None:
         if baseline is None:
             result.notes.append("no earlier run with benchmark results: nothing to compare with")

@@ -1,0 +1,138 @@
+"""Model cases of the benchmark: decoding speed of the engine's decoder, fp32 against ternary.
+
+For a decoder config (``igla_v2`` by default, 004's architecture) with random weights
+(``DecoderConfig.random_parameters(seed=0)``), one model with float32 projections and one with
+BitNet b1.58 ternary projections are built from the same parameters. Each gets a prompt of
+``context`` random tokens (its prefill fills the KV cache) and is checked before it is timed:
+the logits of one decoding step after the prompt must equal ``Decoder.reference_logits`` (the
+kernels' NumPy references composed over the whole sequence) within ``LOGIT_TOLERANCE`` of the
+largest logit. A model that does not match is "wrong" and not timed.
+
+Then the decoding steps are timed interleaved, round by round, as the kernel cases are: each call
+truncates the cache back to ``context`` positions and decodes one token, so every step attends
+over ``context + 1`` positions. Reported per weights: tokens/s (1 / median step), the bytes a
+step must read (``Decoder.bytes_per_token``: every weight in its stored form and the KV cache),
+the bandwidth ceiling (the DRAM bandwidth of the calibration / those bytes) and the fraction of
+it reached; and the paired speedup of ternary over fp32 (the median of per-round ratios).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from koschei.errors import UsageError
+
+DEFAULT_CONFIG = "igla_v2"
+DEFAULT_CONTEXT = 512
+WEIGHTS = ("fp32", "ternary")
+# The largest logit difference from the NumPy reference, as a share of the largest logit. Ternary
+# projections quantize their activations to int8 per token: values that the reference path and
+# the kernels compute a float32 rounding apart can land on neighbouring codes, and 12 layers add
+# those up (about 1.5e-2 on igla_v2 with random weights).
+LOGIT_TOLERANCE = {"fp32": 1e-4, "ternary": 5e-2}
+
+
+@dataclass
+class ModelWeightsResult:
+    tokens_per_s: float | None = None  # 1 / the median decoding step
+    bytes_per_token: int | None = None  # what one step must read
+    ceiling_tokens_per_s: float | None = None  # DRAM bandwidth / bytes_per_token
+    ceiling_fraction: float | None = None  # tokens_per_s / ceiling_tokens_per_s
+    weight_bytes: int | None = None
+    max_logit_error: float | None = None  # vs the reference, relative to the largest logit
+
+
+@dataclass
+class ModelCaseResult:
+    model: str  # "decoder"
+    config: str  # e.g. "igla_v2"
+    context: int  # positions in the cache before each timed step
+    verdict: str  # ok | wrong | error
+    error: str | None = None
+    contenders: dict[str, Any] = field(default_factory=dict)  # weights -> ContenderTiming
+    weights: dict[str, ModelWeightsResult] = field(default_factory=dict)
+    speedup_ternary_vs_fp32: float | None = None
+    stopped: str | None = None
+    bandwidth_gbs: float | None = None  # the DRAM bandwidth the ceilings use
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.config}_decode_{self.context}"
+
+
+def check_configs(names: list[str]) -> None:
+    """A UsageError unless every name is a decoder config."""
+    from koschei.engine.models.decoder import DecoderConfig
+
+    unknown = [name for name in names if name not in DecoderConfig.names()]
+    if unknown:
+        raise UsageError(f"--model {unknown[0]}: no decoder config of that name",
+                         hint=f"decoder configs: {', '.join(DecoderConfig.names())}")
+
+
+def run_decoder_case(config_name: str, budget_s: float, bandwidth_bytes_per_s: float,
+                     progress: Any, *, context: int = DEFAULT_CONTEXT) -> ModelCaseResult:
+    """Check, then time, one decoding step of the fp32 and the ternary decoder of a config."""
+    from koschei.engine.models.decoder import Decoder, DecoderConfig
+    from koschei.phases.benchmark import measure_interleaved, paired_speedup
+
+    config = DecoderConfig.named(config_name)
+    context = min(context, config.max_seq_length - 1)
+    result = ModelCaseResult(model="decoder", config=config_name, context=context,
+                             verdict="error", bandwidth_gbs=round(bandwidth_bytes_per_s / 1e9, 2))
+    progress.step(f"benchmark {result.label}: random weights, prefill of {context} tokens and "
+                  "a check against the NumPy references")
+    try:
+        parameters = config.random_parameters(0)
+        ids = np.random.default_rng(0).integers(0, config.vocab_size, context + 1)
+        models: dict[str, Any] = {}
+        for weights in WEIGHTS:
+            model = Decoder(config, parameters, weights=weights, max_len=context + 1)
+            model.forward(ids[:context])  # the prefill
+            step = model.forward(ids[context:])[0]  # (vocab,)
+            expected = model.reference_logits(ids)[-1]
+            error = float(np.abs(step - expected).max() / max(np.abs(expected).max(), 1e-30))
+            entry = ModelWeightsResult(bytes_per_token=model.bytes_per_token(context + 1),
+                                       weight_bytes=model.weight_nbytes, max_logit_error=error)
+            result.weights[weights] = entry
+            if not error <= LOGIT_TOLERANCE[weights]:
+                result.verdict = "wrong"
+                result.error = (f"{weights}: the decoding step's logits differ from the NumPy "
+                                f"references by {error:.3g} of the largest logit (tolerance "
+                                f"{LOGIT_TOLERANCE[weights]:g})")
+                return result
+            models[weights] = model
+        del parameters
+    except Exception as error:  # noqa: BLE001 - reported as the case's error
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+
+    def decoding_step(model: Any, token: np.ndarray) -> Any:
+        def call() -> Any:
+            model.cache.truncate(context)
+            return model.forward(token)
+        return call
+
+    progress.step(f"benchmark {result.label}: timing {', '.join(WEIGHTS)} decoding steps")
+    token = ids[context:]
+    try:
+        timings, result.stopped = measure_interleaved(
+            {weights: decoding_step(model, token) for weights, model in models.items()},
+            budget_s)
+    except Exception as error:  # noqa: BLE001
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+    result.contenders = timings
+    for weights, timing in timings.items():
+        entry = result.weights[weights]
+        entry.tokens_per_s = 1.0 / timing.median_s
+        entry.ceiling_tokens_per_s = bandwidth_bytes_per_s / entry.bytes_per_token
+        entry.ceiling_fraction = entry.tokens_per_s / entry.ceiling_tokens_per_s
+    result.speedup_ternary_vs_fp32 = paired_speedup(timings["fp32"], timings["ternary"])
+    result.verdict = "ok"
+    result.error = None
+    return result
