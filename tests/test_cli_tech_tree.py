@@ -89,7 +89,7 @@ def test_the_tree_shows_tiers_status_aliases_and_headlines(root):
     assert "✓ norm" in out and "○ gated" in out
     assert "llm_gated_unit" in out and "← norm" in out
     assert "×1.50 vs PyTorch" in out and "@ 4096x768" in out
-    assert "2 specs: 1 implemented ✓, 1 planned ○" in out
+    assert "2 specs: 1 implemented ✓, 0 composed ◆, 1 planned ○" in out
 
 
 @pytest.mark.parametrize(("form", "first_line"), [("mermaid", "flowchart LR"),

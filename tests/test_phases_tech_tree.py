@@ -71,7 +71,7 @@ SPECS = {
     "attention": ("attention", planned("attention", "attention", ["norm"])),
     "fused_attention": ("attention", planned("fused_attention", "attention",
                                              ["attention", "fast_norm"])),
-    "end": ("ffn", planned("end", "ffn", [])),
+    "end": ("ffn", planned("end", "ffn", []) + "composition: Decoder\n"),  # an engine model
 }
 EDGES = {("norm", "fast_norm"), ("norm", "attention"), ("attention", "fused_attention"),
          ("fast_norm", "fused_attention")}
@@ -112,6 +112,7 @@ def test_nodes_come_in_topological_order_with_dependents_and_counts(workspace):
 
     nodes = {node.name: node for node in result.nodes}
     assert nodes["norm"].status == "implemented" and nodes["fast_norm"].status == "planned"
+    assert nodes["end"].status == "composed" and nodes["end"].composition == "Decoder"
     assert sorted(nodes["norm"].dependents) == ["attention", "fast_norm"]
     assert nodes["fused_attention"].requires == ["attention", "fast_norm"]
     assert nodes["fast_norm"].aliases == ["v1_fast_norm"]
@@ -122,9 +123,13 @@ def test_nodes_come_in_topological_order_with_dependents_and_counts(workspace):
 
     assert result.tiers == ["foundation", "attention", "ffn"]  # the tree's own tier order
     assert result.counts["total"] == 5
-    assert (result.counts["implemented"], result.counts["planned"]) == (1, 4)
-    assert result.counts["by_tier"]["foundation"] == {"implemented": 1, "planned": 1}
-    assert result.counts["by_tier"]["attention"] == {"implemented": 0, "planned": 2}
+    assert (result.counts["implemented"], result.counts["composed"],
+            result.counts["planned"]) == (1, 1, 3)
+    assert result.counts["by_tier"]["foundation"] == {"implemented": 1, "composed": 0,
+                                                      "planned": 1}
+    assert result.counts["by_tier"]["attention"] == {"implemented": 0, "composed": 0,
+                                                     "planned": 2}
+    assert result.counts["by_tier"]["ffn"] == {"implemented": 0, "composed": 1, "planned": 0}
     assert result.export is None  # the rich tree is drawn by the command line
 
 
@@ -148,7 +153,8 @@ def test_mermaid_has_every_node_and_edge(workspace):
     assert "class norm implemented" in lines
     planned_line = next(line for line in lines if line.endswith(" planned"))
     assert set(planned_line.split()[1].split(",")) == {"fast_norm", "attention",
-                                                       "fused_attention", "end_"}
+                                                       "fused_attention"}
+    assert "class end_ composed" in lines
 
 
 def test_dot_is_a_well_formed_digraph(workspace):

@@ -492,3 +492,14 @@ def test_output_and_outputs_are_exclusive_and_every_output_is_checked(tmp_path):
     assert unbound == [
         ("specs/foundation/scale.yaml:15: signature.outputs[1].shape[0]: the output dimension "
          "'q' is not bound by an input dimension or an int parameter (known: n, d, groups)")]
+
+
+def test_a_composition_names_an_engine_model_and_excludes_a_kernel(tmp_path):
+    workspace = make_workspace(tmp_path / "unknown", {
+        "inference/cache.yaml": planned("cache", tier="inference") + "composition: Cache\n"})
+    [problem] = problems(workspace)
+    assert problem.startswith("specs/inference/cache.yaml:5: composition: 'Cache' is not a model "
+                              "of koschei.engine (its models: Decoder, DecoderConfig, KVCache")
+    both = scale_problems(tmp_path / "both", ("tier: foundation\n",
+                                              "tier: foundation\ncomposition: Decoder\n"))
+    assert len(both) == 1 and "a kernel or a composition, not both" in both[0]

@@ -23,12 +23,13 @@ from koschei.cli.common import (
     workspace,
 )
 
-STATUS_BADGES = {"implemented": ("✓", "bold green"), "planned": ("○", "dim")}
+STATUS_BADGES = {"implemented": ("✓", "bold green"), "composed": ("◆", "bold blue"),
+                 "planned": ("○", "dim")}
 
 
 @command("tech-tree", seed_name="tech_tree",
          summary="Show the technology tree of all specs by tier, with status (implemented ✓ / "
-                 "planned ○) and headline figures from the latest benchmark, or export it as "
+                 "composed ◆ / planned ○) and headline figures from the latest benchmark, or export it as "
                  "Mermaid, DOT or JSON.",
          example="koschei tech-tree --format mermaid > tree.mmd")
 def tech_tree(
@@ -62,8 +63,10 @@ def node_label(node: Any) -> Text:
     mark, style = STATUS_BADGES[node.status]
     label = Text()
     label.append(f"{mark} ", style=style)
-    label.append(node.name, style="bold" if node.status == "implemented" else "")
+    label.append(node.name, style="" if node.status == "planned" else "bold")
     label.append(f"  {node.title}")
+    if node.composition:
+        label.append(f"  = koschei.engine.{node.composition}", style="blue")
     if node.aliases:
         label.append(f"  ({', '.join(node.aliases)})", style="dim")
     if node.headline:
@@ -77,13 +80,13 @@ def render(result: Any, console: Console) -> None:
     counts = result.counts
     title = Text("technology tree", style="bold")
     title.append(f"  {counts['total']} specs: {counts['implemented']} implemented ✓, "
-                 f"{counts['planned']} planned ○", style="")
+                 f"{counts['composed']} composed ◆, {counts['planned']} planned ○", style="")
     if result.selected:
         title.append(f"  (selected: {result.selected})", style="dim")
     tree = Tree(title)
     for tier in result.tiers:
         tier_counts = counts["by_tier"][tier]
-        done, total = tier_counts["implemented"], tier_counts["implemented"] + tier_counts["planned"]
+        done, total = tier_counts["implemented"] + tier_counts["composed"], sum(tier_counts.values())
         branch = tree.add(Text.assemble((tier, "bold magenta"), (f"  {done}/{total} implemented",
                                                                   "dim")))
         for node in result.nodes:

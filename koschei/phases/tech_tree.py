@@ -23,7 +23,8 @@ from koschei.workspace import Workspace
 Format = Literal["tree", "mermaid", "dot", "json"]
 FORMATS: tuple[str, ...] = ("tree", "mermaid", "dot", "json")
 
-STATUS_MARKS = {"implemented": "✓", "planned": "○"}
+STATUS_MARKS = {"implemented": "✓", "composed": "◆", "planned": "○"}
+STATUSES = tuple(STATUS_MARKS)
 
 # Words Mermaid's flowchart grammar reserves; a node id equal to one gets a trailing "_".
 MERMAID_RESERVED = {"end", "graph", "flowchart", "subgraph", "class", "classdef", "style",
@@ -42,7 +43,7 @@ class TreeNode:
     name: str
     title: str
     tier: str
-    status: Literal["implemented", "planned"]
+    status: Literal["implemented", "composed", "planned"]
     relpath: str
     aliases: list[str] = field(default_factory=list)
     requires: list[str] = field(default_factory=list)
@@ -50,6 +51,7 @@ class TreeNode:
     paper: str | None = None
     claims: int = 0
     headline: str | None = None  # e.g. "×2.10 vs PyTorch · ×5.31 vs NumPy @ 4096x768"
+    composition: str | None = None  # the engine model that composes it, e.g. "KVCache"
 
 
 @dataclass
@@ -67,7 +69,8 @@ class TechTreeResult(Result):
     def summary(self) -> str:
         counts = self.counts
         return (f"{counts.get('total', 0)} specs in {len(self.tiers)} tiers: "
-                f"{counts.get('implemented', 0)} implemented, {counts.get('planned', 0)} planned")
+                f"{counts.get('implemented', 0)} implemented, {counts.get('composed', 0)} "
+                f"composed, {counts.get('planned', 0)} planned")
 
 
 # --- headline figures ---------------------------------------------------------------------------
@@ -178,8 +181,9 @@ def to_mermaid(result: TechTreeResult) -> str:
     for requirement, dependent in result.edges:
         lines.append(f"  {mermaid_id(requirement)} --> {mermaid_id(dependent)}")
     lines.append("  classDef implemented fill:#d9f2d9,stroke:#2e7d32")
+    lines.append("  classDef composed fill:#e3eefb,stroke:#1565c0")
     lines.append("  classDef planned fill:#f5f5f5,stroke:#9e9e9e,stroke-dasharray:4 3")
-    for status in ("implemented", "planned"):
+    for status in STATUSES:
         members = [mermaid_id(node.name) for node in result.nodes if node.status == status]
         if members:
             lines.append(f"  class {','.join(members)} {status}")
@@ -188,6 +192,11 @@ def to_mermaid(result: TechTreeResult) -> str:
 
 def _dot_text(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+DOT_STYLES = {"implemented": 'fillcolor="#d9f2d9", color="#2e7d32"',
+              "composed": 'fillcolor="#e3eefb", color="#1565c0"',
+              "planned": 'fillcolor="#f5f5f5", color="#9e9e9e", style="rounded,filled,dashed"'}
 
 
 def to_dot(result: TechTreeResult) -> str:
@@ -204,8 +213,7 @@ def to_dot(result: TechTreeResult) -> str:
             label = f"{STATUS_MARKS[node.status]} {node.name}\n{node.title}"
             if node.headline:
                 label += f"\n{node.headline}"
-            attributes = ('fillcolor="#d9f2d9", color="#2e7d32"' if node.status == "implemented"
-                          else 'fillcolor="#f5f5f5", color="#9e9e9e", style="rounded,filled,dashed"')
+            attributes = DOT_STYLES[node.status]
             lines.append(f"    {_dot_text(node.name)} [label={_dot_text(label)}, {attributes}];")
         lines.append("  }")
     for requirement, dependent in result.edges:
@@ -249,13 +257,12 @@ def paper_text(paper: Any) -> str | None:
 
 
 def count_nodes(nodes: list[TreeNode], tiers: list[str]) -> dict[str, Any]:
-    by_tier = {tier: {"implemented": 0, "planned": 0} for tier in tiers}
+    by_tier = {tier: dict.fromkeys(STATUSES, 0) for tier in tiers}
     for node in nodes:
         by_tier[node.tier][node.status] += 1
     return {
         "total": len(nodes),
-        "implemented": sum(1 for node in nodes if node.status == "implemented"),
-        "planned": sum(1 for node in nodes if node.status == "planned"),
+        **{status: sum(1 for node in nodes if node.status == status) for status in STATUSES},
         "by_tier": by_tier,
     }
 
@@ -278,7 +285,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
             name=spec.name, title=spec.title, tier=spec.tier, status=spec.status,
             relpath=loaded.relpath, aliases=list(spec.aliases), requires=list(spec.requires),
             paper=paper_text(spec.paper), claims=len(spec.claims),
-            headline=headlines.get(spec.name)))
+            headline=headlines.get(spec.name), composition=spec.composition))
     by_name = {node.name: node for node in nodes}
     for node in nodes:
         for requirement in node.requires:

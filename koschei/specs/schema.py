@@ -220,6 +220,9 @@ class Spec(Strict):
     claims: list[Claim] = []
 
     kernel: Kernel | None = None
+    # The engine model that composes kernels into this technique (no kernel of its own), as its
+    # name in koschei.engine, e.g. "KVCache" or "Decoder".
+    composition: str | None = None
     signature: Signature | None = None
     reference: str | None = None  # Python source defining ``reference(...)`` with NumPy
     # Python source defining ``draw(rng, dims, params)``: a dict of the inputs that tests and
@@ -231,11 +234,17 @@ class Spec(Strict):
     bench: Bench | None = None
 
     @property
-    def status(self) -> Literal["implemented", "planned"]:
-        return "implemented" if self.kernel is not None else "planned"
+    def status(self) -> Literal["implemented", "composed", "planned"]:
+        """implemented: a kernel of its own; composed: an engine model built of kernels;
+        planned: identity and claims only."""
+        if self.kernel is not None:
+            return "implemented"
+        return "composed" if self.composition is not None else "planned"
 
     @model_validator(mode="after")
     def _implemented_specs_are_complete(self) -> Spec:
+        if self.kernel is not None and self.composition is not None:
+            raise ValueError("a spec has a kernel or a composition, not both")
         if self.kernel is not None:
             missing = [f for f in ("signature", "reference", "tests") if getattr(self, f) is None]
             if missing:

@@ -103,6 +103,7 @@ class _SpecChecker:
         if self.spec.signature is not None:
             self.signature()
         self.python_sources()
+        self.composition()
         self.tunables()
         for section, verb in (("tests", "need"), ("bench", "needs")):
             if getattr(self.spec, section) is not None and self.spec.signature is None:
@@ -351,6 +352,15 @@ class _SpecChecker:
         return True
 
     # embedded Python -----------------------------------------------------------------------
+
+    def composition(self) -> None:
+        """A composition names an engine model (read from its package without importing it)."""
+        from koschei.engine.models import EXPORTS
+
+        name = self.spec.composition
+        if name is not None and name not in EXPORTS:
+            self.add(("composition",), f"{name!r} is not a model of koschei.engine (its models: "
+                     f"{', '.join(sorted(EXPORTS))})")
 
     def python_sources(self) -> None:
         spec = self.spec
