@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +45,7 @@ from numba import njit, prange
 from koschei import machine
 from koschei.engine import _runtime as _rt  # Numba's cache folder, set before any kernel
 from koschei.errors import UsageError
+from koschei.files import write_json_atomic
 
 CALIBRATION_FORMAT = 3  # 2: cache-level triads; 3: the triad with non-temporal stores too
 STREAM_COUNTED_ARRAYS = 3  # read b, read c, write a; write-allocate traffic is not counted
@@ -370,19 +370,6 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def load_or_measure(runs_dir: Path, threads: int, *, recalibrate: bool = False,
                     array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = DEFAULT_GEMM_N,
                     repeats: int = 5) -> tuple[Calibration, bool]:
@@ -405,7 +392,7 @@ def load_or_measure(runs_dir: Path, threads: int, *, recalibrate: bool = False,
     calibration = measure(threads, array_mib=array_mib, gemm_n=gemm_n, repeats=repeats)
     by_threads = dict(stored.get("by_threads", {}))
     by_threads[str(threads)] = asdict(calibration)
-    _write_atomically(path, {
+    write_json_atomic(path, sort_keys=True, data={
         "format": CALIBRATION_FORMAT,
         "fingerprint": fingerprint,
         "machine": machine.describe(),
