@@ -26,5 +26,4 @@ cycle: setup
 	cd $(WORKSPACE) && $(abspath $(BIN))/koschei cycle
 
 lint: setup
-	$(BIN)/pip install --quiet ruff
 	$(BIN)/ruff check koschei tests

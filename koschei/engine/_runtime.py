@@ -47,6 +47,11 @@ from numba.extending import intrinsic
 # Numba was imported earlier by someone else: its configuration is read, so set it directly.
 _numba_config.CACHE_DIR = str(CACHE_DIR)
 
+# The generated modules take Numba's decorator and parallel range from here, so that Numba is
+# imported after its cache folder is chosen.
+njit = numba.njit
+prange = numba.prange
+
 
 # --- describing what was passed -----------------------------------------------------------------
 

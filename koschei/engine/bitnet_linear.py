@@ -27,7 +27,7 @@ bitnet_linear(x, packed, scale, *, out=None) checks its arguments, then runs the
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
 __all__ = ["bitnet_linear", "reference"]
 

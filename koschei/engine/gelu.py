@@ -22,7 +22,7 @@ gelu(x, *, approximate="none", out=None) checks its arguments, then runs the ker
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
 __all__ = ["gelu", "reference"]
 

@@ -25,7 +25,7 @@ int8_linear(x, q, scale, bias=None, *, out=None) checks its arguments, then runs
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
 __all__ = ["int8_linear", "reference"]
 

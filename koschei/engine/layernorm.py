@@ -18,7 +18,7 @@ the "rowwise" family; reference(...) is the plain NumPy definition it is tested 
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
 __all__ = ["layernorm", "reference"]
 

@@ -17,7 +17,7 @@ linear(x, weight, bias=None, *, out=None) checks its arguments, then runs the ke
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
 __all__ = ["linear", "reference"]
 

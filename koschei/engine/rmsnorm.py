@@ -18,9 +18,9 @@ rmsnorm(x, weight, *, eps=1e-06, out=None) checks its arguments, then runs the k
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
-__all__ = ["rmsnorm", "reference"]
+__all__ = ["reference", "rmsnorm"]
 
 _FUNCTION = "rmsnorm"
 _FLOAT32 = np.dtype("float32")

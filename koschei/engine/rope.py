@@ -25,9 +25,9 @@ rope(x, positions, *, theta=10000.0, out=None) checks its arguments, then runs t
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
-__all__ = ["rope", "reference"]
+__all__ = ["reference", "rope"]
 
 _FUNCTION = "rope"
 _FLOAT32 = np.dtype("float32")

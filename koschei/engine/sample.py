@@ -28,9 +28,9 @@ tested against.
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
-__all__ = ["sample", "reference"]
+__all__ = ["reference", "sample"]
 
 _FUNCTION = "sample"
 _FLOAT32 = np.dtype("float32")

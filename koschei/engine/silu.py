@@ -21,9 +21,9 @@ reference(...) is the plain NumPy definition it is tested against.
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
-__all__ = ["silu", "reference"]
+__all__ = ["reference", "silu"]
 
 _FUNCTION = "silu"
 _FLOAT32 = np.dtype("float32")

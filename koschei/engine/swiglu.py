@@ -20,9 +20,9 @@ swiglu(x, w_gate, w_up, w_down, *, out=None) checks its arguments, then runs the
 import numpy as np
 
 from koschei.engine import _runtime as _rt  # sets Numba's cache folder before Numba loads
-from numba import njit, prange
+from koschei.engine._runtime import njit, prange
 
-__all__ = ["swiglu", "reference"]
+__all__ = ["reference", "swiglu"]
 
 _FUNCTION = "swiglu"
 _FLOAT32 = np.dtype("float32")

@@ -243,8 +243,12 @@ def test_random_shapes_match_the_reference(data):
 def test_invariant_outputs_lie_within_the_values(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    q, k, v, alibi_slopes, key_padding_mask = inputs.values()
-    out = attention(**inputs, **params)
+    outcome = results(attention(**inputs, **params))
+    k = inputs["k"]
+    key_padding_mask = inputs["key_padding_mask"]
+    out = outcome[0]
+    q = inputs["q"]
+    v = inputs["v"]
     assert bool(np.all((out <= np.repeat(v.max(axis=0), q.shape[1] // k.shape[1], axis=0)[None] + 1e-5) & (out >= np.repeat(v.min(axis=0), q.shape[1] // k.shape[1], axis=0)[None] - 1e-5) | (key_padding_mask is not None) & np.all(out == 0, axis=2, keepdims=True))), "invariant outputs_lie_within_the_values does not hold"
 
 
@@ -252,9 +256,13 @@ def test_invariant_outputs_lie_within_the_values(label, dims, params, with_input
 def test_invariant_the_first_causal_query_of_a_prompt_copies_the_first_value(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    q, k, v, alibi_slopes, key_padding_mask = inputs.values()
-    out = attention(**inputs, **params)
+    outcome = results(attention(**inputs, **params))
     causal = {**DEFAULTS, **params}.get("causal")
+    k = inputs["k"]
+    key_padding_mask = inputs["key_padding_mask"]
+    out = outcome[0]
+    q = inputs["q"]
+    v = inputs["v"]
     assert not causal or q.shape[0] != k.shape[0] or key_padding_mask is not None and key_padding_mask[0] or np.allclose(out[0], np.repeat(v[0], q.shape[1] // k.shape[1], axis=0), rtol=0, atol=1e-6), "invariant the_first_causal_query_of_a_prompt_copies_the_first_value does not hold"
 
 
@@ -549,29 +557,29 @@ def test_a_query_that_sees_no_key_gets_zeros():
     padded[:38] = True  # the first query (position 37) sees only padded keys
     for threads in (1, _runtime.max_threads()):
         with _runtime.threads(threads):
-            out = attention(q, k, v, **{ "key_padding_mask": padded})
+            out = attention(q, k, v, key_padding_mask=padded)
         np.testing.assert_array_equal(out[0], 0.0)
         assert np.all(np.isfinite(out)) and not np.all(out[1:] == 0)
     everything = np.ones(40, dtype=bool)
     long_k, long_v = (rng.standard_normal((2048, 2, 8), dtype=np.float32) for _ in range(2))
-    assert not np.any(attention(q[:1], long_k, long_v, **{ "key_padding_mask": np.ones(2048, dtype=bool)}))
-    assert not np.any(attention(q, k, v, causal=False, **{ "key_padding_mask": everything}))
+    assert not np.any(attention(q[:1], long_k, long_v, key_padding_mask=np.ones(2048, dtype=bool)))
+    assert not np.any(attention(q, k, v, causal=False, key_padding_mask=everything))
 
 
 def test_zero_slopes_are_no_bias_and_steep_slopes_see_only_the_nearest_keys():
     rng = np.random.default_rng(1)
     q, k, v = (rng.standard_normal(shape, dtype=np.float32) for shape in [(16, 4, 8), (64, 2, 8), (64, 2, 8)])
     zero = np.zeros(4, dtype=np.float32)
-    np.testing.assert_allclose(attention(q, k, v, **{ "alibi_slopes": zero}), attention(q, k, v), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(attention(q, k, v, alibi_slopes=zero), attention(q, k, v), rtol=1e-6, atol=1e-7)
     # a slope of 100 per position: a causal query attends (to float32 precision) to itself only
     steep = np.full(4, 100.0, dtype=np.float32)
     own = np.repeat(v[48:], 2, axis=1)  # (16, 4, 8): each query's own value, per query head
-    np.testing.assert_allclose(attention(q, k, v, **{ "alibi_slopes": steep}), own, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(attention(q, k, v, alibi_slopes=steep), own, rtol=1e-5, atol=1e-5)
     # not causal, the bias is symmetric (-slope |p - j|): mirroring the positions mirrors the
     # outputs (a linear slope (j - p) would not)
     slopes = np.linspace(0.05, 0.8, 4).astype(np.float32)
     q, k, v = (rng.standard_normal((33, heads, 8), dtype=np.float32) for heads in (4, 2, 2))
-    forward = attention(q, k, v, causal=False, **{ "alibi_slopes": slopes})
+    forward = attention(q, k, v, causal=False, alibi_slopes=slopes)
     mirrored = attention(*(np.ascontiguousarray(t[::-1]) for t in (q, k, v)), causal=False,
-                      **{ "alibi_slopes": slopes})
+                      alibi_slopes=slopes)
     np.testing.assert_allclose(mirrored[::-1], forward, rtol=1e-5, atol=1e-6)

@@ -196,8 +196,9 @@ def test_random_shapes_match_the_reference(data):
 def test_invariant_each_pair_keeps_its_length(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    x, positions = inputs.values()
-    out = rope(**inputs, **params)
+    outcome = results(rope(**inputs, **params))
+    out = outcome[0]
+    x = inputs["x"]
     assert np.allclose(out[..., : x.shape[-1] // 2] ** 2 + out[..., x.shape[-1] // 2 :] ** 2, x[..., : x.shape[-1] // 2] ** 2 + x[..., x.shape[-1] // 2 :] ** 2, rtol=1e-4, atol=1e-5), "invariant each_pair_keeps_its_length does not hold"
 
 
@@ -205,8 +206,10 @@ def test_invariant_each_pair_keeps_its_length(label, dims, params, with_inputs):
 def test_invariant_position_zero_is_the_identity(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    x, positions = inputs.values()
-    out = rope(**inputs, **params)
+    outcome = results(rope(**inputs, **params))
+    out = outcome[0]
+    positions = inputs["positions"]
+    x = inputs["x"]
     assert np.array_equal(out[positions == 0], x[positions == 0]), "invariant position_zero_is_the_identity does not hold"
 
 
@@ -214,8 +217,10 @@ def test_invariant_position_zero_is_the_identity(label, dims, params, with_input
 def test_invariant_the_first_pair_turns_by_the_position(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    x, positions = inputs.values()
-    out = rope(**inputs, **params)
+    outcome = results(rope(**inputs, **params))
+    out = outcome[0]
+    positions = inputs["positions"]
+    x = inputs["x"]
     assert np.allclose(out[:, :, 0], x[:, :, 0] * np.cos(positions)[:, None] - x[:, :, x.shape[-1] // 2] * np.sin(positions)[:, None], rtol=1e-4, atol=1e-4), "invariant the_first_pair_turns_by_the_position does not hold"
 
 

@@ -9,13 +9,12 @@ arguments.
 
 import importlib
 import inspect
-import math
 import re
 import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 try:
@@ -189,8 +188,9 @@ def test_random_shapes_match_the_reference(data):
 def test_invariant_tokens_are_ids_of_the_vocabulary(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    logits, = inputs.values()
-    out = sample(**inputs, **params)
+    outcome = results(sample(**inputs, **params))
+    logits = inputs["logits"]
+    out = outcome[0]
     assert bool(np.all((out >= 0) & (out < logits.shape[-1]))), "invariant tokens_are_ids_of_the_vocabulary does not hold"
 
 
@@ -198,8 +198,9 @@ def test_invariant_tokens_are_ids_of_the_vocabulary(label, dims, params, with_in
 def test_invariant_tokens_are_among_the_top_k(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    logits, = inputs.values()
-    out = sample(**inputs, **params)
+    outcome = results(sample(**inputs, **params))
+    logits = inputs["logits"]
+    out = outcome[0]
     temperature = {**DEFAULTS, **params}.get("temperature")
     top_k = {**DEFAULTS, **params}.get("top_k")
     assert temperature == 0 or not 0 < top_k < logits.shape[-1] or bool(np.all( np.take_along_axis(logits, out[..., None], axis=-1)[..., 0] >= np.sort(logits, axis=-1)[..., -top_k])), "invariant tokens_are_among_the_top_k does not hold"
@@ -209,8 +210,9 @@ def test_invariant_tokens_are_among_the_top_k(label, dims, params, with_inputs):
 def test_invariant_greedy_is_the_argmax(label, dims, params, with_inputs):
     params = seeded(params, case_seed(label))
     inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    logits, = inputs.values()
-    out = sample(**inputs, **params)
+    outcome = results(sample(**inputs, **params))
+    logits = inputs["logits"]
+    out = outcome[0]
     temperature = {**DEFAULTS, **params}.get("temperature")
     assert temperature != 0 or np.array_equal(out, np.argmax(logits, axis=-1)), "invariant greedy_is_the_argmax does not hold"
 
