@@ -166,6 +166,20 @@ def test_the_kernels_references_composed_give_the_logits_of_forward(parameters, 
     assert np.abs(broken.reference_logits(ids) - logits).max() > 1e-3 * scale
 
 
+def test_a_prompt_longer_than_a_prefill_chunk_runs_in_chunks_alike(parameters, monkeypatch):
+    from koschei.engine.models import decoder as module
+
+    ids = np.random.default_rng(6).integers(0, CONFIG.vocab_size, 19)
+    whole = Decoder(CONFIG, parameters, max_len=32)
+    expected, greedy = whole.forward(ids), whole.generate(ids, 3, temperature=0)
+    monkeypatch.setattr(module, "PREFILL_CHUNK", 8)  # chunks of 8, 8 and 3 tokens
+    chunked = Decoder(CONFIG, parameters, max_len=32)
+    np.testing.assert_allclose(chunked.forward(ids), expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+    assert chunked.length == 19
+    np.testing.assert_array_equal(chunked.generate(ids, 3, temperature=0), greedy)
+
+
 def test_a_chunked_prefill_equals_one_prefill(parameters):
     """Feeding the prompt in chunks (queries are the last n of the cached positions)."""
     decoder = Decoder(CONFIG, parameters)

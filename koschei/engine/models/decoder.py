@@ -27,9 +27,10 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
 The kernels: ``rmsnorm``, ``rope``, ``attention``, ``linear`` (float32 projections and the
-logits), ``swiglu`` (a float32 prefill's FFN), ``silu`` (the FFN of a decoding step and of ternary
-weights), ``bitnet_linear`` (ternary projections) and ``sample``; the embedding gather and the
-residual adds are NumPy. Every buffer of a decoding step is allocated once per model and reused.
+logits), ``silu`` (the FFN's gate: swiglu's computation in the model's own buffers),
+``bitnet_linear`` (ternary projections) and ``sample``; the embedding gather and the residual adds
+are NumPy. Every buffer of a decoding step is allocated once per model and reused. A prompt runs
+in chunks of at most ``PREFILL_CHUNK`` tokens, so that no step calls BLAS.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from koschei.engine import (
     rope,
     sample,
     silu,
-    swiglu,
 )
 from koschei.engine.models.kv_cache import KVCache
 
@@ -64,6 +64,10 @@ _WEIGHTS = ("fp32", "ternary")
 _KV_DTYPES = ("float32", "int8")
 # the standard deviation of the random weights (GPT-2's and Llama's initializer range)
 DEFAULT_INIT_STD = 0.02
+# A prompt runs in chunks of at most this many tokens: linear computes them in its Numba tiles
+# on every thread (more rows go to BLAS, whose spinning threads would stall Numba's kernels);
+# a 511-token igla_v2 prefill takes 0.69 s so, 1.33 s with Numba held to one thread beside BLAS.
+PREFILL_CHUNK = 512
 
 
 # --- the configuration ----------------------------------------------------------------------------
@@ -245,8 +249,7 @@ class _Layer:
 class _Buffers:
     """Every intermediate of a forward pass over n tokens, allocated once."""
 
-    def __init__(self, config: DecoderConfig, n: int, logits_rows: int, *,
-                 ternary: bool) -> None:
+    def __init__(self, config: DecoderConfig, n: int, logits_rows: int) -> None:
         d, hd, f = config.hidden_size, config.head_dim, config.intermediate_size
         hq, hkv = config.num_heads, config.num_kv_heads
         self.n = n
@@ -260,10 +263,9 @@ class _Buffers:
         self.k_rotated = np.zeros((n, hkv, hd), dtype=np.float32)
         self.attended = np.zeros((n, hq, hd), dtype=np.float32)
         self.projected = np.zeros((n, d), dtype=np.float32)  # attention or FFN output
-        if ternary or n == 1:  # the FFN's hidden activations (swiglu keeps its own)
-            self.gate = np.zeros((n, f), dtype=np.float32)
-            self.up = np.zeros((n, f), dtype=np.float32)
-            self.activated = np.zeros((n, f), dtype=np.float32)
+        self.gate = np.zeros((n, f), dtype=np.float32)  # the FFN's hidden activations
+        self.up = np.zeros((n, f), dtype=np.float32)
+        self.activated = np.zeros((n, f), dtype=np.float32)
         self.logits = np.zeros((logits_rows, config.vocab_size), dtype=np.float32)
 
 
@@ -381,9 +383,7 @@ class Decoder:
         From an empty cache this is the prefill of a prompt; one id at a time it is decoding.
         The keys and values of the n tokens are added to the cache."""
         ids = self._check_ids("Decoder.forward", ids, self.cache.length)
-        n = ids.shape[0]
-        buffers = self._step_buffers if n == 1 else self._buffers(n, n)
-        return self._run(ids, buffers, last_only=False).copy()
+        return self._prefill(ids, last_only=False)
 
     def generate(self, ids: np.ndarray, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0,
@@ -408,8 +408,7 @@ class Decoder:
         self.reset()
         new_ids = np.zeros(max_new_tokens, dtype=np.int64)
         buffers = self._step_buffers
-        prompt_buffers = buffers if ids.shape[0] == 1 else self._buffers(ids.shape[0], 1)
-        logits = self._run(ids, prompt_buffers, last_only=True)  # (1, vocab)
+        logits = self._prefill(ids, last_only=True)  # (1, vocab)
         token = np.zeros(1, dtype=np.int64)  # sampled, then the input of the next step
         for index in range(max_new_tokens):
             sampling(logits, token)
@@ -447,22 +446,38 @@ class Decoder:
     # --- the computation ----------------------------------------------------------------------
 
     def _buffers(self, n: int, logits_rows: int) -> _Buffers:
-        return _Buffers(self.config, n, logits_rows, ternary=self.weights == "ternary")
+        return _Buffers(self.config, n, logits_rows)
+
+    def _prefill(self, ids: np.ndarray, *, last_only: bool) -> np.ndarray:
+        """The logits (a new array) of ``ids`` fed after the cached positions, in chunks of at
+        most PREFILL_CHUNK tokens: of the last token (last_only) or of every token."""
+        n = ids.shape[0]
+        if n == 1:
+            return self._run(ids, self._step_buffers, last_only=last_only).copy()
+        start = self.cache.length
+        logits = np.empty((1 if last_only else n, self.config.vocab_size), dtype=_FLOAT32)
+        try:
+            for begin in range(0, n, PREFILL_CHUNK):
+                chunk = ids[begin:begin + PREFILL_CHUNK]
+                last_chunk = begin + chunk.shape[0] == n
+                if last_only and not last_chunk:
+                    self._run(chunk, self._buffers(chunk.shape[0], 1), last_only=True)
+                elif last_only:
+                    logits[:] = self._run(chunk, self._buffers(chunk.shape[0], 1),
+                                          last_only=True)
+                else:
+                    logits[begin:begin + chunk.shape[0]] = self._run(
+                        chunk, self._buffers(chunk.shape[0], chunk.shape[0]), last_only=False)
+        except BaseException:
+            self.cache.truncate(start)  # an interrupted prefill leaves the cache as it was
+            raise
+        return logits
 
     def _run(self, ids: np.ndarray, buffers: _Buffers, *, last_only: bool) -> np.ndarray:
-        """Logits of the last token (last_only) or of every token: buffers.logits.
-
-        Several float32 tokens run their matrix products in BLAS (linear and swiglu hand them
-        to np.matmul); meanwhile Numba's kernels run on one thread, because OpenBLAS's threads
-        busy-wait after each call and a parallel Numba kernel then waits for a core (a 511-token
-        igla_v2 prefill: 0.7 s so, 1.1 s with both pools on two cores). A decoding step and
-        ternary weights call no BLAS: there Numba's kernels use every thread."""
+        """Logits of the last token (last_only) or of every token: buffers.logits."""
         cache = self.cache
         start = cache.length
         try:
-            if self.weights == "fp32" and ids.shape[0] > 1:
-                with _rt.threads(1):
-                    return self._layers_and_logits(ids, buffers, start, last_only)
             return self._layers_and_logits(ids, buffers, start, last_only)
         except BaseException:
             cache.truncate(start)  # an interrupted step leaves the cache as it was
@@ -495,7 +510,7 @@ class Decoder:
                       out=b.attended)
             layer.o_proj(attended_rows, b.projected)
             np.add(b.x, b.projected, out=b.x)
-            # feed-forward block: x += swiglu(h)
+            # feed-forward block: x += swiglu(h), see _feed_forward
             rmsnorm(b.x, layer.ffn_norm, eps=eps, out=b.h)
             self._feed_forward(layer, b)
             np.add(b.x, b.projected, out=b.x)
@@ -505,15 +520,9 @@ class Decoder:
         return b.logits
 
     def _feed_forward(self, layer: _Layer, b: _Buffers) -> None:
-        """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T.
-
-        swiglu for several float32 tokens (its three GEMMs in BLAS); otherwise the projections
-        (linear's Numba GEMV for one float32 token, bitnet_linear for ternary weights), silu
-        and the product, so that a decoding step never wakes BLAS's threads."""
-        if self.weights == "fp32" and b.n > 1:
-            swiglu(b.h, layer.gate_proj.weight, layer.up_proj.weight, layer.down_proj.weight,
-                   out=b.projected)
-            return
+        """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T: swiglu's computation, in
+        this model's buffers and projections (float32 ones through linear, ternary ones through
+        bitnet_linear)."""
         layer.gate_proj(b.h, b.gate)  # (n, f)
         layer.up_proj(b.h, b.up)
         silu(b.gate, out=b.activated)
