@@ -142,13 +142,14 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.2f}×"
 
 
-def _seconds(seconds: float | None) -> str:
+def format_seconds(seconds: float | None, separator: str = " ") -> str:
+    """A duration in s, ms, µs or ns with three significant digits ("—" for none)."""
     if seconds is None or not math.isfinite(seconds):
         return "—"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
+            return f"{seconds / scale:.3g}{separator}{unit}"
+    return f"{seconds / 1e-9:.3g}{separator}ns"
 
 
 def _roofline(case: Any) -> str:
@@ -199,7 +200,7 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
 
         def median(name: str, contenders: dict[str, Any] = contenders) -> str:
             timing = contenders.get(name)
-            return _seconds(timing.median_s if timing is not None else None)
+            return format_seconds(timing.median_s if timing is not None else None)
 
         lines.append(
             f"| {case.spec}/{case.case} | {median('engine')} | {median('numpy')} | "
@@ -215,9 +216,9 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
             if model.verdict != "ok":
                 lines.append(f"| {model.label} | {weights} | {model.verdict} | | | | |")
                 continue
+            step = format_seconds(model.contenders[weights].median_s)
             lines.append(
-                f"| {model.label} | {weights} | "
-                f"{_seconds(model.contenders[weights].median_s)} | {entry.tokens_per_s:.1f} | "
+                f"| {model.label} | {weights} | {step} | {entry.tokens_per_s:.1f} | "
                 f"{entry.bytes_per_token / 1e6:.1f} | {entry.ceiling_tokens_per_s:.1f} | "
                 f"{entry.ceiling_fraction * 100:.0f}% |")
         if model.speedup_ternary_vs_fp32 is not None:

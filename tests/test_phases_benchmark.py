@@ -85,20 +85,7 @@ def {name}(x, *, alpha=2.0, out=None):
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _engine_path_restored():
-    """The phase points ``koschei.engine`` at each test workspace; put it back afterwards."""
-    import koschei.engine
-
-    saved = list(koschei.engine.__path__)
-    yield
-    koschei.engine.__path__[:] = saved
-    for name, module in list(sys.modules.items()):
-        if name.startswith("koschei.engine.") and not name.startswith("koschei.engine._"):
-            origin = str(Path(getattr(module, "__file__", "") or "").resolve())
-            if not any(origin.startswith(str(Path(folder).resolve())) for folder in saved):
-                del sys.modules[name]
-                koschei.engine.__dict__.pop(name.rpartition(".")[2], None)
+pytestmark = pytest.mark.usefixtures("engine_path_restored")
 
 
 def options(**values) -> benchmark.Options:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from koschei.benchmark_report import format_seconds
 from koschei.cli.app import command
 from koschei.cli.common import (
     JsonOption,
@@ -117,20 +118,11 @@ def render_models(models: list[Any], console: Console) -> None:
                                style=VERDICT_STYLES.get(case.verdict, "")))
 
 
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g}{unit}"
-    return f"{seconds / 1e-9:.3g}ns"
-
-
 def format_timing(timing: Any, *, spread: bool = False) -> str:
     """Median time, with the interquartile range as a percentage of it when ``spread``."""
     if timing is None:
         return "—"
-    text = format_seconds(timing.median_s)
+    text = format_seconds(timing.median_s, separator="")
     if spread and timing.median_s:
         text += f" ±{timing.iqr_s / timing.median_s * 100:.0f}%"
     return text
