@@ -159,16 +159,23 @@ def _roofline(case: Any) -> str:
     return f"{case.level_roofline_fraction:.0%} {where}"
 
 
+def goal_outcome(goal: dict[str, Any]) -> str:
+    """A goal with what was measured: "×PyTorch ≥ 3: 1.74×, short by 42% (needs 3.00×)"."""
+    target, measured = goal["target"], goal["measured"]
+
+    def show(value: float) -> str:
+        return f"{value:.0%}" if goal["kind"] == "roofline" else f"{value:.2f}×"
+
+    if measured is None:
+        return f"{goal['goal']}: not measured"
+    if goal["met"]:
+        return f"{goal['goal']}: {show(measured)}, met"
+    return (f"{goal['goal']}: {show(measured)}, short by {goal['short_by_pct']:.0f}% "
+            f"(needs {show(target)})")
+
+
 def _goals(case: Any) -> str:
-    parts = []
-    for goal in case.goals:
-        if goal["met"] is None:
-            parts.append(f"{goal['goal']}: unmeasured")
-        elif goal["met"]:
-            parts.append(f"{goal['goal']}: met")
-        else:
-            parts.append(f"{goal['goal']}: short by {goal['short_by_pct']:.0f}%")
-    return "; ".join(parts)
+    return "; ".join(goal_outcome(goal) for goal in case.goals)
 
 
 def readme_table(result: Any, run_id: str, command: str) -> str:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from koschei.benchmark_report import format_seconds
+from koschei.benchmark_report import format_seconds, goal_outcome
 from koschei.cli.app import command
 from koschei.cli.common import (
     JsonOption,
@@ -186,18 +186,7 @@ def format_goals(goals: list[dict[str, Any]]) -> Text:
 
 
 def goal_line(goal: dict[str, Any]) -> Text:
-    target, measured = goal["target"], goal["measured"]
-    as_percent = goal["kind"] == "roofline"
-
-    def show(value: float) -> str:
-        return f"{value:.0%}" if as_percent else f"{value:.2f}×"
-
-    if measured is None:
-        return Text(f"{goal['goal']}: not measured", style="yellow")
-    if goal["met"]:
-        return Text(f"{goal['goal']}: {show(measured)}, met", style="green")
-    return Text(f"{goal['goal']}: {show(measured)}, short by {goal['short_by_pct']:.0f}% "
-                f"(needs {show(target)})", style="yellow")
+    return Text(goal_outcome(goal), style="green" if goal["met"] else "yellow")
 
 
 def render(result: Any, console: Console) -> None:
@@ -292,4 +281,6 @@ def render(result: Any, console: Console) -> None:
     for chart in result.charts:
         console.print(f"[dim]chart: {chart}[/dim]", highlight=False)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
-    console.print(f"{len(result.cases)} case(s): {counts or 'none'}", highlight=False)
+    measured = f"{len(result.cases)} case(s)" + (f" and {len(result.models)} model(s)"
+                                                   if result.models else "")
+    console.print(f"{measured}: {counts or 'none'}", highlight=False)
