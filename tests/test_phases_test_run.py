@@ -218,3 +218,15 @@ def test_a_workspace_with_nothing_implemented_has_nothing_to_test(tmp_path):
     result = test_run.run(workspace, test_run.Options())
     assert result.ok and result.specs == [] and result.pytest_exit_code is None
     assert "nothing to test" in result.notes[0]
+
+
+def test_the_summary_counts_skipped_tests_apart():
+    from koschei.phases.test_run import SpecTestResult, TestRunResult
+
+    result = TestRunResult(specs=[
+        SpecTestResult(spec="a", test_file="tests/engine/test_a.py", status="passed", passed=7,
+                       skipped=2),
+        SpecTestResult(spec="b", test_file="tests/engine/test_b.py", status="passed", passed=3)])
+    assert result.summary() == "10/12 tests passed (2 skipped) in 2 spec(s)"
+    result.specs[0].skipped = 0
+    assert result.summary() == "10/10 tests passed in 2 spec(s)"

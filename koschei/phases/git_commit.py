@@ -231,12 +231,14 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _test_totals(test_run: dict[str, Any]) -> tuple[int, int]:
-    passed = total = 0
+def _test_totals(test_run: dict[str, Any]) -> tuple[int, int, int]:
+    """Tests passed, collected and skipped over every spec of a test_run result."""
+    passed = total = skipped = 0
     for spec in test_run.get("specs") or []:
         passed += int(spec.get("passed") or 0)
+        skipped += int(spec.get("skipped") or 0)
         total += sum(int(spec.get(k) or 0) for k in ("passed", "failed", "errors", "skipped"))
-    return passed, total
+    return passed, total, skipped
 
 
 def _seconds(value: Any) -> str:
@@ -282,8 +284,10 @@ def build_message(record: RunRecord, paths: list[str], new_paths: list[str],
     test_run = record.phase("test_run")
     if test_run is not None:
         specs = test_run.get("specs") or []
-        passed, total = _test_totals(test_run)
+        passed, total, skipped = _test_totals(test_run)
         subject = f"koschei: run {record.id}: {_plural(len(specs), 'spec')}, tests {passed}/{total}"
+        if skipped:
+            subject += f" ({skipped} skipped)"
     else:
         subject = f"koschei: run {record.id}: tests not run"
     manifest = record.manifest

@@ -90,7 +90,9 @@ class TestRunResult(Result):
 
     def summary(self) -> str:
         collected = sum(self.totals.values())
-        return f"{self.totals['passed']}/{collected} tests passed in {len(self.specs)} spec(s)"
+        skipped = f" ({self.totals['skipped']} skipped)" if self.totals["skipped"] else ""
+        return (f"{self.totals['passed']}/{collected} tests passed{skipped} in "
+                f"{len(self.specs)} spec(s)")
 
     def to_dict(self) -> dict:
         data = super().to_dict()
