@@ -521,10 +521,24 @@ def _base_case(cases: list[dict[str, Any]]) -> dict[str, Any]:
     return max(cases, key=lambda case: math.prod(sizes(case)))
 
 
-def _names_read(source: str) -> list[str]:
-    tree = ast.parse(source.strip(), mode="eval")
+def _names_read(source: str, mode: Literal["eval", "exec"] = "eval") -> list[str]:
+    tree = ast.parse(source.strip(), mode=mode)
     return sorted({node.id for node in ast.walk(tree)
                    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)})
+
+
+def _uses_name(sources: Iterable[str | None], name: str) -> bool:
+    """Whether any of the spec's Python sources (functions) reads ``name``; a source that does
+    not parse counts as reading it (compiling the generated module then reports the error)."""
+    for source in sources:
+        if not source:
+            continue
+        try:
+            if name in _names_read(source, mode="exec"):
+                return True
+        except SyntaxError:
+            return True
+    return False
 
 
 def context_for_tests(loaded: LoadedSpec, plan: SignaturePlan) -> dict[str, Any]:
@@ -553,6 +567,7 @@ def context_for_tests(loaded: LoadedSpec, plan: SignaturePlan) -> dict[str, Any]
             if isinstance(dim, str) and dim != ELLIPSIS:
                 output_names |= expr.names_in(dim)
     overlap = next((i for i, t in enumerate(plan.inputs) if t.dtype == plan.output.dtype), None)
+    invariant_names = {inv.name: _names_read(inv.check) for inv in tests.invariants}
     return {
         "cases": cases,
         "base_case": _base_case(cases),
@@ -563,7 +578,13 @@ def context_for_tests(loaded: LoadedSpec, plan: SignaturePlan) -> dict[str, Any]
                        for literal, error in param.bad_values],
         "overlap_position": overlap,
         "empty_rejected": [i for i, tensor in enumerate(plan.inputs) if not tensor.allow_empty],
-        "invariant_names": {inv.name: _names_read(inv.check) for inv in tests.invariants},
+        "invariant_names": invariant_names,
+        # the parameters the random-shape test draws, with the values it draws them from
+        "random_params": [(param.name, list(param.choices) if param.choices else [False, True])
+                          for param in plan.params if param.choices or param.type == "bool"],
+        # NumPy is imported for the spec's own code: draw, torch_reference, the invariants
+        "spec_code_uses_numpy": (_uses_name([spec.draw, tests.torch], "np")
+                                 or any("np" in names for names in invariant_names.values())),
     }
 
 

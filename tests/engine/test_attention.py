@@ -5,26 +5,19 @@
 # templates: test_module.py.j2, families/attention.tests.py.j2, macros.j2
 """Tests of koschei.engine.attention: its NumPy reference and PyTorch, random shapes, invariants,
 bad arguments.
+
+The tests every engine module gets come from koschei.engine._testing, driven by the data below;
+the invariants and the attention family's own tests are written out here.
 """
 
 import importlib
-import inspect
-import math
-import re
-import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
-try:
-    import torch
-except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
-    torch = None
+from koschei.engine import _testing
 
-from koschei.engine import _runtime
-
+torch = _testing.torch  # None when PyTorch is not installed: the PyTorch tests are skipped
 module = importlib.import_module("koschei.engine.attention")
 attention = module.attention
 reference = module.reference
@@ -34,7 +27,6 @@ FUNCTION = "attention"
 TOLERANCE = {"float32": (0.0001, 2e-05)}
 # the results, in order: name, dtype
 RESULTS = [("out", "float32")]
-OUTPUT_DTYPE = np.dtype("float32")
 # the parameters' defaults
 DEFAULTS = {"causal": True, "window": None, "scale": None}
 # label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
@@ -91,15 +83,47 @@ OPTIONAL = ["alibi_slopes", "key_padding_mask"]
 # the parameters that are sources of randomness: seeded from the case unless it sets them, so
 # that the function and its reference draw the same numbers
 GENERATORS = []
-
-
-def case_seed(label):
-    return zlib.crc32(f"{FUNCTION}/{label}".encode())
-
-
-def seeded(params, seed):
-    """params with every generator parameter it does not set seeded with seed."""
-    return {**{name: seed for name in GENERATORS}, **params}
+# the low and high of each input's values (None: floats standard normal, booleans fair coins)
+RANGES = {"q": None, "k": None, "v": None, "alibi_slopes": [0.0, 1.0], "key_padding_mask": None}
+# the public function's parameters: name, kind, default
+SIGNATURE = [
+    ("q", _testing.POSITIONAL, _testing.REQUIRED),
+    ("k", _testing.POSITIONAL, _testing.REQUIRED),
+    ("v", _testing.POSITIONAL, _testing.REQUIRED),
+    ("causal", _testing.KEYWORD, True),
+    ("window", _testing.KEYWORD, None),
+    ("scale", _testing.KEYWORD, None),
+    ("alibi_slopes", _testing.KEYWORD, None),
+    ("key_padding_mask", _testing.KEYWORD, None),
+    ("out", _testing.KEYWORD, None),
+]
+# the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
+# and the values each parameter drawn takes
+RANDOM_DIMS = {"n": (1, 40), "hq": (1, 12), "hd": (1, 80), "m": (1, 300), "hkv": (1, 6)}
+RANDOM_PARAMS = {"causal": [False, True]}
+# each constraint of the signature, and whether the sizes and parameters given satisfy it
+CONSTRAINTS = [
+    ("hq % hkv == 0", lambda hq, hkv, **_: hq % hkv == 0),
+    ("n <= m", lambda n, m, **_: n <= m),
+]
+# the inputs that must not be empty (positions in INPUTS)
+EMPTY_REJECTED = [0, 1, 2, 3, 4]
+# (dimension, input whose shape is made to disagree with the inputs before it)
+MISMATCHES = [("hd", 1), ("m", 2), ("hkv", 2), ("hd", 2), ("hq", 3), ("m", 4)]
+# parameter, a value it must refuse, the error
+BAD_PARAMS = [
+    ("causal", 1, TypeError),
+    ("causal", "yes", TypeError),
+    ("causal", None, TypeError),
+    ("window", 1.5, TypeError),
+    ("window", "1", TypeError),
+    ("window", True, TypeError),
+    ("window", 0, ValueError),
+    ("scale", "1.0", TypeError),
+    ("scale", True, TypeError),
+    ("scale", 0.0, ValueError),
+    ("scale", float("nan"), ValueError),
+]
 
 
 def input_shapes(dims):
@@ -120,14 +144,6 @@ def output_shapes(dims, params):
     return [(n, hq, hd)]
 
 
-def output_shape(dims, params):
-    """The shape of the first output, out."""
-    return output_shapes(dims, params)[0]
-
-
-RANGES = {"q": None, "k": None, "v": None, "alibi_slopes": [0.0, 1.0], "key_padding_mask": None}
-
-
 # --- the spec's draw: inputs that are not drawn the default way ---------------------------------
 
 def draw(rng, dims, params):
@@ -137,133 +153,6 @@ def draw(rng, dims, params):
     padded = rng.random(m) < 0.2
     padded[:rng.integers(0, m + 1)] = True
     return {"key_padding_mask": padded}
-
-
-def make_inputs(dims, seed, params=None, with_inputs=None):
-    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
-    with_inputs (default: all of them) are None."""
-    rng = np.random.default_rng(seed)
-    shapes = input_shapes(dims)
-    given = OPTIONAL if with_inputs is None else with_inputs
-    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
-              for name, dtype, _, _ in INPUTS}
-    leading = {"...": tuple(dims["..."])} if "..." in dims else {}
-    inputs.update(draw(rng, {**dims, **leading}, {**DEFAULTS, **BASE_PARAMS, **(params or {})}))
-    return {name: (value if name not in OPTIONAL or name in given else None)
-            for name, value in inputs.items()}
-
-
-def copied(inputs):
-    return {name: None if value is None else value.copy() for name, value in inputs.items()}
-
-
-def results(value):
-    """A function's or reference's result as a tuple of arrays, one per output."""
-    return tuple(value) if isinstance(value, tuple) else (value,)
-
-
-def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def assert_results_close(actual, expected):
-    actual, expected = results(actual), results(expected)
-    assert len(actual) == len(expected) == len(RESULTS)
-    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
-        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
-        assert_close(got, wanted, dtype)
-
-
-# each constraint of the signature, and whether the sizes and parameters given satisfy it
-CONSTRAINTS = [
-    ("hq % hkv == 0", lambda hq, hkv, **_: hq % hkv == 0),
-    ("n <= m", lambda n, m, **_: n <= m),
-]
-
-
-def constraints_hold(dims, params, only=None):
-    values = {name: size for name, size in dims.items() if name != "..."}
-    values.update(DEFAULTS)
-    values.update(params)
-    return all(holds(**values) for check, holds in CONSTRAINTS if only in (None, check))
-
-
-# --- the reference ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_the_reference(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    originals = copied(inputs)
-    expected = reference(**originals, **params)
-    actual = attention(**inputs, **params)
-    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
-    assert_results_close(actual, expected)
-    for name, original in originals.items():
-        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_writes_into_out(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
-    result = attention(**inputs, **params, out=out)
-    assert result is out
-    assert_close(out, expected)
-
-
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(data=st.data())
-def test_random_shapes_match_the_reference(data):
-    dims = dict(BASE_DIMS)
-    dims["n"] = data.draw(st.integers(1, 40), label="n")
-    dims["hq"] = data.draw(st.integers(1, 12), label="hq")
-    dims["hd"] = data.draw(st.integers(1, 80), label="hd")
-    dims["m"] = data.draw(st.integers(1, 300), label="m")
-    dims["hkv"] = data.draw(st.integers(1, 6), label="hkv")
-    params = dict(BASE_PARAMS)
-    params["causal"] = data.draw(st.booleans(), label="causal")
-    assume(constraints_hold(dims, params))
-    with_inputs = data.draw(st.lists(st.sampled_from(OPTIONAL), unique=True), label="with_inputs")
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    params = seeded(params, seed)
-    inputs = make_inputs(dims, seed, params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    assert_results_close(attention(**inputs, **params), expected)
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_outputs_lie_within_the_values(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(attention(**inputs, **params))
-    k = inputs["k"]
-    key_padding_mask = inputs["key_padding_mask"]
-    out = outcome[0]
-    q = inputs["q"]
-    v = inputs["v"]
-    assert bool(np.all((out <= np.repeat(v.max(axis=0), q.shape[1] // k.shape[1], axis=0)[None] + 1e-5) & (out >= np.repeat(v.min(axis=0), q.shape[1] // k.shape[1], axis=0)[None] - 1e-5) | (key_padding_mask is not None) & np.all(out == 0, axis=2, keepdims=True))), "invariant outputs_lie_within_the_values does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_the_first_causal_query_of_a_prompt_copies_the_first_value(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(attention(**inputs, **params))
-    causal = {**DEFAULTS, **params}.get("causal")
-    k = inputs["k"]
-    key_padding_mask = inputs["key_padding_mask"]
-    out = outcome[0]
-    q = inputs["q"]
-    v = inputs["v"]
-    assert not causal or q.shape[0] != k.shape[0] or key_padding_mask is not None and key_padding_mask[0] or np.allclose(out[0], np.repeat(v[0], q.shape[1] // k.shape[1], axis=0), rtol=0, atol=1e-6), "invariant the_first_causal_query_of_a_prompt_copies_the_first_value does not hold"
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -306,243 +195,62 @@ if torch is not None:
         if seen is not None:
             out[~seen] = 0.0
         return out
+else:
+    torch_reference = _testing.torch_missing
 
 
-def to_numpy(value):
-    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
+SPEC = _testing.Spec(
+    name=FUNCTION, function=attention, reference=reference,
+    tolerance=TOLERANCE, results=RESULTS, defaults=DEFAULTS, cases=CASES,
+    base_dims=BASE_DIMS, base_params=BASE_PARAMS, inputs=INPUTS, optional=OPTIONAL,
+    generators=GENERATORS, ranges=RANGES, input_shapes=input_shapes, output_shapes=output_shapes,
+    signature=SIGNATURE, random_dims=RANDOM_DIMS, random_params=RANDOM_PARAMS,
+    constraints=CONSTRAINTS, empty_rejected=EMPTY_REJECTED, mismatches=MISMATCHES,
+    bad_params=BAD_PARAMS, overlap_position=0, draw=draw, torch_reference=torch_reference)
+
+# the tests every engine module gets (koschei/engine/_testing.py), defined here from SPEC: the
+# reference and out= on every case, random shapes, PyTorch, the signature, every bad argument
+globals().update(SPEC.tests())
 
 
-@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+# --- the spec's invariants, on every case -------------------------------------------------------
+
+
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_pytorch(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    with torch.inference_mode():
-        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
-                                      for name, array in copied(inputs).items()}, **params)
-    assert_results_close(attention(**inputs, **params), to_numpy(expected))
+def test_invariant_outputs_lie_within_the_values(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(attention(**inputs, **params))
+    k = inputs["k"]
+    key_padding_mask = inputs["key_padding_mask"]
+    out = outcome[0]
+    q = inputs["q"]
+    v = inputs["v"]
+    assert bool(np.all((out <= np.repeat(v.max(axis=0), q.shape[1] // k.shape[1], axis=0)[None] + 1e-5) & (out >= np.repeat(v.min(axis=0), q.shape[1] // k.shape[1], axis=0)[None] - 1e-5) | (key_padding_mask is not None) & np.all(out == 0, axis=2, keepdims=True))), "invariant outputs_lie_within_the_values does not hold"
 
 
-# --- the signature and bad arguments ------------------------------------------------------------
-
-
-def test_signature_matches_the_spec():
-    kinds = inspect.Parameter
-    expected = [
-        ("q", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("k", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("v", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("causal", kinds.KEYWORD_ONLY, True),
-        ("window", kinds.KEYWORD_ONLY, None),
-        ("scale", kinds.KEYWORD_ONLY, None),
-        ("alibi_slopes", kinds.KEYWORD_ONLY, None),
-        ("key_padding_mask", kinds.KEYWORD_ONLY, None),
-        ("out", kinds.KEYWORD_ONLY, None),
-    ]
-    parameters = inspect.signature(attention).parameters.values()
-    assert [(p.name, p.kind, p.default) for p in parameters] == expected
-
-
-def call(inputs, **overrides):
-    return attention(**inputs, **{**BASE_PARAMS, **overrides})
-
-
-def base_inputs(dims=None):
-    """Every input of the case the argument checks start from, optional ones included."""
-    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
-
-
-def raises(error, argument, pattern=""):
-    return pytest.raises(error, match=f"^{FUNCTION}: {re.escape(argument)}: expected {pattern}")
-
-
-def non_contiguous(array):
-    """The same values through a strided view, or None when the array cannot have one."""
-    axis = next((i for i, size in enumerate(array.shape) if size > 1), None)
-    if axis is None:
-        return None
-    index = (slice(None),) * axis + (slice(None, None, 2),)
-    return np.repeat(array, 2, axis=axis)[index]
-
-
-INPUT_IDS = [name for name, _, _, _ in INPUTS]
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_what_is_not_an_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    inputs[name] = inputs[name].tolist()
-    with raises(TypeError, name, "a numpy.ndarray"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_dtype(position):
-    name, dtype, _, _ = INPUTS[position]
-    inputs = base_inputs()
-    wrong = "float64" if dtype != "float64" else "float32"
-    inputs[name] = inputs[name].astype(wrong)
-    with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_number_of_dimensions(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    if leading:
-        if ndim == 0:
-            pytest.skip(f"{name} takes any number of dimensions")
-        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
-    else:
-        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
-    with raises(ValueError, name, r"(at least )?\d+ dimension"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_non_contiguous_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    strided = non_contiguous(inputs[name])
-    if strided is None:
-        pytest.skip("a one-element array is always contiguous")
-    inputs[name] = strided
-    with raises(ValueError, name, "a C-contiguous array"):
-        call(inputs)
-
-
-# the inputs that must not be empty
-EMPTY_REJECTED = [0, 1, 2, 3, 4]
-
-
-@pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
-def test_rejects_an_empty_array(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    shape = inputs[name].shape
-    if leading:
-        shape = (0, *shape[len(shape) - ndim:])
-    elif shape:
-        shape = (0, *shape[1:])
-    else:
-        pytest.skip(f"{name} is a scalar array")
-    inputs[name] = np.zeros(shape, dtype=dtype)
-    with raises(ValueError, name, "a non-empty array"):
-        call(inputs)
-
-
-# (dimension, input whose shape is made to disagree with the inputs before it)
-MISMATCHES = [("hd", 1), ("m", 2), ("hkv", 2), ("hd", 2), ("hq", 3), ("m", 4)]
-
-
-@pytest.mark.parametrize(("dim", "position"), MISMATCHES, ids=[f"{d}-{INPUT_IDS[i]}" for d, i in MISMATCHES])
-def test_rejects_dimensions_that_disagree(dim, position):
-    inputs = base_inputs()
-    if dim == "...":
-        lead = list(BASE_DIMS["..."])
-        changed = {**BASE_DIMS, "...": [*lead[:-1], lead[-1] + 1] if lead else [2]}
-    else:
-        changed = {**BASE_DIMS, dim: BASE_DIMS[dim] + 1}
-    name, dtype, _, _ = INPUTS[position]
-    inputs[name] = np.zeros(input_shapes(changed)[name], dtype=dtype)
-    with raises(ValueError, name, "shape"):
-        call(inputs)
-
-
-# parameter, a value it must refuse, the error
-BAD_PARAMS = [
-    ("causal", 1, TypeError),
-    ("causal", "yes", TypeError),
-    ("causal", None, TypeError),
-    ("window", 1.5, TypeError),
-    ("window", "1", TypeError),
-    ("window", True, TypeError),
-    ("window", 0, ValueError),
-    ("scale", "1.0", TypeError),
-    ("scale", True, TypeError),
-    ("scale", 0.0, ValueError),
-    ("scale", float("nan"), ValueError),
-]
-
-
-@pytest.mark.parametrize(("name", "value", "error"), BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
-def test_rejects_a_bad_parameter(name, value, error):
-    with raises(error, name):
-        call(base_inputs(), **{name: value})
-
-
-@pytest.mark.parametrize("check", [check for check, _ in CONSTRAINTS])
-def test_rejects_sizes_that_break_a_constraint(check):
-    """Grow one dimension of the check until it fails while the other constraints hold."""
-    names = [n for n in re.findall(r"[A-Za-z_]\w*", check) if n in BASE_DIMS]
-    for name in names:
-        for step in [*range(1, 17), 32, 64, 128, 256, 512, 1024]:
-            dims = {**BASE_DIMS, name: BASE_DIMS[name] + step}
-            others = [other for other, _ in CONSTRAINTS if other != check]
-            if not constraints_hold(dims, BASE_PARAMS, only=check) and all(
-                    constraints_hold(dims, BASE_PARAMS, only=other) for other in others):
-                with pytest.raises(ValueError, match=f"^{FUNCTION}: .*expected {re.escape(check)}"):
-                    call(base_inputs(dims))
-                return
-    pytest.skip(f"no larger sizes break {check}")
-
-
-def test_rejects_an_out_of_the_wrong_dtype():
-    inputs = base_inputs()
-    wrong = np.float64 if OUTPUT_DTYPE != np.float64 else np.float32
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=wrong)
-    with raises(TypeError, "out", "dtype"):
-        call(inputs, out=out)
-
-
-def test_rejects_an_out_of_the_wrong_shape():
-    inputs = base_inputs()
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    out = np.zeros((*shape[:-1], shape[-1] + 1) if shape else (2,), dtype=OUTPUT_DTYPE)
-    with raises(ValueError, "out", "shape"):
-        call(inputs, out=out)
-
-
-def test_rejects_a_non_contiguous_out():
-    out = non_contiguous(np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE))
-    if out is None:
-        pytest.skip("a one-element array is always contiguous")
-    with raises(ValueError, "out", "a C-contiguous array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_a_read_only_out():
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE)
-    out.flags.writeable = False
-    with raises(ValueError, "out", "a writeable array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_an_out_that_overlaps_an_input():
-    inputs = base_inputs()
-    name = INPUTS[0][0]
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    size = max(inputs[name].size, math.prod(shape))
-    buffer = np.zeros(size, dtype=OUTPUT_DTYPE)
-    buffer[:inputs[name].size] = inputs[name].ravel()
-    inputs[name] = buffer[:inputs[name].size].reshape(inputs[name].shape)
-    out = buffer[:math.prod(shape)].reshape(shape)
-    with raises(ValueError, "out", "a buffer of its own"):
-        call(inputs, out=out)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_the_first_causal_query_of_a_prompt_copies_the_first_value(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(attention(**inputs, **params))
+    causal = {**DEFAULTS, **params}.get("causal")
+    k = inputs["k"]
+    key_padding_mask = inputs["key_padding_mask"]
+    out = outcome[0]
+    q = inputs["q"]
+    v = inputs["v"]
+    assert not causal or q.shape[0] != k.shape[0] or key_padding_mask is not None and key_padding_mask[0] or np.allclose(out[0], np.repeat(v[0], q.shape[1] // k.shape[1], axis=0), rtol=0, atol=1e-6), "invariant the_first_causal_query_of_a_prompt_copies_the_first_value does not hold"
 
 
 # --- the attention family's own tests ----------------------------------------------------------
 
+from koschei.engine import _runtime
 
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"),
                          [case for case in CASES if "key_padding_mask" in case.values[3]])
 def test_padded_keys_are_never_seen(label, dims, params, with_inputs):
     """The values (and keys) of padded positions change nothing, bit for bit."""
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
     expected = attention(**inputs, **params)
     padded = inputs["key_padding_mask"][:, None, None]
     inputs["v"] = np.where(padded, np.float32(1e6), inputs["v"])

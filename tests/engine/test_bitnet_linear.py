@@ -5,26 +5,19 @@
 # templates: test_module.py.j2, families/quantized_linear.tests.py.j2, macros.j2
 """Tests of koschei.engine.bitnet_linear: its NumPy reference and PyTorch, random shapes,
 invariants, bad arguments.
+
+The tests every engine module gets come from koschei.engine._testing, driven by the data below;
+the invariants and the quantized_linear family's own tests are written out here.
 """
 
 import importlib
-import inspect
-import math
-import re
-import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
-try:
-    import torch
-except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
-    torch = None
+from koschei.engine import _testing
 
-from koschei.engine import _runtime
-
+torch = _testing.torch  # None when PyTorch is not installed: the PyTorch tests are skipped
 module = importlib.import_module("koschei.engine.bitnet_linear")
 bitnet_linear = module.bitnet_linear
 reference = module.reference
@@ -34,7 +27,6 @@ FUNCTION = "bitnet_linear"
 TOLERANCE = {"float32": (1e-06, 1e-06)}
 # the results, in order: name, dtype
 RESULTS = [("y", "float32")]
-OUTPUT_DTYPE = np.dtype("float32")
 # the parameters' defaults
 DEFAULTS = {}
 # label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
@@ -65,15 +57,29 @@ OPTIONAL = []
 # the parameters that are sources of randomness: seeded from the case unless it sets them, so
 # that the function and its reference draw the same numbers
 GENERATORS = []
-
-
-def case_seed(label):
-    return zlib.crc32(f"{FUNCTION}/{label}".encode())
-
-
-def seeded(params, seed):
-    """params with every generator parameter it does not set seeded with seed."""
-    return {**{name: seed for name in GENERATORS}, **params}
+# the low and high of each input's values (None: floats standard normal, booleans fair coins)
+RANGES = {"x": None, "packed": [0.0, 255.0], "scale": None}
+# the public function's parameters: name, kind, default
+SIGNATURE = [
+    ("x", _testing.POSITIONAL, _testing.REQUIRED),
+    ("packed", _testing.POSITIONAL, _testing.REQUIRED),
+    ("scale", _testing.POSITIONAL, _testing.REQUIRED),
+    ("out", _testing.KEYWORD, None),
+]
+# the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
+# and the values each parameter drawn takes
+RANDOM_DIMS = {"n": (1, 40), "d_in": (1, 300), "d_out": (1, 200)}
+RANDOM_PARAMS = {}
+# each constraint of the signature, and whether the sizes and parameters given satisfy it
+CONSTRAINTS = [
+    ("d_in <= 16909320", lambda d_in, **_: d_in <= 16909320),
+]
+# the inputs that must not be empty (positions in INPUTS)
+EMPTY_REJECTED = [0, 1, 2]
+# (dimension, input whose shape is made to disagree with the inputs before it)
+MISMATCHES = []
+# parameter, a value it must refuse, the error
+BAD_PARAMS = []
 
 
 def input_shapes(dims):
@@ -91,14 +97,6 @@ def output_shapes(dims, params):
     return [(n, d_out)]
 
 
-def output_shape(dims, params):
-    """The shape of the first output, y."""
-    return output_shapes(dims, params)[0]
-
-
-RANGES = {"x": None, "packed": [0.0, 255.0], "scale": None}
-
-
 # --- the spec's draw: inputs that are not drawn the default way ---------------------------------
 
 def draw(rng, dims, params):
@@ -107,122 +105,6 @@ def draw(rng, dims, params):
     weights = rng.standard_normal((dims["d_out"], dims["d_in"]), dtype=np.float32)
     packed, scale = bitnet_quantize(weights)
     return {"packed": packed, "scale": scale}
-
-
-def make_inputs(dims, seed, params=None, with_inputs=None):
-    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
-    with_inputs (default: all of them) are None."""
-    rng = np.random.default_rng(seed)
-    shapes = input_shapes(dims)
-    given = OPTIONAL if with_inputs is None else with_inputs
-    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
-              for name, dtype, _, _ in INPUTS}
-    leading = {"...": tuple(dims["..."])} if "..." in dims else {}
-    inputs.update(draw(rng, {**dims, **leading}, {**DEFAULTS, **BASE_PARAMS, **(params or {})}))
-    return {name: (value if name not in OPTIONAL or name in given else None)
-            for name, value in inputs.items()}
-
-
-def copied(inputs):
-    return {name: None if value is None else value.copy() for name, value in inputs.items()}
-
-
-def results(value):
-    """A function's or reference's result as a tuple of arrays, one per output."""
-    return tuple(value) if isinstance(value, tuple) else (value,)
-
-
-def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def assert_results_close(actual, expected):
-    actual, expected = results(actual), results(expected)
-    assert len(actual) == len(expected) == len(RESULTS)
-    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
-        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
-        assert_close(got, wanted, dtype)
-
-
-# each constraint of the signature, and whether the sizes and parameters given satisfy it
-CONSTRAINTS = [
-    ("d_in <= 16909320", lambda d_in, **_: d_in <= 16909320),
-]
-
-
-def constraints_hold(dims, params, only=None):
-    values = {name: size for name, size in dims.items() if name != "..."}
-    values.update(DEFAULTS)
-    values.update(params)
-    return all(holds(**values) for check, holds in CONSTRAINTS if only in (None, check))
-
-
-# --- the reference ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_the_reference(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    originals = copied(inputs)
-    expected = reference(**originals, **params)
-    actual = bitnet_linear(**inputs, **params)
-    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
-    assert_results_close(actual, expected)
-    for name, original in originals.items():
-        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_writes_into_out(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
-    result = bitnet_linear(**inputs, **params, out=out)
-    assert result is out
-    assert_close(out, expected)
-
-
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(data=st.data())
-def test_random_shapes_match_the_reference(data):
-    dims = dict(BASE_DIMS)
-    dims["n"] = data.draw(st.integers(1, 40), label="n")
-    dims["d_in"] = data.draw(st.integers(1, 300), label="d_in")
-    dims["d_out"] = data.draw(st.integers(1, 200), label="d_out")
-    params = dict(BASE_PARAMS)
-    assume(constraints_hold(dims, params))
-    with_inputs = []
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    params = seeded(params, seed)
-    inputs = make_inputs(dims, seed, params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    assert_results_close(bitnet_linear(**inputs, **params), expected)
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_outputs_are_finite(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(bitnet_linear(**inputs, **params))
-    y = outcome[0]
-    assert bool(np.all(np.isfinite(y))), "invariant outputs_are_finite does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_outputs_are_bounded_by_the_row_length(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(bitnet_linear(**inputs, **params))
-    scale = inputs["scale"]
-    x = inputs["x"]
-    y = outcome[0]
-    assert bool(np.all(np.abs(y) <= x.shape[1] * float(scale) * np.abs(x).max(axis=1, keepdims=True) * (1 + 1e-6))), "invariant outputs_are_bounded_by_the_row_length does not hold"
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -237,189 +119,49 @@ if torch is not None:
         x_q = torch.round(x.double() * factor).clamp(-127, 127).to(torch.int8)
         sums = torch._int_mm(x_q, ternary.T)  # (n, d_out) int32
         return (sums.double() * scale.double() * gamma / 127.0).float()
+else:
+    torch_reference = _testing.torch_missing
 
 
-def to_numpy(value):
-    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
+SPEC = _testing.Spec(
+    name=FUNCTION, function=bitnet_linear, reference=reference,
+    tolerance=TOLERANCE, results=RESULTS, defaults=DEFAULTS, cases=CASES,
+    base_dims=BASE_DIMS, base_params=BASE_PARAMS, inputs=INPUTS, optional=OPTIONAL,
+    generators=GENERATORS, ranges=RANGES, input_shapes=input_shapes, output_shapes=output_shapes,
+    signature=SIGNATURE, random_dims=RANDOM_DIMS, random_params=RANDOM_PARAMS,
+    constraints=CONSTRAINTS, empty_rejected=EMPTY_REJECTED, mismatches=MISMATCHES,
+    bad_params=BAD_PARAMS, overlap_position=0, draw=draw, torch_reference=torch_reference)
+
+# the tests every engine module gets (koschei/engine/_testing.py), defined here from SPEC: the
+# reference and out= on every case, random shapes, PyTorch, the signature, every bad argument
+globals().update(SPEC.tests())
 
 
-@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+# --- the spec's invariants, on every case -------------------------------------------------------
+
+
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_pytorch(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    with torch.inference_mode():
-        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
-                                      for name, array in copied(inputs).items()}, **params)
-    assert_results_close(bitnet_linear(**inputs, **params), to_numpy(expected))
+def test_invariant_outputs_are_finite(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(bitnet_linear(**inputs, **params))
+    y = outcome[0]
+    assert bool(np.all(np.isfinite(y))), "invariant outputs_are_finite does not hold"
 
 
-# --- the signature and bad arguments ------------------------------------------------------------
-
-
-def test_signature_matches_the_spec():
-    kinds = inspect.Parameter
-    expected = [
-        ("x", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("packed", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("scale", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("out", kinds.KEYWORD_ONLY, None),
-    ]
-    parameters = inspect.signature(bitnet_linear).parameters.values()
-    assert [(p.name, p.kind, p.default) for p in parameters] == expected
-
-
-def call(inputs, **overrides):
-    return bitnet_linear(**inputs, **{**BASE_PARAMS, **overrides})
-
-
-def base_inputs(dims=None):
-    """Every input of the case the argument checks start from, optional ones included."""
-    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
-
-
-def raises(error, argument, pattern=""):
-    return pytest.raises(error, match=f"^{FUNCTION}: {re.escape(argument)}: expected {pattern}")
-
-
-def non_contiguous(array):
-    """The same values through a strided view, or None when the array cannot have one."""
-    axis = next((i for i, size in enumerate(array.shape) if size > 1), None)
-    if axis is None:
-        return None
-    index = (slice(None),) * axis + (slice(None, None, 2),)
-    return np.repeat(array, 2, axis=axis)[index]
-
-
-INPUT_IDS = [name for name, _, _, _ in INPUTS]
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_what_is_not_an_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    inputs[name] = inputs[name].tolist()
-    with raises(TypeError, name, "a numpy.ndarray"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_dtype(position):
-    name, dtype, _, _ = INPUTS[position]
-    inputs = base_inputs()
-    wrong = "float64" if dtype != "float64" else "float32"
-    inputs[name] = inputs[name].astype(wrong)
-    with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_number_of_dimensions(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    if leading:
-        if ndim == 0:
-            pytest.skip(f"{name} takes any number of dimensions")
-        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
-    else:
-        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
-    with raises(ValueError, name, r"(at least )?\d+ dimension"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_non_contiguous_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    strided = non_contiguous(inputs[name])
-    if strided is None:
-        pytest.skip("a one-element array is always contiguous")
-    inputs[name] = strided
-    with raises(ValueError, name, "a C-contiguous array"):
-        call(inputs)
-
-
-# the inputs that must not be empty
-EMPTY_REJECTED = [0, 1, 2]
-
-
-@pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
-def test_rejects_an_empty_array(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    shape = inputs[name].shape
-    if leading:
-        shape = (0, *shape[len(shape) - ndim:])
-    elif shape:
-        shape = (0, *shape[1:])
-    else:
-        pytest.skip(f"{name} is a scalar array")
-    inputs[name] = np.zeros(shape, dtype=dtype)
-    with raises(ValueError, name, "a non-empty array"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("check", [check for check, _ in CONSTRAINTS])
-def test_rejects_sizes_that_break_a_constraint(check):
-    """Grow one dimension of the check until it fails while the other constraints hold."""
-    names = [n for n in re.findall(r"[A-Za-z_]\w*", check) if n in BASE_DIMS]
-    for name in names:
-        for step in [*range(1, 17), 32, 64, 128, 256, 512, 1024]:
-            dims = {**BASE_DIMS, name: BASE_DIMS[name] + step}
-            others = [other for other, _ in CONSTRAINTS if other != check]
-            if not constraints_hold(dims, BASE_PARAMS, only=check) and all(
-                    constraints_hold(dims, BASE_PARAMS, only=other) for other in others):
-                with pytest.raises(ValueError, match=f"^{FUNCTION}: .*expected {re.escape(check)}"):
-                    call(base_inputs(dims))
-                return
-    pytest.skip(f"no larger sizes break {check}")
-
-
-def test_rejects_an_out_of_the_wrong_dtype():
-    inputs = base_inputs()
-    wrong = np.float64 if OUTPUT_DTYPE != np.float64 else np.float32
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=wrong)
-    with raises(TypeError, "out", "dtype"):
-        call(inputs, out=out)
-
-
-def test_rejects_an_out_of_the_wrong_shape():
-    inputs = base_inputs()
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    out = np.zeros((*shape[:-1], shape[-1] + 1) if shape else (2,), dtype=OUTPUT_DTYPE)
-    with raises(ValueError, "out", "shape"):
-        call(inputs, out=out)
-
-
-def test_rejects_a_non_contiguous_out():
-    out = non_contiguous(np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE))
-    if out is None:
-        pytest.skip("a one-element array is always contiguous")
-    with raises(ValueError, "out", "a C-contiguous array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_a_read_only_out():
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE)
-    out.flags.writeable = False
-    with raises(ValueError, "out", "a writeable array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_an_out_that_overlaps_an_input():
-    inputs = base_inputs()
-    name = INPUTS[0][0]
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    size = max(inputs[name].size, math.prod(shape))
-    buffer = np.zeros(size, dtype=OUTPUT_DTYPE)
-    buffer[:inputs[name].size] = inputs[name].ravel()
-    inputs[name] = buffer[:inputs[name].size].reshape(inputs[name].shape)
-    out = buffer[:math.prod(shape)].reshape(shape)
-    with raises(ValueError, "out", "a buffer of its own"):
-        call(inputs, out=out)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_outputs_are_bounded_by_the_row_length(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(bitnet_linear(**inputs, **params))
+    scale = inputs["scale"]
+    x = inputs["x"]
+    y = outcome[0]
+    assert bool(np.all(np.abs(y) <= x.shape[1] * float(scale) * np.abs(x).max(axis=1, keepdims=True) * (1 + 1e-6))), "invariant outputs_are_bounded_by_the_row_length does not hold"
 
 
 # --- the quantized_linear family's own tests ----------------------------------------------------------
+
+from koschei.engine import _runtime
+
 
 def unpack(packed, d_in):
     """The ternary weights (d_out, d_in): weight 4 b + k is (packed[o, b] >> 2k) & 3, minus 1."""
@@ -457,7 +199,7 @@ def float_layer(x, weights, bias):
 def test_differs_from_the_float_layer_by_the_activation_rounding_only(label, dims, params,
                                                                       with_inputs):
     """|y - x W^T| <= (step / 2) sum_j |W[o, j]|: each activation moves at most half a step."""
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
+    inputs = SPEC.make_inputs(dims, SPEC.case_seed(label), params, with_inputs)
     weights = dequantized_weights(inputs)
     y = bitnet_linear(**inputs)
     expected = float_layer(inputs["x"], weights, float_bias(inputs))
@@ -468,7 +210,7 @@ def test_differs_from_the_float_layer_by_the_activation_rounding_only(label, dim
 
 
 def test_negating_the_activations_negates_the_output():
-    inputs = make_inputs(BASE_DIMS, 9, with_inputs=[])  # no bias: it would not change sign
+    inputs = SPEC.make_inputs(BASE_DIMS, 9, with_inputs=[])  # no bias: it would not change sign
     y = bitnet_linear(**inputs)
     negated = {**inputs, "x": -inputs["x"]}
     np.testing.assert_array_equal(bitnet_linear(**negated), -y)
@@ -476,7 +218,7 @@ def test_negating_the_activations_negates_the_output():
 
 def test_a_power_of_two_scaling_of_a_token_scales_its_outputs():
     """The grid follows each token's own maximum: x_i * 2^k gives the same codes, y_i * 2^k."""
-    inputs = make_inputs(BASE_DIMS, 10, with_inputs=[])  # no bias: it would not scale
+    inputs = SPEC.make_inputs(BASE_DIMS, 10, with_inputs=[])  # no bias: it would not scale
     x = inputs["x"]
     factors = (2.0 ** np.arange(-3, x.shape[0] - 3)).astype(np.float32)[:, None]  # (n, 1)
     y = bitnet_linear(**inputs)
@@ -487,7 +229,7 @@ def test_a_power_of_two_scaling_of_a_token_scales_its_outputs():
 def test_tokens_do_not_interact():
     """37 tokens at once (blocks of tokens, threads) give each token's own result."""
     dims = {**BASE_DIMS, "n": 37, "d_out": 300}
-    inputs = make_inputs(dims, 11)
+    inputs = SPEC.make_inputs(dims, 11)
     together = bitnet_linear(**inputs)
     for i in range(0, 37, 6):
         alone = bitnet_linear(**{**inputs, "x": inputs["x"][i:i + 1].copy()})
@@ -495,23 +237,23 @@ def test_tokens_do_not_interact():
 
 
 def test_the_result_does_not_depend_on_the_thread_count():
-    inputs = make_inputs({**BASE_DIMS, "n": 3, "d_in": 515, "d_out": 700}, 12)
+    inputs = SPEC.make_inputs({**BASE_DIMS, "n": 3, "d_in": 515, "d_out": 700}, 12)
     with _runtime.threads(1):
         one = bitnet_linear(**inputs)
     np.testing.assert_array_equal(bitnet_linear(**inputs), one)
 
 
 def test_a_zero_token_gives_zero_outputs():
-    inputs = make_inputs({**BASE_DIMS, "n": 3}, 13, with_inputs=[])
+    inputs = SPEC.make_inputs({**BASE_DIMS, "n": 3}, 13, with_inputs=[])
     inputs["x"][1] = 0.0
     y = bitnet_linear(**inputs)
     assert np.all(y[1] == 0.0)
-    assert_close(y, reference(**inputs))
+    SPEC.assert_close(y, reference(**inputs))
 
 
 @pytest.mark.parametrize("d_in", [1, 2, 3, 5, 6, 7, 13])
 def test_the_padding_fields_of_the_last_byte_are_never_read(d_in):
-    inputs = make_inputs({**BASE_DIMS, "n": 2, "d_in": d_in, "d_out": 9}, 15)
+    inputs = SPEC.make_inputs({**BASE_DIMS, "n": 2, "d_in": d_in, "d_out": 9}, 15)
     y = bitnet_linear(**inputs)
     packed = inputs["packed"].copy()
     used = d_in - 4 * (packed.shape[1] - 1)  # fields of the last byte that hold weights
@@ -523,18 +265,18 @@ def test_the_padding_fields_of_the_last_byte_are_never_read(d_in):
 
 
 def test_rejects_packed_codes_of_the_wrong_width():
-    inputs = base_inputs()
+    inputs = SPEC.base_inputs()
     packed = inputs["packed"]
     inputs["packed"] = np.zeros((packed.shape[0], packed.shape[1] + 1), dtype=np.uint8)
-    with raises(ValueError, "packed", "shape"):
-        call(inputs)
+    with SPEC.raises(ValueError, "packed", "shape"):
+        SPEC.call(inputs)
 
 
 def test_rejects_a_scale_of_shape_one():
-    inputs = base_inputs()
+    inputs = SPEC.base_inputs()
     inputs["scale"] = inputs["scale"].reshape(1)
-    with raises(ValueError, "scale", "0 dimensions"):
-        call(inputs)
+    with SPEC.raises(ValueError, "scale", "0 dimensions"):
+        SPEC.call(inputs)
 
 
 def test_with_weights_from_bitnet_quantize():

@@ -5,25 +5,19 @@
 # templates: test_module.py.j2, families/quantize.tests.py.j2, macros.j2
 """Tests of koschei.engine.int8_quantize: its NumPy reference and PyTorch, random shapes,
 invariants, bad arguments.
+
+The tests every engine module gets come from koschei.engine._testing, driven by the data below;
+the invariants and the quantize family's own tests are written out here.
 """
 
 import importlib
-import inspect
-import re
-import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-try:
-    import torch
-except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
-    torch = None
+from koschei.engine import _testing
 
-from koschei.engine import _runtime
-
+torch = _testing.torch  # None when PyTorch is not installed: the PyTorch tests are skipped
 module = importlib.import_module("koschei.engine.int8_quantize")
 int8_quantize = module.int8_quantize
 reference = module.reference
@@ -33,7 +27,6 @@ FUNCTION = "int8_quantize"
 TOLERANCE = {"float32": (0.0, 0.0)}
 # the results, in order: name, dtype
 RESULTS = [("q", "int8"), ("scale", "float32")]
-OUTPUT_DTYPE = np.dtype("int8")
 # the parameters' defaults
 DEFAULTS = {"axis": -1}
 # label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
@@ -63,15 +56,31 @@ OPTIONAL = []
 # the parameters that are sources of randomness: seeded from the case unless it sets them, so
 # that the function and its reference draw the same numbers
 GENERATORS = []
-
-
-def case_seed(label):
-    return zlib.crc32(f"{FUNCTION}/{label}".encode())
-
-
-def seeded(params, seed):
-    """params with every generator parameter it does not set seeded with seed."""
-    return {**{name: seed for name in GENERATORS}, **params}
+# the low and high of each input's values (None: floats standard normal, booleans fair coins)
+RANGES = {"w": None}
+# the public function's parameters: name, kind, default
+SIGNATURE = [
+    ("w", _testing.POSITIONAL, _testing.REQUIRED),
+    ("axis", _testing.KEYWORD, -1),
+]
+# the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
+# and the values each parameter drawn takes
+RANDOM_DIMS = {"rows": (1, 80), "cols": (1, 300)}
+RANDOM_PARAMS = {"axis": [-1, 0, 1]}
+# each constraint of the signature, and whether the sizes and parameters given satisfy it
+CONSTRAINTS = []
+# the inputs that must not be empty (positions in INPUTS)
+EMPTY_REJECTED = [0]
+# (dimension, input whose shape is made to disagree with the inputs before it)
+MISMATCHES = []
+# parameter, a value it must refuse, the error
+BAD_PARAMS = [
+    ("axis", 1.5, TypeError),
+    ("axis", "1", TypeError),
+    ("axis", True, TypeError),
+    ("axis", None, TypeError),
+    ("axis", 2, ValueError),
+]
 
 
 def input_shapes(dims):
@@ -89,124 +98,6 @@ def output_shapes(dims, params):
     return [(rows, cols), ((rows if axis != 0 else cols),)]
 
 
-def output_shape(dims, params):
-    """The shape of the first output, q."""
-    return output_shapes(dims, params)[0]
-
-
-RANGES = {"w": None}
-
-
-def make_inputs(dims, seed, params=None, with_inputs=None):
-    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
-    with_inputs (default: all of them) are None."""
-    rng = np.random.default_rng(seed)
-    shapes = input_shapes(dims)
-    given = OPTIONAL if with_inputs is None else with_inputs
-    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
-              for name, dtype, _, _ in INPUTS}
-    return {name: (value if name not in OPTIONAL or name in given else None)
-            for name, value in inputs.items()}
-
-
-def copied(inputs):
-    return {name: None if value is None else value.copy() for name, value in inputs.items()}
-
-
-def results(value):
-    """A function's or reference's result as a tuple of arrays, one per output."""
-    return tuple(value) if isinstance(value, tuple) else (value,)
-
-
-def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def assert_results_close(actual, expected):
-    actual, expected = results(actual), results(expected)
-    assert len(actual) == len(expected) == len(RESULTS)
-    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
-        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
-        assert_close(got, wanted, dtype)
-
-
-# --- the reference ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_the_reference(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    originals = copied(inputs)
-    expected = reference(**originals, **params)
-    actual = int8_quantize(**inputs, **params)
-    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
-    assert_results_close(actual, expected)
-    for name, original in originals.items():
-        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
-
-
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(data=st.data())
-def test_random_shapes_match_the_reference(data):
-    dims = dict(BASE_DIMS)
-    dims["rows"] = data.draw(st.integers(1, 80), label="rows")
-    dims["cols"] = data.draw(st.integers(1, 300), label="cols")
-    params = dict(BASE_PARAMS)
-    params["axis"] = data.draw(st.sampled_from([-1, 0, 1]), label="axis")
-    with_inputs = []
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    params = seeded(params, seed)
-    inputs = make_inputs(dims, seed, params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    assert_results_close(int8_quantize(**inputs, **params), expected)
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_codes_are_within_127(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(int8_quantize(**inputs, **params))
-    q = outcome[0]
-    assert bool(np.all(np.abs(q.astype(np.int16)) <= 127)), "invariant codes_are_within_127 does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_scales_are_positive(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(int8_quantize(**inputs, **params))
-    scale = outcome[1]
-    assert bool(np.all(scale > 0)), "invariant scales_are_positive does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_dequantized_within_half_a_step(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(int8_quantize(**inputs, **params))
-    axis = {**DEFAULTS, **params}.get("axis")
-    q = outcome[0]
-    scale = outcome[1]
-    w = inputs["w"]
-    assert bool(np.all(np.abs(q * (scale[None, :] if axis == 0 else scale[:, None]) - w.astype(np.float64)) <= (scale[None, :] if axis == 0 else scale[:, None]) * 0.50001)), "invariant dequantized_within_half_a_step does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_absmax_maps_to_127(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(int8_quantize(**inputs, **params))
-    axis = {**DEFAULTS, **params}.get("axis")
-    q = outcome[0]
-    w = inputs["w"]
-    assert bool(np.all(np.abs(q.astype(np.int16)).max(axis=0 if axis == 0 else 1) == np.where(np.abs(w).max(axis=0 if axis == 0 else 1) > 0, 127, 0))), "invariant absmax_maps_to_127 does not hold"
-
-
 # --- PyTorch ------------------------------------------------------------------------------------
 
 if torch is not None:
@@ -216,140 +107,62 @@ if torch is not None:
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         spread = scale[None, :] if reduced == 0 else scale[:, None]
         return torch.round(w / spread).clamp(-127, 127).to(torch.int8), scale
+else:
+    torch_reference = _testing.torch_missing
 
 
-def to_numpy(value):
-    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
+SPEC = _testing.Spec(
+    name=FUNCTION, function=int8_quantize, reference=reference,
+    tolerance=TOLERANCE, results=RESULTS, defaults=DEFAULTS, cases=CASES,
+    base_dims=BASE_DIMS, base_params=BASE_PARAMS, inputs=INPUTS, optional=OPTIONAL,
+    generators=GENERATORS, ranges=RANGES, input_shapes=input_shapes, output_shapes=output_shapes,
+    signature=SIGNATURE, random_dims=RANDOM_DIMS, random_params=RANDOM_PARAMS,
+    constraints=CONSTRAINTS, empty_rejected=EMPTY_REJECTED, mismatches=MISMATCHES,
+    bad_params=BAD_PARAMS, overlap_position=None, draw=None, torch_reference=torch_reference)
+
+# the tests every engine module gets (koschei/engine/_testing.py), defined here from SPEC: the
+# reference and out= on every case, random shapes, PyTorch, the signature, every bad argument
+globals().update(SPEC.tests())
 
 
-@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+# --- the spec's invariants, on every case -------------------------------------------------------
+
+
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_pytorch(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    with torch.inference_mode():
-        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
-                                      for name, array in copied(inputs).items()}, **params)
-    assert_results_close(int8_quantize(**inputs, **params), to_numpy(expected))
+def test_invariant_codes_are_within_127(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(int8_quantize(**inputs, **params))
+    q = outcome[0]
+    assert bool(np.all(np.abs(q.astype(np.int16)) <= 127)), "invariant codes_are_within_127 does not hold"
 
 
-# --- the signature and bad arguments ------------------------------------------------------------
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_scales_are_positive(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(int8_quantize(**inputs, **params))
+    scale = outcome[1]
+    assert bool(np.all(scale > 0)), "invariant scales_are_positive does not hold"
 
 
-def test_signature_matches_the_spec():
-    kinds = inspect.Parameter
-    expected = [
-        ("w", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("axis", kinds.KEYWORD_ONLY, -1),
-    ]
-    parameters = inspect.signature(int8_quantize).parameters.values()
-    assert [(p.name, p.kind, p.default) for p in parameters] == expected
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_dequantized_within_half_a_step(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(int8_quantize(**inputs, **params))
+    axis = {**DEFAULTS, **params}.get("axis")
+    q = outcome[0]
+    scale = outcome[1]
+    w = inputs["w"]
+    assert bool(np.all(np.abs(q * (scale[None, :] if axis == 0 else scale[:, None]) - w.astype(np.float64)) <= (scale[None, :] if axis == 0 else scale[:, None]) * 0.50001)), "invariant dequantized_within_half_a_step does not hold"
 
 
-def call(inputs, **overrides):
-    return int8_quantize(**inputs, **{**BASE_PARAMS, **overrides})
-
-
-def base_inputs(dims=None):
-    """Every input of the case the argument checks start from, optional ones included."""
-    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
-
-
-def raises(error, argument, pattern=""):
-    return pytest.raises(error, match=f"^{FUNCTION}: {re.escape(argument)}: expected {pattern}")
-
-
-def non_contiguous(array):
-    """The same values through a strided view, or None when the array cannot have one."""
-    axis = next((i for i, size in enumerate(array.shape) if size > 1), None)
-    if axis is None:
-        return None
-    index = (slice(None),) * axis + (slice(None, None, 2),)
-    return np.repeat(array, 2, axis=axis)[index]
-
-
-INPUT_IDS = [name for name, _, _, _ in INPUTS]
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_what_is_not_an_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    inputs[name] = inputs[name].tolist()
-    with raises(TypeError, name, "a numpy.ndarray"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_dtype(position):
-    name, dtype, _, _ = INPUTS[position]
-    inputs = base_inputs()
-    wrong = "float64" if dtype != "float64" else "float32"
-    inputs[name] = inputs[name].astype(wrong)
-    with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_number_of_dimensions(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    if leading:
-        if ndim == 0:
-            pytest.skip(f"{name} takes any number of dimensions")
-        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
-    else:
-        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
-    with raises(ValueError, name, r"(at least )?\d+ dimension"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_non_contiguous_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    strided = non_contiguous(inputs[name])
-    if strided is None:
-        pytest.skip("a one-element array is always contiguous")
-    inputs[name] = strided
-    with raises(ValueError, name, "a C-contiguous array"):
-        call(inputs)
-
-
-# the inputs that must not be empty
-EMPTY_REJECTED = [0]
-
-
-@pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
-def test_rejects_an_empty_array(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    shape = inputs[name].shape
-    if leading:
-        shape = (0, *shape[len(shape) - ndim:])
-    elif shape:
-        shape = (0, *shape[1:])
-    else:
-        pytest.skip(f"{name} is a scalar array")
-    inputs[name] = np.zeros(shape, dtype=dtype)
-    with raises(ValueError, name, "a non-empty array"):
-        call(inputs)
-
-
-# parameter, a value it must refuse, the error
-BAD_PARAMS = [
-    ("axis", 1.5, TypeError),
-    ("axis", "1", TypeError),
-    ("axis", True, TypeError),
-    ("axis", None, TypeError),
-    ("axis", 2, ValueError),
-]
-
-
-@pytest.mark.parametrize(("name", "value", "error"), BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
-def test_rejects_a_bad_parameter(name, value, error):
-    with raises(error, name):
-        call(base_inputs(), **{name: value})
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_absmax_maps_to_127(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(int8_quantize(**inputs, **params))
+    axis = {**DEFAULTS, **params}.get("axis")
+    q = outcome[0]
+    w = inputs["w"]
+    assert bool(np.all(np.abs(q.astype(np.int16)).max(axis=0 if axis == 0 else 1) == np.where(np.abs(w).max(axis=0 if axis == 0 else 1) > 0, 127, 0))), "invariant absmax_maps_to_127 does not hold"
 
 
 # --- the quantize family's own tests ----------------------------------------------------------

@@ -5,26 +5,19 @@
 # templates: test_module.py.j2, macros.j2
 """Tests of koschei.engine.rmsnorm: its NumPy reference and PyTorch, random shapes, invariants, bad
 arguments.
+
+The tests every engine module gets come from koschei.engine._testing, driven by the data below;
+the invariants are written out here.
 """
 
 import importlib
-import inspect
-import math
-import re
-import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-try:
-    import torch
-except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
-    torch = None
+from koschei.engine import _testing
 
-from koschei.engine import _runtime
-
+torch = _testing.torch  # None when PyTorch is not installed: the PyTorch tests are skipped
 module = importlib.import_module("koschei.engine.rmsnorm")
 rmsnorm = module.rmsnorm
 reference = module.reference
@@ -34,7 +27,6 @@ FUNCTION = "rmsnorm"
 TOLERANCE = {"float32": (1e-05, 1e-06)}
 # the results, in order: name, dtype
 RESULTS = [("y", "float32")]
-OUTPUT_DTYPE = np.dtype("float32")
 # the parameters' defaults
 DEFAULTS = {"eps": 1e-06}
 # label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
@@ -62,15 +54,33 @@ OPTIONAL = []
 # the parameters that are sources of randomness: seeded from the case unless it sets them, so
 # that the function and its reference draw the same numbers
 GENERATORS = []
-
-
-def case_seed(label):
-    return zlib.crc32(f"{FUNCTION}/{label}".encode())
-
-
-def seeded(params, seed):
-    """params with every generator parameter it does not set seeded with seed."""
-    return {**{name: seed for name in GENERATORS}, **params}
+# the low and high of each input's values (None: floats standard normal, booleans fair coins)
+RANGES = {"x": None, "weight": None}
+# the public function's parameters: name, kind, default
+SIGNATURE = [
+    ("x", _testing.POSITIONAL, _testing.REQUIRED),
+    ("weight", _testing.POSITIONAL, _testing.REQUIRED),
+    ("eps", _testing.KEYWORD, 1e-06),
+    ("out", _testing.KEYWORD, None),
+]
+# the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
+# and the values each parameter drawn takes
+RANDOM_DIMS = {"...": (1, 9), "d": (1, 300)}
+RANDOM_PARAMS = {}
+# each constraint of the signature, and whether the sizes and parameters given satisfy it
+CONSTRAINTS = []
+# the inputs that must not be empty (positions in INPUTS)
+EMPTY_REJECTED = [0, 1]
+# (dimension, input whose shape is made to disagree with the inputs before it)
+MISMATCHES = [("d", 1)]
+# parameter, a value it must refuse, the error
+BAD_PARAMS = [
+    ("eps", "1.0", TypeError),
+    ("eps", True, TypeError),
+    ("eps", None, TypeError),
+    ("eps", 0.0, ValueError),
+    ("eps", float("nan"), ValueError),
+]
 
 
 def input_shapes(dims):
@@ -87,98 +97,36 @@ def output_shapes(dims, params):
     return [(*lead, d)]
 
 
-def output_shape(dims, params):
-    """The shape of the first output, y."""
-    return output_shapes(dims, params)[0]
+# --- PyTorch ------------------------------------------------------------------------------------
+
+if torch is not None:
+    def torch_reference(x, weight, *, eps=1e-6):
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+else:
+    torch_reference = _testing.torch_missing
 
 
-RANGES = {"x": None, "weight": None}
+SPEC = _testing.Spec(
+    name=FUNCTION, function=rmsnorm, reference=reference,
+    tolerance=TOLERANCE, results=RESULTS, defaults=DEFAULTS, cases=CASES,
+    base_dims=BASE_DIMS, base_params=BASE_PARAMS, inputs=INPUTS, optional=OPTIONAL,
+    generators=GENERATORS, ranges=RANGES, input_shapes=input_shapes, output_shapes=output_shapes,
+    signature=SIGNATURE, random_dims=RANDOM_DIMS, random_params=RANDOM_PARAMS,
+    constraints=CONSTRAINTS, empty_rejected=EMPTY_REJECTED, mismatches=MISMATCHES,
+    bad_params=BAD_PARAMS, overlap_position=0, draw=None, torch_reference=torch_reference)
+
+# the tests every engine module gets (koschei/engine/_testing.py), defined here from SPEC: the
+# reference and out= on every case, random shapes, PyTorch, the signature, every bad argument
+globals().update(SPEC.tests())
 
 
-def make_inputs(dims, seed, params=None, with_inputs=None):
-    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
-    with_inputs (default: all of them) are None."""
-    rng = np.random.default_rng(seed)
-    shapes = input_shapes(dims)
-    given = OPTIONAL if with_inputs is None else with_inputs
-    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
-              for name, dtype, _, _ in INPUTS}
-    return {name: (value if name not in OPTIONAL or name in given else None)
-            for name, value in inputs.items()}
-
-
-def copied(inputs):
-    return {name: None if value is None else value.copy() for name, value in inputs.items()}
-
-
-def results(value):
-    """A function's or reference's result as a tuple of arrays, one per output."""
-    return tuple(value) if isinstance(value, tuple) else (value,)
-
-
-def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def assert_results_close(actual, expected):
-    actual, expected = results(actual), results(expected)
-    assert len(actual) == len(expected) == len(RESULTS)
-    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
-        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
-        assert_close(got, wanted, dtype)
-
-
-# --- the reference ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_the_reference(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    originals = copied(inputs)
-    expected = reference(**originals, **params)
-    actual = rmsnorm(**inputs, **params)
-    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
-    assert_results_close(actual, expected)
-    for name, original in originals.items():
-        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_writes_into_out(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    out = np.full(output_shape(dims, params), np.nan, dtype=OUTPUT_DTYPE)
-    result = rmsnorm(**inputs, **params, out=out)
-    assert result is out
-    assert_close(out, expected)
-
-
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(data=st.data())
-def test_random_shapes_match_the_reference(data):
-    dims = dict(BASE_DIMS)
-    dims["..."] = data.draw(st.lists(st.integers(1, 9), max_size=2), label="...")
-    dims["d"] = data.draw(st.integers(1, 300), label="d")
-    params = dict(BASE_PARAMS)
-    with_inputs = []
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    params = seeded(params, seed)
-    inputs = make_inputs(dims, seed, params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    assert_results_close(rmsnorm(**inputs, **params), expected)
+# --- the spec's invariants, on every case -------------------------------------------------------
 
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_rows_have_unit_rms_before_the_gain(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(rmsnorm(**inputs, **params))
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(rmsnorm(**inputs, **params))
     eps = {**DEFAULTS, **params}.get("eps")
     out = outcome[0]
     weight = inputs["weight"]
@@ -188,215 +136,9 @@ def test_invariant_rows_have_unit_rms_before_the_gain(label, dims, params, with_
 
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
 def test_invariant_signs_follow_x_times_weight(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(rmsnorm(**inputs, **params))
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(rmsnorm(**inputs, **params))
     out = outcome[0]
     weight = inputs["weight"]
     x = inputs["x"]
     assert np.array_equal(np.sign(out), np.sign(x) * np.sign(weight)), "invariant signs_follow_x_times_weight does not hold"
-
-
-# --- PyTorch ------------------------------------------------------------------------------------
-
-if torch is not None:
-    def torch_reference(x, weight, *, eps=1e-6):
-        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
-
-
-def to_numpy(value):
-    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
-
-
-@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_pytorch(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    with torch.inference_mode():
-        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
-                                      for name, array in copied(inputs).items()}, **params)
-    assert_results_close(rmsnorm(**inputs, **params), to_numpy(expected))
-
-
-# --- the signature and bad arguments ------------------------------------------------------------
-
-
-def test_signature_matches_the_spec():
-    kinds = inspect.Parameter
-    expected = [
-        ("x", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("weight", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("eps", kinds.KEYWORD_ONLY, 1e-06),
-        ("out", kinds.KEYWORD_ONLY, None),
-    ]
-    parameters = inspect.signature(rmsnorm).parameters.values()
-    assert [(p.name, p.kind, p.default) for p in parameters] == expected
-
-
-def call(inputs, **overrides):
-    return rmsnorm(**inputs, **{**BASE_PARAMS, **overrides})
-
-
-def base_inputs(dims=None):
-    """Every input of the case the argument checks start from, optional ones included."""
-    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
-
-
-def raises(error, argument, pattern=""):
-    return pytest.raises(error, match=f"^{FUNCTION}: {re.escape(argument)}: expected {pattern}")
-
-
-def non_contiguous(array):
-    """The same values through a strided view, or None when the array cannot have one."""
-    axis = next((i for i, size in enumerate(array.shape) if size > 1), None)
-    if axis is None:
-        return None
-    index = (slice(None),) * axis + (slice(None, None, 2),)
-    return np.repeat(array, 2, axis=axis)[index]
-
-
-INPUT_IDS = [name for name, _, _, _ in INPUTS]
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_what_is_not_an_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    inputs[name] = inputs[name].tolist()
-    with raises(TypeError, name, "a numpy.ndarray"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_dtype(position):
-    name, dtype, _, _ = INPUTS[position]
-    inputs = base_inputs()
-    wrong = "float64" if dtype != "float64" else "float32"
-    inputs[name] = inputs[name].astype(wrong)
-    with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_number_of_dimensions(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    if leading:
-        if ndim == 0:
-            pytest.skip(f"{name} takes any number of dimensions")
-        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
-    else:
-        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
-    with raises(ValueError, name, r"(at least )?\d+ dimension"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_non_contiguous_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    strided = non_contiguous(inputs[name])
-    if strided is None:
-        pytest.skip("a one-element array is always contiguous")
-    inputs[name] = strided
-    with raises(ValueError, name, "a C-contiguous array"):
-        call(inputs)
-
-
-# the inputs that must not be empty
-EMPTY_REJECTED = [0, 1]
-
-
-@pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
-def test_rejects_an_empty_array(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    shape = inputs[name].shape
-    if leading:
-        shape = (0, *shape[len(shape) - ndim:])
-    elif shape:
-        shape = (0, *shape[1:])
-    else:
-        pytest.skip(f"{name} is a scalar array")
-    inputs[name] = np.zeros(shape, dtype=dtype)
-    with raises(ValueError, name, "a non-empty array"):
-        call(inputs)
-
-
-# (dimension, input whose shape is made to disagree with the inputs before it)
-MISMATCHES = [("d", 1)]
-
-
-@pytest.mark.parametrize(("dim", "position"), MISMATCHES, ids=[f"{d}-{INPUT_IDS[i]}" for d, i in MISMATCHES])
-def test_rejects_dimensions_that_disagree(dim, position):
-    inputs = base_inputs()
-    if dim == "...":
-        lead = list(BASE_DIMS["..."])
-        changed = {**BASE_DIMS, "...": [*lead[:-1], lead[-1] + 1] if lead else [2]}
-    else:
-        changed = {**BASE_DIMS, dim: BASE_DIMS[dim] + 1}
-    name, dtype, _, _ = INPUTS[position]
-    inputs[name] = np.zeros(input_shapes(changed)[name], dtype=dtype)
-    with raises(ValueError, name, "shape"):
-        call(inputs)
-
-
-# parameter, a value it must refuse, the error
-BAD_PARAMS = [
-    ("eps", "1.0", TypeError),
-    ("eps", True, TypeError),
-    ("eps", None, TypeError),
-    ("eps", 0.0, ValueError),
-    ("eps", float("nan"), ValueError),
-]
-
-
-@pytest.mark.parametrize(("name", "value", "error"), BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
-def test_rejects_a_bad_parameter(name, value, error):
-    with raises(error, name):
-        call(base_inputs(), **{name: value})
-
-
-def test_rejects_an_out_of_the_wrong_dtype():
-    inputs = base_inputs()
-    wrong = np.float64 if OUTPUT_DTYPE != np.float64 else np.float32
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=wrong)
-    with raises(TypeError, "out", "dtype"):
-        call(inputs, out=out)
-
-
-def test_rejects_an_out_of_the_wrong_shape():
-    inputs = base_inputs()
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    out = np.zeros((*shape[:-1], shape[-1] + 1) if shape else (2,), dtype=OUTPUT_DTYPE)
-    with raises(ValueError, "out", "shape"):
-        call(inputs, out=out)
-
-
-def test_rejects_a_non_contiguous_out():
-    out = non_contiguous(np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE))
-    if out is None:
-        pytest.skip("a one-element array is always contiguous")
-    with raises(ValueError, "out", "a C-contiguous array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_a_read_only_out():
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE)
-    out.flags.writeable = False
-    with raises(ValueError, "out", "a writeable array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_an_out_that_overlaps_an_input():
-    inputs = base_inputs()
-    name = INPUTS[0][0]
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    size = max(inputs[name].size, math.prod(shape))
-    buffer = np.zeros(size, dtype=OUTPUT_DTYPE)
-    buffer[:inputs[name].size] = inputs[name].ravel()
-    inputs[name] = buffer[:inputs[name].size].reshape(inputs[name].shape)
-    out = buffer[:math.prod(shape)].reshape(shape)
-    with raises(ValueError, "out", "a buffer of its own"):
-        call(inputs, out=out)

@@ -5,25 +5,19 @@
 # templates: test_module.py.j2, families/sample.tests.py.j2, macros.j2
 """Tests of koschei.engine.sample: its NumPy reference and PyTorch, random shapes, invariants, bad
 arguments.
+
+The tests every engine module gets come from koschei.engine._testing, driven by the data below;
+the invariants and the sample family's own tests are written out here.
 """
 
 import importlib
-import inspect
-import re
-import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-try:
-    import torch
-except ImportError:  # PyTorch is a test dependency; without it the PyTorch tests are skipped
-    torch = None
+from koschei.engine import _testing
 
-from koschei.engine import _runtime
-
+torch = _testing.torch  # None when PyTorch is not installed: the PyTorch tests are skipped
 module = importlib.import_module("koschei.engine.sample")
 sample = module.sample
 reference = module.reference
@@ -33,7 +27,6 @@ FUNCTION = "sample"
 TOLERANCE = {"int64": (0.0, 0.0)}
 # the results, in order: name, dtype
 RESULTS = [("tokens", "int64")]
-OUTPUT_DTYPE = np.dtype("int64")
 # the parameters' defaults
 DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "rng": None}
 # label, sizes of the named dimensions ("...": the leading ones), parameters, optional inputs given
@@ -73,15 +66,50 @@ OPTIONAL = []
 # the parameters that are sources of randomness: seeded from the case unless it sets them, so
 # that the function and its reference draw the same numbers
 GENERATORS = ["rng"]
-
-
-def case_seed(label):
-    return zlib.crc32(f"{FUNCTION}/{label}".encode())
-
-
-def seeded(params, seed):
-    """params with every generator parameter it does not set seeded with seed."""
-    return {**{name: seed for name in GENERATORS}, **params}
+# the low and high of each input's values (None: floats standard normal, booleans fair coins)
+RANGES = {"logits": None}
+# the public function's parameters: name, kind, default
+SIGNATURE = [
+    ("logits", _testing.POSITIONAL, _testing.REQUIRED),
+    ("temperature", _testing.KEYWORD, 1.0),
+    ("top_k", _testing.KEYWORD, 0),
+    ("top_p", _testing.KEYWORD, 1.0),
+    ("rng", _testing.KEYWORD, None),
+    ("out", _testing.KEYWORD, None),
+]
+# the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
+# and the values each parameter drawn takes
+RANDOM_DIMS = {"...": (1, 9), "vocab": (1, 400)}
+RANDOM_PARAMS = {}
+# each constraint of the signature, and whether the sizes and parameters given satisfy it
+CONSTRAINTS = []
+# the inputs that must not be empty (positions in INPUTS)
+EMPTY_REJECTED = [0]
+# (dimension, input whose shape is made to disagree with the inputs before it)
+MISMATCHES = []
+# parameter, a value it must refuse, the error
+BAD_PARAMS = [
+    ("temperature", "1.0", TypeError),
+    ("temperature", True, TypeError),
+    ("temperature", None, TypeError),
+    ("temperature", -1.0, ValueError),
+    ("temperature", float("nan"), ValueError),
+    ("top_k", 1.5, TypeError),
+    ("top_k", "1", TypeError),
+    ("top_k", True, TypeError),
+    ("top_k", None, TypeError),
+    ("top_k", -1, ValueError),
+    ("top_p", "1.0", TypeError),
+    ("top_p", True, TypeError),
+    ("top_p", None, TypeError),
+    ("top_p", -1.0, ValueError),
+    ("top_p", 2.0, ValueError),
+    ("top_p", float("nan"), ValueError),
+    ("rng", 1.5, TypeError),
+    ("rng", "1", TypeError),
+    ("rng", True, TypeError),
+    ("rng", -1, ValueError),
+]
 
 
 def input_shapes(dims):
@@ -95,126 +123,6 @@ def output_shapes(dims, params):
     """The shapes of tokens (...,)."""
     lead = tuple(dims["..."])
     return [(*lead,)]
-
-
-def output_shape(dims, params):
-    """The shape of the first output, tokens."""
-    return output_shapes(dims, params)[0]
-
-
-RANGES = {"logits": None}
-
-
-def make_inputs(dims, seed, params=None, with_inputs=None):
-    """The inputs by name, drawn from one generator seeded with seed; the optional inputs not in
-    with_inputs (default: all of them) are None."""
-    rng = np.random.default_rng(seed)
-    shapes = input_shapes(dims)
-    given = OPTIONAL if with_inputs is None else with_inputs
-    inputs = {name: _runtime.draw_array(rng, dtype, shapes[name], RANGES[name])
-              for name, dtype, _, _ in INPUTS}
-    return {name: (value if name not in OPTIONAL or name in given else None)
-            for name, value in inputs.items()}
-
-
-def copied(inputs):
-    return {name: None if value is None else value.copy() for name, value in inputs.items()}
-
-
-def results(value):
-    """A function's or reference's result as a tuple of arrays, one per output."""
-    return tuple(value) if isinstance(value, tuple) else (value,)
-
-
-def assert_close(actual, expected, dtype=OUTPUT_DTYPE.name):
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != reference {expected.shape}"
-    rtol, atol = TOLERANCE.get(dtype, (0.0, 0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def assert_results_close(actual, expected):
-    actual, expected = results(actual), results(expected)
-    assert len(actual) == len(expected) == len(RESULTS)
-    for (name, dtype), got, wanted in zip(RESULTS, actual, expected):
-        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), name
-        assert_close(got, wanted, dtype)
-
-
-# --- the reference ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_the_reference(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    originals = copied(inputs)
-    expected = reference(**originals, **params)
-    actual = sample(**inputs, **params)
-    assert [array.shape for array in results(actual)] == output_shapes(dims, params)
-    assert_results_close(actual, expected)
-    for name, original in originals.items():
-        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_writes_into_out(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    out = np.zeros(output_shape(dims, params), dtype=OUTPUT_DTYPE)
-    result = sample(**inputs, **params, out=out)
-    assert result is out
-    assert_close(out, expected)
-
-
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(data=st.data())
-def test_random_shapes_match_the_reference(data):
-    dims = dict(BASE_DIMS)
-    dims["..."] = data.draw(st.lists(st.integers(1, 9), max_size=2), label="...")
-    dims["vocab"] = data.draw(st.integers(1, 400), label="vocab")
-    params = dict(BASE_PARAMS)
-    with_inputs = []
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    params = seeded(params, seed)
-    inputs = make_inputs(dims, seed, params, with_inputs)
-    expected = reference(**copied(inputs), **params)
-    assert_results_close(sample(**inputs, **params), expected)
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_tokens_are_ids_of_the_vocabulary(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(sample(**inputs, **params))
-    logits = inputs["logits"]
-    out = outcome[0]
-    assert bool(np.all((out >= 0) & (out < logits.shape[-1]))), "invariant tokens_are_ids_of_the_vocabulary does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_tokens_are_among_the_top_k(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(sample(**inputs, **params))
-    logits = inputs["logits"]
-    out = outcome[0]
-    temperature = {**DEFAULTS, **params}.get("temperature")
-    top_k = {**DEFAULTS, **params}.get("top_k")
-    assert temperature == 0 or not 0 < top_k < logits.shape[-1] or bool(np.all( np.take_along_axis(logits, out[..., None], axis=-1)[..., 0] >= np.sort(logits, axis=-1)[..., -top_k])), "invariant tokens_are_among_the_top_k does not hold"
-
-
-@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_invariant_greedy_is_the_argmax(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    outcome = results(sample(**inputs, **params))
-    logits = inputs["logits"]
-    out = outcome[0]
-    temperature = {**DEFAULTS, **params}.get("temperature")
-    assert temperature != 0 or np.array_equal(out, np.argmax(logits, axis=-1)), "invariant greedy_is_the_argmax does not hold"
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -245,190 +153,55 @@ if torch is not None:
         tokens = torch.searchsorted(cumulative, targets, side="right")[:, 0]
         last = vocab - 1 - torch.argmax((torch.flip(weights, [-1]) > 0).int(), dim=-1)
         return torch.minimum(tokens, last).reshape(logits.shape[:-1])
+else:
+    torch_reference = _testing.torch_missing
 
 
-def to_numpy(value):
-    return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
+SPEC = _testing.Spec(
+    name=FUNCTION, function=sample, reference=reference,
+    tolerance=TOLERANCE, results=RESULTS, defaults=DEFAULTS, cases=CASES,
+    base_dims=BASE_DIMS, base_params=BASE_PARAMS, inputs=INPUTS, optional=OPTIONAL,
+    generators=GENERATORS, ranges=RANGES, input_shapes=input_shapes, output_shapes=output_shapes,
+    signature=SIGNATURE, random_dims=RANDOM_DIMS, random_params=RANDOM_PARAMS,
+    constraints=CONSTRAINTS, empty_rejected=EMPTY_REJECTED, mismatches=MISMATCHES,
+    bad_params=BAD_PARAMS, overlap_position=None, draw=None, torch_reference=torch_reference)
+
+# the tests every engine module gets (koschei/engine/_testing.py), defined here from SPEC: the
+# reference and out= on every case, random shapes, PyTorch, the signature, every bad argument
+globals().update(SPEC.tests())
 
 
-@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+# --- the spec's invariants, on every case -------------------------------------------------------
+
+
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
-def test_matches_pytorch(label, dims, params, with_inputs):
-    params = seeded(params, case_seed(label))
-    inputs = make_inputs(dims, case_seed(label), params, with_inputs)
-    with torch.inference_mode():
-        expected = torch_reference(**{name: None if array is None else torch.from_numpy(array)
-                                      for name, array in copied(inputs).items()}, **params)
-    assert_results_close(sample(**inputs, **params), to_numpy(expected))
+def test_invariant_tokens_are_ids_of_the_vocabulary(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(sample(**inputs, **params))
+    logits = inputs["logits"]
+    out = outcome[0]
+    assert bool(np.all((out >= 0) & (out < logits.shape[-1]))), "invariant tokens_are_ids_of_the_vocabulary does not hold"
 
 
-# --- the signature and bad arguments ------------------------------------------------------------
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_tokens_are_among_the_top_k(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(sample(**inputs, **params))
+    logits = inputs["logits"]
+    out = outcome[0]
+    temperature = {**DEFAULTS, **params}.get("temperature")
+    top_k = {**DEFAULTS, **params}.get("top_k")
+    assert temperature == 0 or not 0 < top_k < logits.shape[-1] or bool(np.all( np.take_along_axis(logits, out[..., None], axis=-1)[..., 0] >= np.sort(logits, axis=-1)[..., -top_k])), "invariant tokens_are_among_the_top_k does not hold"
 
 
-def test_signature_matches_the_spec():
-    kinds = inspect.Parameter
-    expected = [
-        ("logits", kinds.POSITIONAL_OR_KEYWORD, kinds.empty),
-        ("temperature", kinds.KEYWORD_ONLY, 1.0),
-        ("top_k", kinds.KEYWORD_ONLY, 0),
-        ("top_p", kinds.KEYWORD_ONLY, 1.0),
-        ("rng", kinds.KEYWORD_ONLY, None),
-        ("out", kinds.KEYWORD_ONLY, None),
-    ]
-    parameters = inspect.signature(sample).parameters.values()
-    assert [(p.name, p.kind, p.default) for p in parameters] == expected
-
-
-def call(inputs, **overrides):
-    return sample(**inputs, **{**BASE_PARAMS, **overrides})
-
-
-def base_inputs(dims=None):
-    """Every input of the case the argument checks start from, optional ones included."""
-    return make_inputs(dims or BASE_DIMS, 0, BASE_PARAMS)
-
-
-def raises(error, argument, pattern=""):
-    return pytest.raises(error, match=f"^{FUNCTION}: {re.escape(argument)}: expected {pattern}")
-
-
-def non_contiguous(array):
-    """The same values through a strided view, or None when the array cannot have one."""
-    axis = next((i for i, size in enumerate(array.shape) if size > 1), None)
-    if axis is None:
-        return None
-    index = (slice(None),) * axis + (slice(None, None, 2),)
-    return np.repeat(array, 2, axis=axis)[index]
-
-
-INPUT_IDS = [name for name, _, _, _ in INPUTS]
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_what_is_not_an_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    inputs[name] = inputs[name].tolist()
-    with raises(TypeError, name, "a numpy.ndarray"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_dtype(position):
-    name, dtype, _, _ = INPUTS[position]
-    inputs = base_inputs()
-    wrong = "float64" if dtype != "float64" else "float32"
-    inputs[name] = inputs[name].astype(wrong)
-    with raises(TypeError, name, f"dtype {dtype}, got {wrong}"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_wrong_number_of_dimensions(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    if leading:
-        if ndim == 0:
-            pytest.skip(f"{name} takes any number of dimensions")
-        inputs[name] = np.zeros(inputs[name].shape[inputs[name].ndim - ndim + 1:], dtype=dtype)
-    else:
-        inputs[name] = np.ascontiguousarray(inputs[name][np.newaxis])
-    with raises(ValueError, name, r"(at least )?\d+ dimension"):
-        call(inputs)
-
-
-@pytest.mark.parametrize("position", range(len(INPUTS)), ids=INPUT_IDS)
-def test_rejects_a_non_contiguous_array(position):
-    inputs = base_inputs()
-    name = INPUTS[position][0]
-    strided = non_contiguous(inputs[name])
-    if strided is None:
-        pytest.skip("a one-element array is always contiguous")
-    inputs[name] = strided
-    with raises(ValueError, name, "a C-contiguous array"):
-        call(inputs)
-
-
-# the inputs that must not be empty
-EMPTY_REJECTED = [0]
-
-
-@pytest.mark.parametrize("position", EMPTY_REJECTED, ids=[INPUT_IDS[i] for i in EMPTY_REJECTED])
-def test_rejects_an_empty_array(position):
-    name, dtype, leading, ndim = INPUTS[position]
-    inputs = base_inputs()
-    shape = inputs[name].shape
-    if leading:
-        shape = (0, *shape[len(shape) - ndim:])
-    elif shape:
-        shape = (0, *shape[1:])
-    else:
-        pytest.skip(f"{name} is a scalar array")
-    inputs[name] = np.zeros(shape, dtype=dtype)
-    with raises(ValueError, name, "a non-empty array"):
-        call(inputs)
-
-
-# parameter, a value it must refuse, the error
-BAD_PARAMS = [
-    ("temperature", "1.0", TypeError),
-    ("temperature", True, TypeError),
-    ("temperature", None, TypeError),
-    ("temperature", -1.0, ValueError),
-    ("temperature", float("nan"), ValueError),
-    ("top_k", 1.5, TypeError),
-    ("top_k", "1", TypeError),
-    ("top_k", True, TypeError),
-    ("top_k", None, TypeError),
-    ("top_k", -1, ValueError),
-    ("top_p", "1.0", TypeError),
-    ("top_p", True, TypeError),
-    ("top_p", None, TypeError),
-    ("top_p", -1.0, ValueError),
-    ("top_p", 2.0, ValueError),
-    ("top_p", float("nan"), ValueError),
-    ("rng", 1.5, TypeError),
-    ("rng", "1", TypeError),
-    ("rng", True, TypeError),
-    ("rng", -1, ValueError),
-]
-
-
-@pytest.mark.parametrize(("name", "value", "error"), BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
-def test_rejects_a_bad_parameter(name, value, error):
-    with raises(error, name):
-        call(base_inputs(), **{name: value})
-
-
-def test_rejects_an_out_of_the_wrong_dtype():
-    inputs = base_inputs()
-    wrong = np.float64 if OUTPUT_DTYPE != np.float64 else np.float32
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=wrong)
-    with raises(TypeError, "out", "dtype"):
-        call(inputs, out=out)
-
-
-def test_rejects_an_out_of_the_wrong_shape():
-    inputs = base_inputs()
-    shape = output_shape(BASE_DIMS, BASE_PARAMS)
-    out = np.zeros((*shape[:-1], shape[-1] + 1) if shape else (2,), dtype=OUTPUT_DTYPE)
-    with raises(ValueError, "out", "shape"):
-        call(inputs, out=out)
-
-
-def test_rejects_a_non_contiguous_out():
-    out = non_contiguous(np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE))
-    if out is None:
-        pytest.skip("a one-element array is always contiguous")
-    with raises(ValueError, "out", "a C-contiguous array"):
-        call(base_inputs(), out=out)
-
-
-def test_rejects_a_read_only_out():
-    out = np.zeros(output_shape(BASE_DIMS, BASE_PARAMS), dtype=OUTPUT_DTYPE)
-    out.flags.writeable = False
-    with raises(ValueError, "out", "a writeable array"):
-        call(base_inputs(), out=out)
+@pytest.mark.parametrize(("label", "dims", "params", "with_inputs"), CASES)
+def test_invariant_greedy_is_the_argmax(label, dims, params, with_inputs):
+    inputs, params = SPEC.case_arguments(label, dims, params, with_inputs)
+    outcome = _testing.results(sample(**inputs, **params))
+    logits = inputs["logits"]
+    out = outcome[0]
+    temperature = {**DEFAULTS, **params}.get("temperature")
+    assert temperature != 0 or np.array_equal(out, np.argmax(logits, axis=-1)), "invariant greedy_is_the_argmax does not hold"
 
 
 # --- the sample family's own tests ----------------------------------------------------------
