@@ -157,3 +157,32 @@ def test_the_command_never_imports_numba(root):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "none"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("seed_id", "node"), [
+    ("v6704_golden_tokenizer", "bpe_tokenizer"),
+    ("v6705_trinity_inference", "bitnet_linear"),
+    ("v6733_gqa", "attention"),
+    ("v6734_sliding", "sliding_window_attention"),
+])
+def test_the_repository_tree_finds_seed_module_ids(seed_id, node):
+    result = invoke("tech-tree", "--root", str(REPO), "-k", seed_id, "--format", "json")
+    assert result.exit_code == 0, result.output
+    graph = json.loads(result.stdout)
+    found = next(entry for entry in graph["nodes"] if entry["name"] == node)
+    assert seed_id in found["aliases"]
+
+
+def test_the_repository_tree_shows_provided_nodes_as_done():
+    result = invoke("tech-tree", "--root", str(REPO), "-k", "sliding_window_attention")
+    assert result.exit_code == 0, result.output
+    assert "↪ sliding_window_attention" in result.stdout
+    assert "1 provided ↪" in result.stdout
+    data = json.loads(invoke("tech-tree", "--root", str(REPO), "-k", "sliding_window_attention",
+                             "--json").stdout)
+    node = next(node for node in data["nodes"] if node["name"] == "sliding_window_attention")
+    assert (node["status"], node["provided_by"]) == ("provided", "attention")
+    assert node["provided_how"].startswith("attention(q, k, v, window=W)")

@@ -313,3 +313,172 @@ def test_claims_become_factors():
     assert pas_analyze.claimed_factor("compression", 32, "x") == 32
     assert pas_analyze.claimed_factor("latency", 15, "ms") is None
     assert pas_analyze.claimed_factor("memory", 100, "%") is None
+
+
+# --- claims measured from shapes and dtypes, from the decoder, and through a provider ----------
+
+def custom_spec(name: str, inputs: list[tuple[str, list[str]]], output: list[str],
+                bench_cases: list[str], claims: list[str], extra: str = "") -> str:
+    """An implemented spec with a custom kernel over float32 inputs of the given shapes."""
+    arguments = ", ".join(arg for arg, _ in inputs)
+    return "\n".join([
+        f"name: {name}", f"title: {name}", "tier: foundation",
+        "claims:", claims_yaml(claims),
+        "kernel:", "  family: custom", "  params:", "    source: |",
+        f"      def _compute({arguments}, out):", "          out[...] = 0.0",
+        "signature:", "  inputs:",
+        *(f"    - {{name: {arg}, dtype: float32, shape: {json.dumps(shape)}}}"
+          for arg, shape in inputs),
+        f"  output: {{name: out, dtype: float32, shape: {json.dumps(output)}}}",
+        "reference: |", "  import numpy as np", "",
+        f"  def reference({arguments}):", f"      return np.zeros({tuple(output)!r})",
+        "tests:", "  cases:", f"    - {{dims: {bench_cases[0].split('dims: ')[1]}",
+        "  tolerance:", "    float32: {rtol: 1.0e-6, atol: 1.0e-6}",
+        "bench:", "  cases:", *(f"    - {case}" for case in bench_cases),
+        '  bytes: "1"', '  flops: "1"', extra]) + "\n"
+
+
+GQA_CASES = ["{name: decode, dims: {n: 1, m: 2048, hq: 12, hkv: 4, hd: 64}}",
+             "{name: prefill, dims: {n: 512, m: 512, hq: 12, hkv: 4, hd: 64}}",
+             "{name: heads, dims: {n: 128, m: 128, hq: 12, hkv: 12, hd: 32}}"]
+KV = "measure: {kind: kv_cache, this: gqa, baseline: mha}"
+
+
+def make_measured_workspace(root: Path) -> Workspace:
+    workspace = make_workspace(root)
+    folder = workspace.specs_dir / "foundation"
+    gqa = custom_spec(
+        "gqa", [("q", ["n", "hq", "hd"]), ("k", ["m", "hkv", "hd"])], ["n", "hq", "hd"],
+        GQA_CASES, [
+            (f'{{metric: memory, value: -67, unit: "%", baseline: MHA, case: decode, source: A, '
+            f'{KV}}}'),
+            f'{{metric: memory, value: 8, baseline: MHA, source: B, {KV}}}',
+            ('{metric: compression, value: 4, baseline: float32 KV, case: decode, source: C, '
+            'measure: {kind: kv_cache, this: gqa_int8, baseline: gqa}}'),
+        ],
+        extra="tunables:\n  block_q: {choices: [64], default: 64}\n"
+              "  block_k: {choices: [128], default: 128}")
+    windowed = "\n".join([
+        "name: windowed", "title: Windowed", "tier: foundation", "requires: [gqa]",
+        "provided_by: {spec: gqa, how: \"window= parameter\"}", "claims:", claims_yaml([
+            ('{metric: memory, value: 5, baseline: scores, source: D, '
+            'measure: {kind: attention_memory, this: online_softmax, baseline: score_matrix}}'),
+            '{metric: speedup, value: 3, baseline: numpy, case: decode, source: E}',
+            '{metric: speedup, value: 2, baseline: gqa without windows, source: F}']), ""])
+    ternary = custom_spec(
+        "ternary", [("x", ["n", "d_in"]), ("w", ["d_out", "d_in"])], ["n", "d_out"],
+        ["{name: big, dims: {n: 1, d_in: 4096, d_out: 4096}}",
+         "{name: small, dims: {n: 1, d_in: 64, d_out: 32}}"], [
+            ('{metric: memory, value: -75, unit: "%", baseline: Q4, source: G, '
+            'measure: {kind: weights, this: ternary_packed, baseline: q4_0}}'),
+            ('{metric: speedup, value: 2, baseline: fp32 weights, source: H, '
+            'measure: {kind: decoder, this: ternary, baseline: fp32}}')])
+    later = PLANNED.format(name="later", requires="[ternary, windowed]", claims=claims_yaml([
+        '{metric: speedup, value: 2, baseline: ternary, source: I}']))
+    for name, text in {"gqa": gqa, "windowed": windowed, "ternary": ternary,
+                       "later": later}.items():
+        (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
+    return workspace
+
+
+def decoder_case(config: str = "tiny", **changes) -> dict:
+    return {"model": "decoder", "config": config, "context": 8, "verdict": "ok",
+            "weights": {"fp32": {"tokens_per_s": 50.0, "weight_bytes": 400,
+                                 "bytes_per_token": 420},
+                        "ternary": {"tokens_per_s": 90.0, "weight_bytes": 120,
+                                    "bytes_per_token": 140}},
+            "speedup_ternary_vs_fp32": 1.75, **changes}
+
+
+def test_kv_cache_claims_are_sizes_from_shapes_at_a_case_or_the_decoder_config(tmp_path):
+    workspace = make_measured_workspace(tmp_path / "ws")
+    result = pas_analyze.run(workspace, pas_analyze.Options())  # no run: igla_v2
+
+    # 12 query heads over 4 KV heads of 64 float32 values: 2 * 12 * 64 * 4 against 2 * 4 * 64 * 4
+    at_case = claim(result, "gqa", "A")
+    assert at_case.measured_factor == pytest.approx(6144 / 2048)
+    assert at_case.verdict == "confirmed"  # -67% is two thirds, rounded
+    assert at_case.case == "decode" and "12 query heads over 4 KV heads" in at_case.shapes
+    assert "(measured: -66.7%)" in at_case.detail
+
+    eightfold = claim(result, "gqa", "B")  # igla_v2: 12 layers, 12 / 4 heads, head_dim 64
+    assert (eightfold.verdict, eightfold.measured_factor) == ("partly", pytest.approx(3.0))
+    assert "mha 73,728 / gqa 24,576" in eightfold.detail
+    assert eightfold.shapes.startswith("decoder config igla_v2 (12 layers")
+    assert "×3 (decode, prefill), ×1 (heads)" in eightfold.detail
+    assert "×8 needs 8 query heads per KV head" in eightfold.detail
+
+    int8 = claim(result, "gqa", "C")  # 64 float32 values against 64 int8 and a float32 scale
+    assert (int8.verdict, int8.measured_factor) == ("partly", pytest.approx(256 / 68))
+
+    # a decoder model case in a run: its config sizes the caches (tiny: 2 layers, 4 / 2 heads)
+    write_run(workspace, "benchmark", {**benchmark([]), "models": [decoder_case("tiny")]})
+    measured = claim(pas_analyze.run(workspace, pas_analyze.Options()), "gqa", "B")
+    assert measured.measured_factor == pytest.approx(2.0)
+    assert "mha 1,024 / gqa 512 at decoder config tiny" in measured.detail
+
+
+def test_weight_formats_and_the_decoder_measure_bitnet_style_claims(tmp_path):
+    workspace = make_measured_workspace(tmp_path / "ws")
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+    memory = claim(result, "ternary", "G")  # 4096 x 4096: 18 bytes per 32 against 2 bits + 4
+    assert memory.measured_factor == pytest.approx(4096 * 128 * 18 / (4096 * 1024 + 4))
+    assert memory.verdict == "partly" and memory.case == "big"
+    assert "q4_0 9,437,184 (4.5 bits a weight)" in memory.detail
+    assert "×4 needs 1.12 bits a weight" in memory.detail
+    speed = claim(result, "ternary", "H")
+    assert speed.verdict == "unmeasured" and "koschei benchmark --model igla_v2" in speed.detail
+
+    run = write_run(workspace, "benchmark", {**benchmark([]), "models": [decoder_case()]})
+    speed = claim(pas_analyze.run(workspace, pas_analyze.Options()), "ternary", "H")
+    assert (speed.verdict, speed.measured_factor) == ("partly", pytest.approx(1.75))  # paired
+    assert (speed.run, speed.case) == (run, "decoder/tiny_decode_8")
+    assert "tokens/s ternary 90.0 / fp32 50.0" in speed.detail
+
+    unpaired = decoder_case(speedup_ternary_vs_fp32=None)
+    write_run(workspace, "benchmark", {**benchmark([]), "models": [unpaired]})
+    speed = claim(pas_analyze.run(workspace, pas_analyze.Options()), "ternary", "H")
+    assert speed.measured_factor == pytest.approx(90 / 50)
+    write_run(workspace, "benchmark", {**benchmark([]),
+                                       "models": [decoder_case(verdict="wrong")]})
+    speed = claim(pas_analyze.run(workspace, pas_analyze.Options()), "ternary", "H")
+    assert speed.verdict == "unmeasured" and "was wrong" in speed.detail
+
+
+def test_a_provided_spec_is_measured_through_its_provider(tmp_path):
+    workspace = make_measured_workspace(tmp_path / "ws")
+    write_run(workspace, "benchmark", benchmark([
+        case("gqa", "decode", 1e-4, speedup_vs_numpy=4.0),
+        case("gqa", "prefill", 1e-3, speedup_vs_numpy=2.0)]))
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+
+    memory = claim(result, "windowed", "D")
+    assert memory.status == "provided" and memory.case == "prefill"  # the most scores
+    n = m = 512
+    hq, hkv, hd, threads = 12, 4, 64, 2
+    io = 4 * (2 * n * hq * hd + 2 * m * hkv * hd)
+    rows = 64 * hq // hkv  # block_q query positions of one group's heads
+    tiles = threads * 4 * (rows * (2 * hd + 128 + 2) + hd * 128)
+    assert memory.measured_factor == pytest.approx((io + 4 * hq * n * m) / (io + tiles))
+    assert memory.verdict == "partly" and "from n = m =" in memory.detail
+
+    speed = claim(result, "windowed", "E")  # gqa's engine against NumPy on gqa's case
+    assert (speed.verdict, speed.measured_factor, speed.case) == ("confirmed", 4.0, "decode")
+    no_baseline = claim(result, "windowed", "F")
+    assert no_baseline.verdict == "unmeasured"
+    assert "bench baseline doing 'gqa without windows' in gqa's bench" in no_baseline.detail
+
+    later = claim(result, "later", "I")
+    assert later.detail.startswith("planned: implement later")
+    assert "koschei benchmark -k later -k ternary" in later.detail
+    # a provided spec counts as done: what requires it is ready to implement
+    prediction = next(p for p in result.predictions if p.spec == "later")
+    assert prediction.ready and prediction.missing_requires == []
+    assert "windowed" not in {step.spec for step in result.next_steps}
+
+
+@pytest.mark.parametrize(("claimed", "measured", "verdict"), [
+    (1 / 0.33, 3.0, "confirmed"), (4.0, 3.99, "confirmed"), (4.0, 3.9, "partly"),
+    (0.25, 0.2525, "confirmed")])
+def test_a_factor_within_the_claims_rounding_confirms_it(claimed, measured, verdict):
+    assert pas_analyze.verdict_for(claimed, measured) == verdict

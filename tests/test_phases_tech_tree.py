@@ -125,11 +125,13 @@ def test_nodes_come_in_topological_order_with_dependents_and_counts(workspace):
     assert result.counts["total"] == 5
     assert (result.counts["implemented"], result.counts["composed"],
             result.counts["planned"]) == (1, 1, 3)
+    assert result.counts["provided"] == 0 and result.counts["done"] == 2
     assert result.counts["by_tier"]["foundation"] == {"implemented": 1, "composed": 0,
-                                                      "planned": 1}
+                                                      "provided": 0, "planned": 1}
     assert result.counts["by_tier"]["attention"] == {"implemented": 0, "composed": 0,
-                                                     "planned": 2}
-    assert result.counts["by_tier"]["ffn"] == {"implemented": 0, "composed": 1, "planned": 0}
+                                                     "provided": 0, "planned": 2}
+    assert result.counts["by_tier"]["ffn"] == {"implemented": 0, "composed": 1, "provided": 0,
+                                               "planned": 0}
     assert result.export is None  # the rich tree is drawn by the command line
 
 
@@ -250,3 +252,39 @@ def test_the_phase_never_imports_numba(workspace):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "none"
+
+
+def test_a_provided_node_is_done_and_points_at_its_provider(workspace):
+    folder = workspace.specs_dir / "foundation"
+    (folder / "twice_norm.yaml").write_text(
+        planned("twice_norm", "foundation", ["norm"], aliases=["v2_twice_norm"])
+        + "provided_by: {spec: norm, how: \"norm(x) applied once\"}\n", encoding="utf-8")
+    result = tech_tree.run(workspace, tech_tree.Options())
+    nodes = {node.name: node for node in result.nodes}
+    provided = nodes["twice_norm"]
+    assert provided.status == "provided"
+    assert (provided.provided_by, provided.provided_how) == ("norm", "norm(x) applied once")
+    assert (result.counts["implemented"], result.counts["provided"],
+            result.counts["planned"]) == (1, 1, 3)
+    assert result.counts["done"] == 3  # implemented, composed and provided
+    assert result.counts["by_tier"]["foundation"]["provided"] == 1
+    assert "1 provided by another spec" in result.summary()
+
+    mermaid = tech_tree.run(workspace, tech_tree.Options(format="mermaid")).export
+    assert "  norm -->|provides| twice_norm" in mermaid.splitlines()
+    assert "provided by norm" in mermaid and "class twice_norm provided" in mermaid
+    dot = tech_tree.run(workspace, tech_tree.Options(format="dot")).export
+    assert '"norm" -> "twice_norm" [label="provides"];' in dot
+    assert "provided by norm: norm(x) applied once" in dot
+    data = json.loads(tech_tree.run(workspace, tech_tree.Options(format="json")).export)
+    node = next(node for node in data["nodes"] if node["name"] == "twice_norm")
+    assert node["status"] == "provided" and node["provided_by"] == "norm"
+    assert data["counts"]["provided"] == 1
+
+
+def test_a_seed_module_of_the_toolchain_says_what_it_is(workspace):
+    with pytest.raises(UsageError) as error:
+        tech_tree.run(workspace, tech_tree.Options(select="v6794_benchmark_runner"))
+    assert "koschei benchmark" in str(error.value) and "no node" in str(error.value)
+    with pytest.raises(UsageError, match="branding"):
+        tech_tree.run(workspace, tech_tree.Options(select="v6720_sacred_formula"))

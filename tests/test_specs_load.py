@@ -340,3 +340,41 @@ def test_every_repository_spec_file_is_valid_on_its_own():
         if spec.status == "planned":
             # claims quote the seed documents they come from
             assert all(claim.source.startswith("seed 00") for claim in spec.claims), loaded.relpath
+
+
+def test_the_repository_specs_carry_the_seed_module_ids_and_their_providers():
+    spec_set = load_specs(Workspace(REPO))
+    for seed_id, node in (("v6704_golden_tokenizer", "bpe_tokenizer"),
+                          ("v6704_golden", "bpe_tokenizer"),
+                          ("v6705_trinity_inference", "bitnet_linear"),
+                          ("v6723_quantization", "int8_linear"),
+                          ("v6730_matryoshka", "matryoshka_embeddings"),
+                          ("v6731_flash", "flash_attention"),
+                          ("v6732_rope", "rope"),
+                          ("v6733_gqa", "attention"),
+                          ("v6734_sliding", "sliding_window_attention"),
+                          ("v6735_alibi", "alibi")):
+        assert spec_set.resolve(seed_id) == node, seed_id
+    provided = {loaded.name: loaded.spec.provided_by.spec for loaded in spec_set
+                if loaded.status == "provided"}
+    assert provided == {"sliding_window_attention": "attention", "alibi": "attention",
+                        "multi_query_attention": "attention", "flash_attention": "attention",
+                        "flash_decoding": "attention", "kv_cache_compression": "kv_cache",
+                        "matmul": "linear", "autoregressive_generation": "decoder_lm"}
+
+
+def test_the_specs_readme_names_the_seed_items_that_are_not_techniques():
+    from koschei.phases.tech_tree import SEED_MODULES_OUTSIDE_THE_TREE
+
+    text = (REPO / "specs" / "README.md").read_text(encoding="utf-8")
+    for item in ("sacred formula", "φ² + 1/φ² = 3", "PHOENIX = 999", "Quantum superposition",
+                 "AGI", "consciousness", "Trinity", "Implemented ✅"):
+        assert item in text, item
+    spec_set = load_specs(Workspace(REPO))
+    for seed_id in SEED_MODULES_OUTSIDE_THE_TREE:
+        assert f"`{seed_id}`" in text, seed_id
+        assert seed_id not in spec_set, seed_id  # no node claims it
+    # one line each, saying what it is and why it is no spec
+    items = [line for line in text.splitlines() if line.startswith("- **")]
+    assert len(items) >= 25
+    assert all(":" in line.split("**", 2)[2] for line in items)

@@ -503,3 +503,62 @@ def test_a_composition_names_an_engine_model_and_excludes_a_kernel(tmp_path):
     both = scale_problems(tmp_path / "both", ("tier: foundation\n",
                                               "tier: foundation\ncomposition: Decoder\n"))
     assert len(both) == 1 and "a kernel or a composition, not both" in both[0]
+
+
+def test_provided_by_names_a_required_spec_with_code_of_its_own(tmp_path):
+    def provided(name: str, provider: str, requires: tuple[str, ...]) -> str:
+        return (planned(name, requires=requires)
+                + f"provided_by: {{spec: {provider}, how: \"a parameter of {provider}\"}}\n")
+
+    workspace = make_workspace(tmp_path / "good", {
+        "foundation/scale.yaml": SCALE,
+        "foundation/windowed.yaml": provided("windowed", "scale", ("scale",))})
+    assert load_specs(workspace)["windowed"].status == "provided"
+
+    assert problems(make_workspace(tmp_path / "planned", {
+        "foundation/idea.yaml": planned("idea"),
+        "foundation/windowed.yaml": provided("windowed", "idea", ("idea",))})) == [
+        ("specs/foundation/windowed.yaml:5: provided_by.spec: idea is planned: only a spec with "
+        "a kernel or a composition of its own provides another (specs/foundation/idea.yaml)")]
+    assert problems(make_workspace(tmp_path / "missing", {
+        "foundation/scale.yaml": SCALE,
+        "foundation/windowed.yaml": provided("windowed", "scael", ())})) == [
+        ("specs/foundation/windowed.yaml:5: provided_by.spec: 'scael' is not among the "
+        "requirements: add it to requires (the node is built on what provides it)"),
+        ("specs/foundation/windowed.yaml:5: provided_by.spec: no spec is named 'scael' "
+        "(did you mean scale?)")]
+    assert problems(make_workspace(tmp_path / "itself", {
+        "foundation/windowed.yaml": provided("windowed", "windowed", ())})) == [
+        "specs/foundation/windowed.yaml:5: provided_by.spec: a spec cannot be provided by itself"]
+    chained = problems(make_workspace(tmp_path / "chained", {
+        "foundation/scale.yaml": SCALE,
+        "foundation/windowed.yaml": provided("windowed", "scale", ("scale",)),
+        "foundation/again.yaml": provided("again", "windowed", ("windowed",))}))
+    assert chained == [("specs/foundation/again.yaml:5: provided_by.spec: windowed is provided: "
+                       "only a spec with a kernel or a composition of its own provides another "
+                       "(specs/foundation/windowed.yaml)")]
+    both = scale_problems(tmp_path / "both", (
+        "tier: foundation\n", "tier: foundation\nprovided_by: {spec: scale, how: itself}\n"))
+    assert len(both) == 1 and "no kernel or composition of its own" in both[0]
+
+
+def test_a_claim_measure_names_known_entries_for_its_metric(tmp_path):
+    def with_claim(claim: str) -> str:
+        return planned("idea") + f"claims:\n  - {claim}\n"
+
+    good = make_workspace(tmp_path / "good", {"foundation/idea.yaml": with_claim(
+        '{metric: memory, value: -67, unit: "%", baseline: MHA, source: s, '
+        'measure: {kind: kv_cache, this: gqa, baseline: mha}}')})
+    assert load_specs(good)["idea"].spec.claims[0].measure.kind == "kv_cache"
+
+    assert problems(make_workspace(tmp_path / "unknown", {"foundation/idea.yaml": with_claim(
+        '{metric: memory, value: 4, baseline: Q4, source: s, '
+        'measure: {kind: weights, this: ternary_packd, baseline: q4_0}}')})) == [
+        ("specs/foundation/idea.yaml:6: claims[0].measure.this: unknown weights entry "
+        "'ternary_packd' (did you mean 'ternary_packed'? known: fp32, fp16, bf16, int8_per_row, "
+        "q8_0, q4_0, q4_k, int4_g128, tq2_0, tq1_0, ternary_packed, binary_packed)")]
+    wrong_metric = problems(make_workspace(tmp_path / "metric", {"foundation/idea.yaml": with_claim(
+        '{metric: speedup, value: 3, baseline: MHA, source: s, '
+        'measure: {kind: kv_cache, this: gqa, baseline: mha}}')}))
+    assert wrong_metric == [("specs/foundation/idea.yaml:6: claims[0].measure.kind: a kv_cache "
+                            "measure checks memory or compression claims, not speedup")]

@@ -35,8 +35,9 @@ def pas_analyze(
     root: RootOption = None,
     json_output: JsonOption = False,
     show_all: Annotated[bool, typer.Option(
-        "--all", help="Also list the claims of planned specs (unmeasured until implemented) and "
-                      "the predictions for specs whose requirements are not implemented yet.",
+        "--all", help="Also list the claims of planned specs (unmeasured until implemented, "
+                      "with what would measure them) and the predictions for specs whose "
+                      "requirements are not implemented yet.",
     )] = False,
     top: Annotated[int, typer.Option("--top", help="How many next steps to show.", min=1)] = 15,
     retune_below: Annotated[float, typer.Option(
@@ -63,7 +64,7 @@ def _claimed(value: float, unit: str) -> str:
 
 
 def render(result: Any, console: Console, *, show_all: bool = False, top: int = 15) -> None:
-    shown = [c for c in result.claims if show_all or c.status == "implemented"]
+    shown = [c for c in result.claims if show_all or c.status != "planned"]
     hidden = len(result.claims) - len(shown)
     claims = Table(title="claims vs this machine", title_justify="left", show_edge=False,
                    pad_edge=False, header_style="bold", title_style="bold")

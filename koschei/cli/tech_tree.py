@@ -24,13 +24,13 @@ from koschei.cli.common import (
 )
 
 STATUS_BADGES = {"implemented": ("✓", "bold green"), "composed": ("◆", "bold blue"),
-                 "planned": ("○", "dim")}
+                 "provided": ("↪", "bold green"), "planned": ("○", "dim")}
 
 
 @command("tech-tree", seed_name="tech_tree",
          summary="Show the technology tree of all specs by tier, with status (implemented ✓ / "
-                 "composed ◆ / planned ○) and headline figures from the latest benchmark, or export it as "
-                 "Mermaid, DOT or JSON.",
+                 "composed ◆ / provided by another spec's code ↪ / planned ○) and headline figures "
+                 "from the latest benchmark, or export it as Mermaid, DOT or JSON.",
          example="koschei tech-tree --format mermaid > tree.mmd")
 def tech_tree(
     root: RootOption = None,
@@ -67,6 +67,8 @@ def node_label(node: Any) -> Text:
     label.append(f"  {node.title}")
     if node.composition:
         label.append(f"  = koschei.engine.{node.composition}", style="blue")
+    if node.provided_by:
+        label.append(f"  provided by {node.provided_by}: {node.provided_how}", style="green")
     if node.aliases:
         label.append(f"  ({', '.join(node.aliases)})", style="dim")
     if node.headline:
@@ -79,14 +81,17 @@ def node_label(node: Any) -> Text:
 def render(result: Any, console: Console) -> None:
     counts = result.counts
     title = Text("technology tree", style="bold")
+    provided = f"{counts['provided']} provided ↪, " if counts.get("provided") else ""
     title.append(f"  {counts['total']} specs: {counts['implemented']} implemented ✓, "
-                 f"{counts['composed']} composed ◆, {counts['planned']} planned ○", style="")
+                 f"{counts['composed']} composed ◆, {provided}{counts['planned']} planned ○",
+                 style="")
     if result.selected:
         title.append(f"  (selected: {result.selected})", style="dim")
     tree = Tree(title)
     for tier in result.tiers:
         tier_counts = counts["by_tier"][tier]
-        done, total = tier_counts["implemented"] + tier_counts["composed"], sum(tier_counts.values())
+        done = sum(tier_counts[status] for status in ("implemented", "composed", "provided"))
+        total = sum(tier_counts.values())
         branch = tree.add(Text.assemble((tier, "bold magenta"), (f"  {done}/{total} implemented",
                                                                   "dim")))
         for node in result.nodes:

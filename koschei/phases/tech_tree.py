@@ -1,9 +1,16 @@
 """The tech_tree phase: the technology graph of all specs, in order, with exports.
 
-Every spec is a node (implemented: it has a kernel; planned: identity and claims only); its
-``requires`` are the edges, drawn from the requirement to what it unlocks. The result lists the
-nodes in topological order (requirements first) with their dependents, counts by tier and status,
-headline figures from the latest benchmark run, and the graph as Mermaid, DOT or JSON text.
+Every spec is a node (implemented: it has a kernel; composed: an engine model of kernels;
+provided: another spec's kernel or composition already does it, ``provided_by``; planned:
+identity and claims only); its ``requires`` are the edges, drawn from the requirement to what it
+unlocks. The result lists the nodes in topological order (requirements first) with their
+dependents, counts by tier and status, headline figures from the latest benchmark run, and the
+graph as Mermaid, DOT or JSON text. A provided node points at its provider (``provided_by``,
+``provided_how``) and its edge from the provider is drawn as "provides".
+
+A seed module id that names a feature of the toolchain or branding rather than a technique
+(:data:`SEED_MODULES_OUTSIDE_THE_TREE`, listed in ``specs/README.md``) is no node; selecting it
+says what it is instead.
 
 Loading and validating the specs is ``koschei.specs``; this phase never imports Numba.
 """
@@ -23,8 +30,30 @@ from koschei.workspace import Workspace
 Format = Literal["tree", "mermaid", "dot", "json"]
 FORMATS: tuple[str, ...] = ("tree", "mermaid", "dot", "json")
 
-STATUS_MARKS = {"implemented": "✓", "composed": "◆", "planned": "○"}
+STATUS_MARKS = {"implemented": "✓", "composed": "◆", "provided": "↪", "planned": "○"}
 STATUSES = tuple(STATUS_MARKS)
+# The statuses of a node whose technique the engine does (the rest are planned).
+DONE_STATUSES = ("implemented", "composed", "provided")
+
+# Seed module ids that are no node of the tree: features of the toolchain itself, and branding.
+SEED_MODULES_OUTSIDE_THE_TREE: dict[str, str] = {
+    "v6790_koschei_pattern": "the toolchain's cycle of phases: koschei cycle",
+    "v6791_self_evolution": "the toolchain's search over a spec's tunables (genetic autotuning)",
+    "v6792_task_decomposer": "the toolchain's per-spec work: every phase takes -k SPEC",
+    "v6793_test_generator": "the toolchain's generated tests: koschei code-generate writes "
+                            "tests/engine/test_<spec>.py",
+    "v6794_benchmark_runner": "the toolchain's benchmarks: koschei benchmark",
+    "v6795_pattern_learner": "the toolchain's learning from run history: the predictions of "
+                             "koschei pas-analyze",
+    "v6796_code_improver": "the toolchain's variants of a spec: koschei spec-create and tunables",
+    "v6797_feedback_loop": "the toolchain's loop: koschei cycle --loop",
+    "v6799_koschei_pipeline": "the toolchain's pipeline: koschei cycle",
+    "qml_benchmark": "the toolchain's benchmarks: koschei benchmark",
+    "v6703_pas_reasoning": "the toolchain's claim analysis: koschei pas-analyze",
+    "v6700_quantum_minilm": "branding ('quantum superposition states'), not a technique; the "
+                            "MiniLM encoder is the node minilm",
+    "v6720_sacred_formula": "numerology (V = n x 3^k x pi^m x phi^p), branding, not a technique",
+}
 
 # Words Mermaid's flowchart grammar reserves; a node id equal to one gets a trailing "_".
 MERMAID_RESERVED = {"end", "graph", "flowchart", "subgraph", "class", "classdef", "style",
@@ -52,6 +81,8 @@ class TreeNode:
     claims: int = 0
     headline: str | None = None  # e.g. "×2.10 vs PyTorch · ×5.31 vs NumPy @ 4096x768"
     composition: str | None = None  # the engine model that composes it, e.g. "KVCache"
+    provided_by: str | None = None  # the spec whose code does it, e.g. "attention"
+    provided_how: str | None = None  # how, e.g. "attention(q, k, v, window=W): ..."
 
 
 @dataclass
@@ -70,7 +101,8 @@ class TechTreeResult(Result):
         counts = self.counts
         return (f"{counts.get('total', 0)} specs in {len(self.tiers)} tiers: "
                 f"{counts.get('implemented', 0)} implemented, {counts.get('composed', 0)} "
-                f"composed, {counts.get('planned', 0)} planned")
+                f"composed, {counts.get('provided', 0)} provided by another spec, "
+                f"{counts.get('planned', 0)} planned")
 
 
 # --- headline figures ---------------------------------------------------------------------------
@@ -150,6 +182,10 @@ def select_nodes(nodes: list[TreeNode], select: str) -> set[str]:
         return {name} | _closure(name, requires) | _closure(name, dependents)
     if select in tiers:
         return {node.name for node in nodes if node.tier == select}
+    if select in SEED_MODULES_OUTSIDE_THE_TREE:
+        raise UsageError(f"--select {select}: a seed module that is no node of the tree: "
+                         f"{SEED_MODULES_OUTSIDE_THE_TREE[select]}",
+                         hint="specs/README.md lists the seed items that are not techniques")
     candidates = sorted(set(by_name) | set(aliases) | tiers)
     close = difflib.get_close_matches(select, candidates, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else "run koschei tech-tree to list them"
@@ -169,19 +205,25 @@ def _mermaid_text(text: str) -> str:
 
 def to_mermaid(result: TechTreeResult) -> str:
     """A Mermaid flowchart: one subgraph per tier, an arrow from each requirement to what it
-    unlocks, implemented nodes filled."""
+    unlocks (labelled "provides" from a provider to the node it provides), implemented nodes
+    filled."""
     lines = ["flowchart LR"]
+    providers = provider_edges(result)
     for tier in result.tiers:
         lines.append(f'  subgraph tier_{tier}["{_mermaid_text(tier)}"]')
         for node in result.nodes:
             if node.tier == tier:
                 label = f"{STATUS_MARKS[node.status]} {node.name}<br/>{node.title}"
+                if node.provided_by:
+                    label += f"<br/>provided by {node.provided_by}"
                 lines.append(f'    {mermaid_id(node.name)}["{_mermaid_text(label)}"]')
         lines.append("  end")
     for requirement, dependent in result.edges:
-        lines.append(f"  {mermaid_id(requirement)} --> {mermaid_id(dependent)}")
+        arrow = "-->|provides|" if (requirement, dependent) in providers else "-->"
+        lines.append(f"  {mermaid_id(requirement)} {arrow} {mermaid_id(dependent)}")
     lines.append("  classDef implemented fill:#d9f2d9,stroke:#2e7d32")
     lines.append("  classDef composed fill:#e3eefb,stroke:#1565c0")
+    lines.append("  classDef provided fill:#eef8ee,stroke:#2e7d32,stroke-dasharray:2 2")
     lines.append("  classDef planned fill:#f5f5f5,stroke:#9e9e9e,stroke-dasharray:4 3")
     for status in STATUSES:
         members = [mermaid_id(node.name) for node in result.nodes if node.status == status]
@@ -194,14 +236,22 @@ def _dot_text(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def provider_edges(result: TechTreeResult) -> set[tuple[str, str]]:
+    """The edges (provider, node) of the nodes that another spec provides."""
+    return {(node.provided_by, node.name) for node in result.nodes if node.provided_by}
+
+
 DOT_STYLES = {"implemented": 'fillcolor="#d9f2d9", color="#2e7d32"',
               "composed": 'fillcolor="#e3eefb", color="#1565c0"',
+              "provided": 'fillcolor="#eef8ee", color="#2e7d32", style="rounded,filled,dotted"',
               "planned": 'fillcolor="#f5f5f5", color="#9e9e9e", style="rounded,filled,dashed"'}
 
 
 def to_dot(result: TechTreeResult) -> str:
     """A Graphviz digraph: one cluster per tier, an edge from each requirement to what it
-    unlocks, implemented nodes filled green, planned ones dashed."""
+    unlocks (labelled "provides" from a provider), implemented nodes filled green, provided ones
+    dotted with their provider and how in the label, planned ones dashed."""
+    providers = provider_edges(result)
     lines = ["digraph tech_tree {", "  rankdir=LR;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica"];']
     for tier in result.tiers:
@@ -211,13 +261,16 @@ def to_dot(result: TechTreeResult) -> str:
             if node.tier != tier:
                 continue
             label = f"{STATUS_MARKS[node.status]} {node.name}\n{node.title}"
+            if node.provided_by:
+                label += f"\nprovided by {node.provided_by}: {node.provided_how}"
             if node.headline:
                 label += f"\n{node.headline}"
             attributes = DOT_STYLES[node.status]
             lines.append(f"    {_dot_text(node.name)} [label={_dot_text(label)}, {attributes}];")
         lines.append("  }")
     for requirement, dependent in result.edges:
-        lines.append(f"  {_dot_text(requirement)} -> {_dot_text(dependent)};")
+        label = ' [label="provides"]' if (requirement, dependent) in providers else ""
+        lines.append(f"  {_dot_text(requirement)} -> {_dot_text(dependent)}{label};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -257,12 +310,15 @@ def paper_text(paper: Any) -> str | None:
 
 
 def count_nodes(nodes: list[TreeNode], tiers: list[str]) -> dict[str, Any]:
+    """How many nodes of each status, in all and by tier; ``done``: implemented, composed or
+    provided (the engine does the technique)."""
     by_tier = {tier: dict.fromkeys(STATUSES, 0) for tier in tiers}
     for node in nodes:
         by_tier[node.tier][node.status] += 1
     return {
         "total": len(nodes),
         **{status: sum(1 for node in nodes if node.status == status) for status in STATUSES},
+        "done": sum(1 for node in nodes if node.status in DONE_STATUSES),
         "by_tier": by_tier,
     }
 
@@ -285,7 +341,9 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
             name=spec.name, title=spec.title, tier=spec.tier, status=spec.status,
             relpath=loaded.relpath, aliases=list(spec.aliases), requires=list(spec.requires),
             paper=paper_text(spec.paper), claims=len(spec.claims),
-            headline=headlines.get(spec.name), composition=spec.composition))
+            headline=headlines.get(spec.name), composition=spec.composition,
+            provided_by=spec.provided_by.spec if spec.provided_by else None,
+            provided_how=spec.provided_by.how if spec.provided_by else None))
     by_name = {node.name: node for node in nodes}
     for node in nodes:
         for requirement in node.requires:

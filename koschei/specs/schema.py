@@ -47,6 +47,17 @@ class Paper(Strict):
     url: str | None = None
 
 
+class Measure(Strict):
+    """How pas_analyze measures a claim whose baseline is not a kernel to time or a signature to
+    size: two entries of one table of ``koschei.specs.measures`` (``kind``: weights, kv_cache,
+    attention_memory or decoder), ``this`` for the spec's technique and ``baseline`` for what the
+    claim compares it with, e.g. ``{kind: kv_cache, this: gqa, baseline: mha}``."""
+
+    kind: Literal["weights", "kv_cache", "attention_memory", "decoder"]
+    this: str
+    baseline: str
+
+
 class Claim(Strict):
     """What a paper or seed says; pas_analyze puts it next to what was measured here."""
 
@@ -57,6 +68,16 @@ class Claim(Strict):
     source: str
     # The benchmark case and contender the claim is checked against, e.g. "4096x768" / "layernorm".
     case: str | None = None
+    # Sizes from shapes and dtypes, or the decoder's figures, when the baseline has no kernel.
+    measure: Measure | None = None
+
+
+class ProvidedBy(Strict):
+    """The implemented (or composed) spec whose code already does this technique, and how, e.g.
+    ``{spec: attention, how: "window= parameter"}``: the node is then done, not planned."""
+
+    spec: Identifier
+    how: str = Field(min_length=1)
 
 
 class TensorArg(Strict):
@@ -176,6 +197,10 @@ class Case(Strict):
     goals: list[Goal] = []  # bench cases only
     # The optional inputs given in this case (the others are None).
     with_inputs: list[Identifier] = []
+    # Bench cases only: inputs a real model streams from memory at every call (the weights of a
+    # decoding step). The benchmark rotates every contender through enough copies of them that
+    # none is still cached when it is used again, and times the engine on one warm copy beside.
+    cold: list[Identifier] = []
 
 
 class Invariant(Strict):
@@ -203,6 +228,19 @@ class Bench(Strict):
     # Arithmetic over the case's dims (and params): bytes moved and floating-point operations.
     bytes: str
     flops: str
+    # How many of those bytes are written (the rest are read): the ceiling of a case is that of
+    # its own mix of reads and writes. None: the bytes of the outputs.
+    written: str | None = None
+    # The PyTorch contender as an expert writes it, when the test-time ``tests.torch`` is not
+    # that: Python source defining ``prepare(<inputs>, **params)``, run once outside the timed
+    # call, returning the arguments of ``run(*args)`` (tensors in PyTorch's own layouts, tables
+    # computed once), and ``run(*args)``, the timed call, which ``torch.compile`` also compiles;
+    # optionally ``result(output)``, the NumPy output(s) in the spec's layout for the check.
+    torch: str | None = None
+    # The NumPy contender as a NumPy user writes it, when the reference (written for clarity,
+    # often in float64) is not that: Python source defining ``numpy_contender(...)``, called like
+    # the public function (float32 arithmetic, no needless copies); else the reference.
+    numpy: str | None = None
     # Other ways to do the job, timed beside the engine but never compared with it: name ->
     # Python source defining ``baseline(...)``, called with the function's inputs and params by
     # name (e.g. an fp32 GEMV of the same shape as a quantized one).
@@ -218,6 +256,8 @@ class Spec(Strict):
     paper: Paper | None = None
     requires: list[Identifier] = []
     claims: list[Claim] = []
+    # Another spec's kernel or composition already does this technique (no code of its own).
+    provided_by: ProvidedBy | None = None
 
     kernel: Kernel | None = None
     # The engine model that composes kernels into this technique (no kernel of its own), as its
@@ -234,17 +274,24 @@ class Spec(Strict):
     bench: Bench | None = None
 
     @property
-    def status(self) -> Literal["implemented", "composed", "planned"]:
+    def status(self) -> Literal["implemented", "composed", "provided", "planned"]:
         """implemented: a kernel of its own; composed: an engine model built of kernels;
-        planned: identity and claims only."""
+        provided: done by another spec's kernel or composition (``provided_by``); planned:
+        identity and claims only."""
         if self.kernel is not None:
             return "implemented"
-        return "composed" if self.composition is not None else "planned"
+        if self.composition is not None:
+            return "composed"
+        return "provided" if self.provided_by is not None else "planned"
 
     @model_validator(mode="after")
     def _implemented_specs_are_complete(self) -> Spec:
         if self.kernel is not None and self.composition is not None:
             raise ValueError("a spec has a kernel or a composition, not both")
+        if self.provided_by is not None and (self.kernel is not None
+                                             or self.composition is not None):
+            raise ValueError("a spec provided by another has no kernel or composition of its "
+                             "own: drop provided_by, or the kernel / composition")
         if self.kernel is not None:
             missing = [f for f in ("signature", "reference", "tests") if getattr(self, f) is None]
             if missing:

@@ -6,6 +6,9 @@ more than one field or more than one file:
 - the file is ``specs/<tier>/<name>.yaml``: its name is the spec's name, its folder the tier;
 - names are unique; aliases are unique across all specs and never another spec's name;
 - ``requires`` names specs that exist, and the requirements have no cycle;
+- ``provided_by`` names a spec among the requirements that has a kernel or a composition (not a
+  planned or itself provided one); a claim's ``measure`` names entries of its kind's table in
+  ``koschei.specs.measures`` and suits the claim's metric;
 - the signature agrees with itself: every output dimension is bound by an input dimension or an
   int parameter (or is an expression over those), an input dimension written as an expression
   reads only dimensions of the inputs before it, ``"..."`` only comes first, integer inputs give
@@ -32,7 +35,7 @@ from difflib import get_close_matches
 from typing import Any
 
 from koschei.errors import SpecIssue
-from koschei.specs import expr
+from koschei.specs import expr, measures
 from koschei.specs.graph import find_cycles
 from koschei.specs.load import FieldPath, LoadedSpec, format_field, is_identifier, show
 from koschei.specs.schema import Case, Param, Spec
@@ -53,8 +56,10 @@ ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z][a-z.-]*(\.[A-Z]{2})?/\d{7})(v\d+)
 # What an invariant may read besides the function's arguments and result (see schema.Invariant).
 INVARIANT_NAMES = frozenset({"np", "out", *dir(builtins)})
 ELLIPSIS = "..."
+# What a provided_by may name: a spec with code of its own in the engine.
+PROVIDER_STATUSES = ("implemented", "composed")
 # The benchmark's own contenders; a baseline needs another name.
-RESERVED_CONTENDERS = ("engine", "numpy", "torch")
+RESERVED_CONTENDERS = ("engine", "engine_warm", "numpy", "torch", "torch_compile")
 
 
 # --- one spec -----------------------------------------------------------------------------------
@@ -150,6 +155,33 @@ class _SpecChecker:
                 hint = (f": write the bare identifier, {bare}" if ARXIV_ID.match(bare)
                         else " (expected an identifier such as 2205.14135)")
                 self.add(("paper", "arxiv"), f"{arxiv!r} is not an arXiv identifier{hint}")
+        if spec.provided_by is not None:
+            provider = spec.provided_by.spec
+            if provider == spec.name:
+                self.add(("provided_by", "spec"), "a spec cannot be provided by itself")
+            elif provider not in spec.requires:
+                self.add(("provided_by", "spec"), f"{provider!r} is not among the requirements: "
+                         f"add it to requires (the node is built on what provides it)")
+        for index, claim in enumerate(spec.claims):
+            if claim.measure is not None:
+                self.measure(claim.metric, claim.measure, ("claims", index, "measure"))
+
+    def measure(self, metric: str, measure: Any, path: FieldPath) -> None:
+        """A claim's measure names entries of its kind's table and suits the claim's metric."""
+        table = measures.MEASURE_KINDS[measure.kind]
+        for role in ("this", "baseline"):
+            name = getattr(measure, role)
+            if name not in table:
+                close = get_close_matches(name, list(table), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.add((*path, role), f"unknown {measure.kind} entry {name!r} ({hint}known: "
+                         f"{', '.join(table)})")
+        if measure.this == measure.baseline:
+            self.add((*path, "baseline"), f"{measure.this!r} against itself measures nothing")
+        allowed = measures.KIND_METRICS[measure.kind]
+        if metric not in allowed:
+            self.add((*path, "kind"), f"a {measure.kind} measure checks {' or '.join(allowed)} "
+                     f"claims, not {metric}")
 
     # signature -----------------------------------------------------------------------------
 
@@ -368,6 +400,11 @@ class _SpecChecker:
             self.source(spec.reference, ("reference",), "reference")
         if spec.tests is not None and spec.tests.torch is not None:
             self.source(spec.tests.torch, ("tests", "torch"), "torch_reference")
+        if spec.bench is not None and spec.bench.torch is not None:
+            for function in ("prepare", "run"):
+                self.source(spec.bench.torch, ("bench", "torch"), function)
+        if spec.bench is not None and spec.bench.numpy is not None:
+            self.source(spec.bench.numpy, ("bench", "numpy"), "numpy_contender")
         if spec.draw is not None:
             self.source(spec.draw, ("draw",), "draw")
         for name, source in (spec.bench.baselines if spec.bench is not None else {}).items():
@@ -417,6 +454,9 @@ class _SpecChecker:
             if case.goals:
                 self.add(("tests", "cases", index, "goals"), "goals belong to bench cases "
                          "(the benchmark measures them; tests only check results)")
+            if case.cold:
+                self.add(("tests", "cases", index, "cold"), "cold inputs belong to bench cases "
+                         "(the benchmark rotates them out of the caches; tests only check results)")
         for result in signature.results:
             if result.dtype in FLOAT_DTYPES and result.dtype not in tests.tolerance:
                 self.add(("tests", "tolerance"), f"no tolerance for the dtype {result.dtype} of "
@@ -454,14 +494,20 @@ class _SpecChecker:
         known = [*self.dims, *(n for n, p in self.params.items() if p.type != "str")]
         if self.leading:
             known.extend(LEADING_NAMES)
+        formulas = [f for f in ("bytes", "flops", "written") if getattr(bench, f) is not None]
         formulas_ok = [self.expression(getattr(bench, formula), known, ("bench", formula))
-                       for formula in ("bytes", "flops")]
+                       for formula in formulas]
+        inputs = {arg.name for arg in self.spec.signature.inputs} if self.spec.signature else set()
         for index, case in enumerate(bench.cases):
             path = ("bench", "cases", index)
+            for number, name in enumerate(case.cold):
+                if name not in inputs:
+                    self.add((*path, "cold", number), f"{name!r} is not an input (inputs: "
+                             f"{', '.join(sorted(inputs)) or 'none'})")
             names = self.case(case, path)
             if names is None:
                 continue
-            for formula, ok in zip(("bytes", "flops"), formulas_ok, strict=True):
+            for formula, ok in zip(formulas, formulas_ok, strict=True):
                 if not ok:
                     continue
                 try:
@@ -472,7 +518,7 @@ class _SpecChecker:
                 if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                     self.add(path, f"{formula} is {show(value)} for this case; expected a finite "
                              "number >= 0")
-        contenders = {"numpy", "torch", *getattr(bench, "baselines", {})}
+        contenders = {"numpy", "torch", "torch_compile", *getattr(bench, "baselines", {})}
         for index, case in enumerate(bench.cases):
             for number, goal in enumerate(case.goals):
                 path = ("bench", "cases", index, "goals", number)
@@ -657,7 +703,8 @@ def param_value_problem(param: Param, value: Any, check_choices: bool = True) ->
 
 
 def check_set(specs: Sequence[LoadedSpec], unreadable: Iterable[str] = ()) -> list[SpecIssue]:
-    """Checks across specs: unique names and aliases, requirements that exist, no cycles.
+    """Checks across specs: unique names and aliases, requirements that exist, no cycles, and
+    providers (``provided_by``) that exist and have code of their own.
 
     ``unreadable`` are the names of spec files that could not be read (already reported): a
     requirement naming one of them is not reported again."""
@@ -695,6 +742,24 @@ def check_set(specs: Sequence[LoadedSpec], unreadable: Iterable[str] = ()) -> li
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 message = f"no spec is named {requirement!r}{hint}"
             issues.append(loaded.issue(("requires", index), message))
+    for loaded in specs:
+        provided_by = loaded.spec.provided_by
+        if provided_by is None or provided_by.spec == loaded.name:
+            continue
+        provider = by_name.get(provided_by.spec)
+        if provider is None:
+            if provided_by.spec in skip or provided_by.spec in loaded.spec.requires:
+                continue  # reported once, on the requirement
+            owner = alias_owner.get(provided_by.spec)
+            close = get_close_matches(provided_by.spec, list(by_name), n=1)
+            hint = (f" ({provided_by.spec!r} is an alias of {owner.name}: name {owner.name})"
+                    if owner is not None else f" (did you mean {close[0]}?)" if close else "")
+            issues.append(loaded.issue(("provided_by", "spec"),
+                                       f"no spec is named {provided_by.spec!r}{hint}"))
+        elif provider.status not in PROVIDER_STATUSES:
+            issues.append(loaded.issue(("provided_by", "spec"), (
+                f"{provider.name} is {provider.status}: only a spec with a kernel or a "
+                f"composition of its own provides another ({provider.relpath})")))
     requires = {name: list(loaded.spec.requires) for name, loaded in by_name.items()}
     for cycle in find_cycles(requires):
         start, following = cycle[0], cycle[1]
