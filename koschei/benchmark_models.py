@@ -12,13 +12,22 @@ Then the decoding steps are timed interleaved, round by round, as the kernel cas
 truncates the cache back to ``context`` positions and decodes one token, so every step attends
 over ``context + 1`` positions. Reported per weights: tokens/s (1 / median step), the bytes a
 step must read (``Decoder.bytes_per_token``: every weight in its stored form and the KV cache),
-the bandwidth ceiling (the DRAM bandwidth of the calibration / those bytes) and the fraction of
-it reached; and the paired speedup of ternary over fp32 (the median of per-round ratios).
+the bandwidth ceiling (the calibration's DRAM read bandwidth / those bytes: a step reads each
+weight once) and the fraction of it reached; and the paired speedup of ternary over fp32 (the
+median of per-round ratios). The weights are cold when a step's bytes exceed the largest cache
+the calibration measured (each layer's weights are evicted before the next step reads them
+again), as in a real model; a model small enough to stay cached is labelled warm. A fraction
+above 1 is reported as ``over_ceiling``: a ceiling that a model beats is wrong.
+
+The decoder runs on the kernels of the workspace's engine folder, as the kernel cases do; a
+kernel the workspace has not generated comes from the installed package, and a note says so
+(``kernel_files`` names the file of each).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +35,9 @@ import numpy as np
 from koschei.errors import UsageError
 
 DEFAULT_CONFIG = "igla_v2"
+# The engine modules the decoder runs on: the workspace's where it has them generated.
+KERNELS = ("attention", "bitnet_linear", "bitnet_quantize", "linear", "rmsnorm", "rope", "sample",
+           "silu")
 DEFAULT_CONTEXT = 512
 WEIGHTS = ("fp32", "ternary")
 # The largest logit difference from the NumPy reference, as a share of the largest logit. Ternary
@@ -43,6 +55,7 @@ class ModelWeightsResult:
     ceiling_fraction: float | None = None  # tokens_per_s / ceiling_tokens_per_s
     weight_bytes: int | None = None
     max_logit_error: float | None = None  # vs the reference, relative to the largest logit
+    weights_state: str | None = None  # "cold" (read from memory every step) or "warm"
 
 
 @dataclass
@@ -56,7 +69,10 @@ class ModelCaseResult:
     weights: dict[str, ModelWeightsResult] = field(default_factory=dict)
     speedup_ternary_vs_fp32: float | None = None
     stopped: str | None = None
-    bandwidth_gbs: float | None = None  # the DRAM bandwidth the ceilings use
+    bandwidth_gbs: float | None = None  # the DRAM read bandwidth the ceilings use
+    # where each kernel the decoder ran came from: the workspace's engine folder, or the
+    # installed package's for a kernel the workspace has not generated
+    kernel_files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -74,16 +90,52 @@ def check_configs(names: list[str]) -> None:
                          hint=f"decoder configs: {', '.join(DecoderConfig.names())}")
 
 
-def run_decoder_case(config_name: str, budget_s: float, bandwidth_bytes_per_s: float,
+def kernel_file(function: Any) -> Path:
+    import inspect
+
+    return Path(inspect.getfile(function)).resolve()
+
+
+def decoder_module() -> Any:
+    """``koschei.engine.models.decoder``, bound to the kernels ``koschei.engine`` resolves now
+    (the workspace's after ``koschei.engine.use_workspace``): imported again when it was first
+    imported beside the kernels of another folder."""
+    import importlib
+
+    import koschei.engine
+
+    module = importlib.import_module("koschei.engine.models.decoder")
+    for name in KERNELS:
+        bound = getattr(module, name, None)
+        if bound is not None and kernel_file(bound) != kernel_file(getattr(koschei.engine, name)):
+            return importlib.reload(module)
+    return module
+
+
+def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibration: Any,
                      progress: Any, *, context: int = DEFAULT_CONTEXT) -> ModelCaseResult:
-    """Check, then time, one decoding step of the fp32 and the ternary decoder of a config."""
-    from koschei.engine.models.decoder import Decoder, DecoderConfig
+    """Check, then time, one decoding step of the fp32 and the ternary decoder of a config, on
+    the kernels of the workspace's engine folder."""
     from koschei.phases.benchmark import measure_interleaved, paired_speedup
 
+    decoder = decoder_module()
+    Decoder, DecoderConfig = decoder.Decoder, decoder.DecoderConfig
+    bandwidth_bytes_per_s = calibration.dram_read_gbs * 1e9
     config = DecoderConfig.named(config_name)
     context = min(context, config.max_seq_length - 1)
     result = ModelCaseResult(model="decoder", config=config_name, context=context,
                              verdict="error", bandwidth_gbs=round(bandwidth_bytes_per_s / 1e9, 2))
+    folder = workspace.engine_dir.resolve()
+    for name in KERNELS:
+        path = kernel_file(getattr(decoder, name))
+        result.kernel_files[name] = (workspace.relative(path) if path.is_relative_to(folder)
+                                     else str(path))
+    elsewhere = [name for name in KERNELS
+                 if not kernel_file(getattr(decoder, name)).is_relative_to(folder)]
+    if elsewhere:
+        result.notes.append(f"the decoder ran the installed package's {', '.join(elsewhere)}: "
+                            f"{workspace.relative(workspace.engine_dir)}/ has no generated "
+                            "module of that name")
     progress.step(f"benchmark {result.label}: random weights, prefill of {context} tokens and "
                   "a check against the NumPy references")
     try:
@@ -127,12 +179,24 @@ def run_decoder_case(config_name: str, budget_s: float, bandwidth_bytes_per_s: f
         result.error = f"{type(error).__name__}: {error}"
         return result
     result.contenders = timings
+    result.verdict = "ok"
+    result.error = None
+    largest_cache = calibration.largest_cache_bytes
     for weights, timing in timings.items():
         entry = result.weights[weights]
         entry.tokens_per_s = 1.0 / timing.median_s
         entry.ceiling_tokens_per_s = bandwidth_bytes_per_s / entry.bytes_per_token
         entry.ceiling_fraction = entry.tokens_per_s / entry.ceiling_tokens_per_s
+        entry.weights_state = "cold" if entry.bytes_per_token > largest_cache else "warm"
+        if entry.weights_state == "warm":
+            result.notes.append(
+                f"{weights}: warm — a step reads {entry.bytes_per_token / 2**20:.0f} MiB, which "
+                f"fits in the largest measured cache ({largest_cache / 2**20:.0f} MiB)")
+        if entry.ceiling_fraction > 1:
+            result.verdict = "over_ceiling"
+            result.error = (f"{weights}: {entry.tokens_per_s:.1f} tokens/s is "
+                            f"{entry.ceiling_fraction:.0%} of the bandwidth ceiling "
+                            f"({entry.ceiling_tokens_per_s:.1f} tokens/s at "
+                            f"{bandwidth_bytes_per_s / 1e9:.1f} GB/s): the ceiling is wrong")
     result.speedup_ternary_vs_fp32 = paired_speedup(timings["fp32"], timings["ternary"])
-    result.verdict = "ok"
-    result.error = None
     return result

@@ -1,11 +1,19 @@
-"""Reports of a benchmark run beyond the terminal table: image charts and the README table.
+"""Reports of a benchmark run beyond the JSON: the words both tables use, image charts, the README.
 
-- ``write_charts(result, folder)``: ``roofline.png`` (each case as a point at its arithmetic
-  intensity and achieved GFLOP/s, on this machine's log-log roofline: the DRAM bandwidth slope,
-  the cache-level slopes, and the sgemm compute roof) and ``speedup.png`` (x NumPy and x PyTorch
-  per case, log scale, 1x marked). Drawn with matplotlib's Agg renderer on a ``Figure`` of its
-  own (no pyplot, no global backend switch), imported only when charts are drawn; without
-  matplotlib, no image is written and the caller is told why. The files carry no timestamp.
+- The words: ``case_title`` ("linear/decode_4096x4096 (cold)"), ``ceiling_text`` ("83% of L2
+  read-mostly 140 GB/s", or for a case measured above its ceiling "over ceiling: ..." without a
+  percentage, since such a figure is a benchmark error), ``torch_ratio_text`` ("1.15×
+  (compiled)": against the faster PyTorch variant, named), ``calibration_summary`` (the ceilings
+  measured on this machine, per memory level). The terminal table (``koschei.cli.benchmark``) and
+  the README table use the same ones.
+- ``write_charts(result, folder)``: ``roofline.png``, one panel per spec, each case a numbered
+  point at its arithmetic intensity and achieved GFLOP/s under the slope of its own ceiling (the
+  bandwidth of the memory level it is served from, for its mix of reads and writes) and the
+  sgemm roof, with a dotted line up to what that ceiling allows; and ``speedup.png``, ×NumPy and
+  ×PyTorch (the faster of eager and compiled) per case as sorted horizontal bars on a log scale.
+  Drawn with matplotlib's Agg renderer on a ``Figure`` of its own (no pyplot, no global backend
+  switch), imported only when charts are drawn; without matplotlib, no image is written and the
+  caller is told why. The files carry no timestamp.
 - ``readme_table(result, run_id, command)`` and ``update_readme(path, table)``: the headline
   results as a Markdown table between ``<!-- benchmark:begin -->`` and ``<!-- benchmark:end -->``.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,226 @@ README_BEGIN = "<!-- benchmark:begin -->"
 README_END = "<!-- benchmark:end -->"
 CHART_FILES = ("roofline.png", "speedup.png")
 CHART_DPI = 110
+MEASURED = ("ok", "regression")  # verdicts whose figures are results
+# a case with figures that are not results: measured above its own ceiling
+OVER_CEILING = "over_ceiling"
+LEVEL_ORDER = ("L1", "L2", "L3", "L4", "DRAM")
+TORCH_VARIANTS = {"torch": "eager", "torch_compile": "compiled"}
+ERROR_TEXT_LIMIT = 240  # characters of an error shown under the README table
+
+
+# --- words shared by the terminal and the README ------------------------------------------------
+
+
+def format_seconds(seconds: float | None, separator: str = " ") -> str:
+    """A duration in s, ms, µs or ns with three significant digits ("—" for none)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g}{separator}{unit}"
+    return f"{seconds / 1e-9:.3g}{separator}ns"
+
+
+def format_ratio(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.2f}×"
+
+
+def format_rate(value: float | None) -> str:
+    """A bandwidth or FLOP rate with three significant digits ("—" for none)."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:.0f}" if value >= 99.5 else f"{value:#.3g}"
+
+
+def format_fraction(value: float) -> str:
+    """A share in percent: "83%", and below 1% with one decimal ("0.4%") rather than "0%"."""
+    return f"{value:.1%}" if 0 < value < 0.01 else f"{value:.0%}"
+
+
+def format_bytes(value: float | None) -> str:
+    """A capacity in KiB, MiB or GiB."""
+    if not value:
+        return "?"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def case_title(case: Any) -> str:
+    """``spec/case``, with "(cold)" when its inputs were streamed cold from memory."""
+    title = f"{case.spec}/{case.case}"
+    return f"{title} (cold)" if getattr(case, "cold_inputs", None) else title
+
+
+def is_measured(case: Any) -> bool:
+    """Whether the case's figures are results (not wrong, failed, or above its ceiling)."""
+    return case.verdict in MEASURED
+
+
+def access_mix(read_bytes: float | None, written_bytes: float | None) -> str:
+    """The case's mix of reads and writes in a word: read-only, read-mostly, read+write,
+    write-mostly (the ceiling of a memory level depends on it)."""
+    if read_bytes is None or written_bytes is None or read_bytes + written_bytes <= 0:
+        return ""
+    written_share = written_bytes / (read_bytes + written_bytes)
+    if written_share == 0:
+        return "read-only"
+    if written_share <= 0.2:
+        return "read-mostly"
+    if written_share <= 0.6:
+        return "read+write"
+    return "write-mostly"
+
+
+def ceiling_name(case: Any) -> str:
+    """The memory ceiling a case is held against: "L2 read-mostly 140 GB/s"."""
+    mix = access_mix(case.read_bytes, case.written_bytes)
+    words = [case.memory_level or "memory", *([mix] if mix else []),
+             f"{format_rate(case.ceiling_gbs)} GB/s"]
+    return " ".join(words)
+
+
+def _peak_gflops(case: Any, calibration: dict[str, Any] | None) -> float | None:
+    if case.bound == "compute" and case.attainable_gflops:
+        return float(case.attainable_gflops)
+    peak = (calibration or {}).get("sgemm_gflops")
+    return float(peak) if peak else None
+
+
+def ceiling_text(case: Any, calibration: dict[str, Any] | None = None) -> str:
+    """The fraction of the case's own ceiling: "83% of L2 read-mostly 140 GB/s", "41% of sgemm
+    194 GFLOP/s" (compute-bound). A case above its ceiling gets the two figures and the words
+    "over ceiling", never a percentage: such a figure is an error of the benchmark."""
+    if case.verdict == OVER_CEILING:
+        if case.bound == "compute":
+            peak = _peak_gflops(case, calibration)
+            return (f"over ceiling: {format_rate(case.gflops)} GFLOP/s above sgemm "
+                    f"{format_rate(peak)} GFLOP/s")
+        return f"over ceiling: {format_rate(case.gbs)} GB/s above {ceiling_name(case)}"
+    if case.roofline_fraction is None:
+        return "—"
+    fraction = format_fraction(case.roofline_fraction)
+    if case.bound == "compute":
+        peak = _peak_gflops(case, calibration)
+        return f"{fraction} of sgemm {format_rate(peak)} GFLOP/s"
+    return f"{fraction} of {ceiling_name(case)}"
+
+
+def torch_fastest_name(case: Any) -> str | None:
+    """"eager" or "compiled": the PyTorch variant ×PyTorch is measured against."""
+    fastest = getattr(case, "torch_fastest", None)
+    if fastest is None:
+        return None
+    return TORCH_VARIANTS.get(fastest, fastest)
+
+
+def torch_ratio_text(case: Any) -> str:
+    """×PyTorch against the faster variant, named: "1.15× (compiled)"."""
+    if case.speedup_vs_torch is None or not math.isfinite(case.speedup_vs_torch):
+        return "—"
+    name = torch_fastest_name(case)
+    return format_ratio(case.speedup_vs_torch) + (f" ({name})" if name else "")
+
+
+def contention_text(case: Any) -> str:
+    """How much slower the engine ran beside one busy process: "1.92× slower"."""
+    contention = getattr(case, "contention", None)
+    if not contention or contention.get("slowdown") is None:
+        return "—"
+    return f"{contention['slowdown']:.2f}× slower"
+
+
+def warm_median_s(case: Any) -> float | None:
+    """The engine's median on warm copies of a cold case's inputs."""
+    timing = case.contenders.get("engine_warm")
+    return timing.median_s if timing is not None else None
+
+
+def goal_outcome(goal: dict[str, Any]) -> str:
+    """A goal with what was measured: "×PyTorch ≥ 3: 1.74×, short by 42% (needs 3.00×)"."""
+    target, measured = goal["target"], goal["measured"]
+
+    def show(value: float) -> str:
+        return f"{value:.0%}" if goal["kind"] == "roofline" else f"{value:.2f}×"
+
+    if measured is None:
+        return f"{goal['goal']}: not measured"
+    if goal["met"]:
+        return f"{goal['goal']}: {show(measured)}, met"
+    return (f"{goal['goal']}: {show(measured)}, short by {goal['short_by_pct']:.0f}% "
+            f"(needs {show(target)})")
+
+
+def calibration_levels(calibration: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The calibration's memory levels, innermost first (DRAM last)."""
+    levels = calibration.get("levels") or {}
+    order = {name: index for index, name in enumerate(LEVEL_ORDER)}
+    return sorted(levels.items(), key=lambda item: order.get(item[0], len(order) - 1))
+
+
+def calibration_summary(calibration: dict[str, Any]) -> str:
+    """The ceilings measured on this machine in one line: "GB/s read/write/copy/triad: L1 (64
+    KiB) 420/210/260/286, ..., DRAM 40.1/18.5/26.0/35.4 (non-temporal write 27.4); sgemm 194
+    GFLOP/s" (non-temporal writes where they are faster than ordinary ones)."""
+    parts = []
+    for name, level in calibration_levels(calibration):
+        figures = "/".join(format_rate(level.get(key)) for key in
+                           ("read_gbs", "write_gbs", "copy_gbs", "triad_gbs"))
+        capacity = level.get("capacity_bytes")
+        part = f"{name} ({format_bytes(capacity)}) {figures}" if capacity else f"{name} {figures}"
+        if (level.get("write_nt_gbs") or 0) > (level.get("write_gbs") or 0):
+            # where streaming stores beat ordinary ones (DRAM), they are the write ceiling
+            part += f" (non-temporal write {format_rate(level['write_nt_gbs'])})"
+        parts.append(part)
+    sgemm = calibration.get("sgemm_gflops")
+    text = ("GB/s read/write/copy/triad: " + ", ".join(parts)) if parts else "no memory levels"
+    return text + (f"; sgemm {format_rate(sgemm)} GFLOP/s" if sgemm else "")
+
+
+def compile_seconds_text(cases: list[Any]) -> str | None:
+    """How long torch.compile took per case (never part of a timing), or None when it did not
+    run: "torch.compile took 1.5–40 s per case (median 12 s) to compile"."""
+    seconds = [case.torch_compile_s for case in cases
+               if getattr(case, "torch_compile_s", None) is not None]
+    if not seconds:
+        return None
+    low, high = min(seconds), max(seconds)
+    if len(seconds) == 1:
+        spread = f"{low:.3g} s"
+    elif low == high:
+        spread = f"{low:.3g} s per case"
+    else:
+        spread = (f"{low:.3g}–{high:.3g} s per case (median "
+                  f"{statistics.median(seconds):.3g} s)")
+    return f"torch.compile took {spread} to compile, which no timing includes"
+
+
+def first_line(text: str | None, limit: int = ERROR_TEXT_LIMIT) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+# --- charts -------------------------------------------------------------------------------------
+
+
+LEVEL_COLORS = {"L1": "#2a9d8f", "L2": "#457b9d", "L3": "#e9a03b", "L4": "#9c6644",
+                "DRAM": "#c1121f"}
+OTHER_LEVEL_COLOR = "#6c757d"
+OVER_CEILING_COLOR = "#d00000"
+NUMPY_COLOR = "#4c72b0"
+TORCH_COLORS = {"eager": "#dd8452", "compiled": "#8172b3"}
+PANEL_COLUMNS = 3
+PANEL_SIZE = (5.4, 3.4)  # inches of one roofline panel's plot area and margins
+LEGEND_LINE_INCHES = 0.16  # height of one line of a panel's legend (font size 7)
+# where a point's number may go, in points from the point: tried in turn, the first that
+# overlaps no other number and no other point is taken
+LABEL_OFFSETS = ((5, 4), (5, -11), (-12, 4), (-12, -11), (7, -3), (-15, -3), (-3, 8),
+                 (-3, -15), (14, 10), (14, -18), (-22, 10), (-22, -18), (18, -4), (-26, -4),
+                 (24, 16), (24, -24), (-32, 16), (-32, -24), (34, 0), (-42, 0))
+LABEL_BOX = (9.0, 8.0)  # points: the size of a point's number at font size 7
+MARKER_BOX = 7.0  # points
 
 
 def matplotlib_missing() -> str | None:
@@ -45,78 +274,261 @@ def _save(figure: Any, path: Path) -> None:
     write_bytes_atomic(path, image.getvalue())
 
 
-def _measured(result: Any) -> list[Any]:
-    return [case for case in result.cases if case.verdict in ("ok", "regression")
-            and case.gflops is not None]
+def _on_roofline(case: Any) -> bool:
+    """Whether the case can be drawn on the roofline: measured (or above its ceiling), with a
+    positive GFLOP/s and intensity."""
+    return (case.verdict in (*MEASURED, OVER_CEILING) and case.gflops is not None
+            and case.gflops > 0 and bool(case.intensity))
+
+
+def _with_figures(case: Any) -> bool:
+    return case.verdict in (*MEASURED, OVER_CEILING) and case.gbs is not None
+
+
+def chart_groups(cases: list[Any]) -> dict[str, list[Any]]:
+    """The roofline's panels: the cases of each spec, in the order the run measured them."""
+    groups: dict[str, list[Any]] = {}
+    for case in cases:
+        if _with_figures(case):
+            groups.setdefault(case.spec, []).append(case)
+    return groups
+
+
+def _level_color(level: str | None) -> str:
+    return LEVEL_COLORS.get(level or "", OTHER_LEVEL_COLOR)
+
+
+def _place_labels(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """An offset in points for each point's number (points given in points on the page), so that
+    no number covers another number or another point; the first candidate when none is free."""
+    placed: list[tuple[float, float, float, float]] = []
+    markers = [(x - MARKER_BOX / 2, y - MARKER_BOX / 2, x + MARKER_BOX / 2, y + MARKER_BOX / 2)
+               for x, y in points]
+
+    def overlaps(box: tuple[float, float, float, float],
+                 others: list[tuple[float, float, float, float]]) -> bool:
+        return any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3]
+                   for o in others)
+
+    offsets = []
+    for index, (x, y) in enumerate(points):
+        chosen = LABEL_OFFSETS[0]
+        others = placed + markers[:index] + markers[index + 1:]
+        for dx, dy in LABEL_OFFSETS:
+            box = (x + dx, y + dy, x + dx + LABEL_BOX[0], y + dy + LABEL_BOX[1])
+            if not overlaps(box, others):
+                chosen = (dx, dy)
+                break
+        dx, dy = chosen
+        placed.append((x + dx, y + dy, x + dx + LABEL_BOX[0], y + dy + LABEL_BOX[1]))
+        offsets.append(chosen)
+    return offsets
+
+
+def _roofline_panel(axes: Any, spec: str, cases: list[Any], peak: float | None,
+                    calibration: dict[str, Any], plot_inches: tuple[float, float]) -> None:
+    """One spec's cases on the roofline: a slope per distinct ceiling of its cases (colored by
+    memory level), the sgemm roof, each drawable case a numbered point colored by its level with
+    a dotted line up to what its own ceiling allows at its intensity, and a legend that numbers
+    the cases with their fraction of that ceiling."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patheffects import withStroke
+
+    drawn = [case for case in cases if _on_roofline(case)]
+    intensities = [case.intensity for case in drawn] or [1.0]
+    achieved = [case.gflops for case in drawn] or [1.0]
+    ceilings = sorted({(case.memory_level, round(case.ceiling_gbs, 1),
+                        access_mix(case.read_bytes, case.written_bytes))
+                       for case in drawn if case.ceiling_gbs},
+                      key=lambda c: (LEVEL_ORDER.index(c[0]) if c[0] in LEVEL_ORDER else 9, c[1]))
+    ridges = [peak / gbs for _, gbs, _ in ceilings if peak] if ceilings else []
+    low = min(intensities) / 4
+    high = max([*intensities, *ridges]) * 4
+    top = 2.5 * max([*achieved, *([peak] if peak else [])])
+    bottom = min(achieved) / 4
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlim(low, high)
+    axes.set_ylim(bottom, top)
+    xs = [low * (high / low) ** (i / 200) for i in range(201)]
+    handles: list[Any] = []
+    labels: list[str] = []
+    dashes = ((5, 2), (2, 1.5), (7, 2, 1.5, 2), (1, 1))  # one per ceiling of a level
+    seen: dict[str, int] = {}
+    for level, gbs, mix in ceilings:
+        roof = [min(peak, x * gbs) if peak else x * gbs for x in xs]
+        style = dashes[seen.setdefault(level, 0) % len(dashes)]
+        seen[level] += 1
+        (line,) = axes.plot(xs, roof, color=_level_color(level), linewidth=1.1, dashes=style)
+        handles.append(line)
+        labels.append(f"{level} {mix} {format_rate(gbs)} GB/s".replace("  ", " "))
+    if peak:
+        line = axes.axhline(peak, color="black", linewidth=0.9, linestyle=":")
+        handles.append(line)
+        labels.append(f"sgemm {format_rate(peak)} GFLOP/s")
+
+    # the points in points on the page (log axes: fraction of the decades), for the numbers
+    width_pt, height_pt = plot_inches[0] * 72, plot_inches[1] * 72
+
+    def page(x: float, y: float) -> tuple[float, float]:
+        return (math.log(x / low) / math.log(high / low) * width_pt,
+                math.log(y / bottom) / math.log(top / bottom) * height_pt)
+
+    offsets = _place_labels([page(case.intensity, case.gflops) for case in drawn])
+    number = {id(case): index + 1 for index, case in enumerate(drawn)}
+    for case, (dx, dy) in zip(drawn, offsets, strict=True):
+        over = case.verdict == OVER_CEILING
+        color = OVER_CEILING_COLOR if over else _level_color(case.memory_level)
+        if case.attainable_gflops and not over:
+            axes.plot([case.intensity, case.intensity], [case.gflops, case.attainable_gflops],
+                      ":", color=color, linewidth=1.0)
+        axes.plot([case.intensity], [case.gflops], "X" if over else
+                  ("s" if case.bound == "compute" else "o"), color=color, markersize=7 if over
+                  else 6, markeredgecolor="white" if not over else color, markeredgewidth=0.6,
+                  linestyle="none")
+        axes.annotate(str(number[id(case)]), (case.intensity, case.gflops),
+                      textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                      fontweight="bold", color=color, va="bottom", ha="left",
+                      arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.5,
+                                  "shrinkA": 0, "shrinkB": 3},
+                      path_effects=[withStroke(linewidth=2.5, foreground="white")])
+    for case in cases:
+        over = case.verdict == OVER_CEILING
+        short = case.case + (" (cold)" if getattr(case, "cold_inputs", None) else "")
+        if id(case) in number:
+            text = (f"{number[id(case)]}  {short}: " +
+                    ("over its ceiling, a benchmark error" if over else
+                     ceiling_text(case, calibration)))
+            marker = "X" if over else ("s" if case.bound == "compute" else "o")
+            color = OVER_CEILING_COLOR if over else _level_color(case.memory_level)
+            handles.append(Line2D([], [], marker=marker, color=color, linestyle="none",
+                                  markersize=5))
+        else:
+            text = f"–  {short}: no FLOPs to draw; {ceiling_text(case, calibration)}"
+            handles.append(Line2D([], [], linestyle="none"))
+        labels.append(text)
+    axes.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16),
+                frameon=False, borderaxespad=0.0, handlelength=1.6, handletextpad=0.5)
+    axes.set_title(spec, fontsize=10, fontweight="bold", loc="left")
+    axes.set_xlabel("FLOP per byte", fontsize=8)
+    axes.set_ylabel("GFLOP/s", fontsize=8)
+    _log_ticks(axes.xaxis, low, high)
+    _log_ticks(axes.yaxis, bottom, top)
+    axes.tick_params(which="both", labelsize=7)
+    axes.grid(True, which="major", linewidth=0.4, alpha=0.6)
+
+
+def _log_ticks(axis: Any, low: float, high: float) -> None:
+    """Plain numbers at 1, 2, 5 times the powers of ten on a short log axis (at the powers of
+    ten alone on a long one), and no labels at the minor ticks (they collide on a short axis)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(high / low)
+    subs = (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def roofline_figure(result: Any) -> Any:
+    """One panel per spec: each case against its own ceiling (see ``_roofline_panel``)."""
     from matplotlib.figure import Figure
 
-    calibration = result.calibration
-    peak = float(calibration["sgemm_gflops"])
-    ceilings = [("DRAM (STREAM triad)", float(calibration["stream_triad_gbs"]), "-")]
-    for level, gbs in sorted((calibration.get("cache_triad_gbs") or {}).items(), reverse=True):
-        ceilings.append((f"{level} triad", float(gbs), "--"))
-    cases = [case for case in _measured(result) if case.intensity and case.gflops > 0]
-    intensities = [case.intensity for case in cases] or [1.0]
-    low = 10 ** math.floor(math.log10(min(intensities + [peak / max(g for _, g, _ in ceilings)]))
-                           - 1)
-    high = 10 ** math.ceil(math.log10(max(intensities + [peak / min(g for _, g, _ in ceilings)]))
-                           + 1)
-    figure = Figure(figsize=(9, 6))
-    axes = figure.add_subplot()
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    xs = [low * (high / low) ** (i / 200) for i in range(201)]
-    for label, gbs, style in ceilings:
-        axes.plot(xs, [min(peak, x * gbs) for x in xs], style, linewidth=1.2,
-                  label=f"{label}: {gbs:.0f} GB/s")
-    axes.axhline(peak, color="black", linewidth=0.8, linestyle=":",
-                 label=f"sgemm: {peak:.0f} GFLOP/s")
-    markers = "os^Dv<>p*h"
-    specs = sorted({case.spec for case in cases})
-    for case in cases:
-        marker = markers[specs.index(case.spec) % len(markers)]
-        axes.plot([case.intensity], [case.gflops], marker, markersize=6, linestyle="none")
-        axes.annotate(f"{case.spec}/{case.case}", (case.intensity, case.gflops),
-                      textcoords="offset points", xytext=(5, 3), fontsize=7)
-    axes.set_xlim(low, high)
-    axes.set_xlabel("arithmetic intensity (FLOP per byte, the spec's bytes formula)")
-    axes.set_ylabel("achieved GFLOP/s (engine median)")
-    axes.set_title(f"roofline of this machine, {result.threads} thread(s), "
-                   f"fingerprint {result.fingerprint}", fontsize=10)
-    axes.grid(True, which="major", linewidth=0.4)
-    axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
+    calibration = result.calibration or {}
+    peak = calibration.get("sgemm_gflops")
+    peak = float(peak) if peak else None
+    groups = chart_groups(result.cases)
+    columns = max(1, min(PANEL_COLUMNS, len(groups)))
+    rows = max(1, math.ceil(len(groups) / columns))
+    legend_lines = [max((len(cases) + len({(c.memory_level, c.ceiling_gbs) for c in cases}) + 1
+                         for cases in list(groups.values())[row * columns:(row + 1) * columns]),
+                        default=1) for row in range(rows)]
+    plot_height = PANEL_SIZE[1] - 0.9
+    heights = [PANEL_SIZE[1] + LEGEND_LINE_INCHES * lines for lines in legend_lines]
+    figure = Figure(figsize=(PANEL_SIZE[0] * columns, sum(heights) + 0.8), layout="constrained")
+    grid = figure.add_gridspec(rows, columns, height_ratios=heights)
+    for index, (spec, cases) in enumerate(groups.items()):
+        axes = figure.add_subplot(grid[index // columns, index % columns])
+        _roofline_panel(axes, spec, cases, peak, calibration,
+                        (PANEL_SIZE[0] - 0.9, plot_height))
+    title = ("Each case against its own ceiling: the bandwidth of the memory level it is served "
+             "from, for its mix of reads and writes, and sgemm's FLOP/s. "
+             f"{result.threads} thread(s), machine {result.fingerprint}. Dotted: up to what its "
+             "ceiling allows. Color: its level (L1 green, L2 blue, L3 amber, DRAM red); square: "
+             "compute-bound; X: over its ceiling, an error of the benchmark.")
+    figure.suptitle(_wrap(title, PANEL_SIZE[0] * columns), fontsize=10)
     return figure
 
 
-def speedup_figure(result: Any) -> Any:
-    from matplotlib.figure import Figure
+def _wrap(text: str, inches: float, fontsize: float = 10) -> str:
+    """``text`` in lines that fit ``inches`` at ``fontsize`` (an average character is about
+    0.55 of the font size wide)."""
+    import textwrap
 
-    cases = [case for case in _measured(result) if case.speedup_vs_numpy is not None]
-    labels = [f"{case.spec}/{case.case}" for case in cases]
-    figure = Figure(figsize=(9, max(2.5, 0.45 * len(cases) + 1.2)))
-    axes = figure.add_subplot()
-    height = 0.38
+    return textwrap.fill(text, width=max(40, int(inches * 72 / (fontsize * 0.55))))
+
+
+def _speedup_cases(result: Any) -> list[Any]:
+    """The measured cases with a ×NumPy, sorted by ×PyTorch (the stronger baseline), highest
+    first; those without PyTorch after them, by ×NumPy."""
+    cases = [case for case in result.cases if is_measured(case)
+             and case.speedup_vs_numpy is not None]
+    return sorted(cases, key=lambda case: (case.speedup_vs_torch is None,
+                                           -(case.speedup_vs_torch or case.speedup_vs_numpy)))
+
+
+def speedup_figure(result: Any) -> Any:
+    """Two panels sharing the cases: ×NumPy and ×PyTorch (against the faster of eager and
+    torch.compile, colored by which), horizontal bars on a log scale with the value at the end,
+    a line at 1× (right of it, the engine is faster), cases sorted by ×PyTorch."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    cases = _speedup_cases(result)
+    titles = [case_title(case) for case in cases]
+    figure = Figure(figsize=(12, max(3.0, 0.24 * len(cases) + 1.6)), layout="constrained")
+    left, right = figure.subplots(1, 2, sharey=True)
     positions = list(range(len(cases)))
-    for offset, name, attribute in ((-height / 2, "x NumPy", "speedup_vs_numpy"),
-                                    (height / 2, "x PyTorch", "speedup_vs_torch")):
-        values = [getattr(case, attribute) for case in cases]
-        shown = [(p + offset, v) for p, v in zip(positions, values, strict=True) if v]
+    panels = ((left, "×NumPy", [case.speedup_vs_numpy for case in cases],
+               [NUMPY_COLOR] * len(cases)),
+              (right, "×PyTorch (the faster of eager and torch.compile)",
+               [case.speedup_vs_torch for case in cases],
+               [TORCH_COLORS.get(torch_fastest_name(case) or "eager", TORCH_COLORS["eager"])
+                for case in cases]))
+    for axes, title, values, colors in panels:
+        shown = [(p, v, c) for p, v, c in zip(positions, values, colors, strict=True)
+                 if v is not None and math.isfinite(v) and v > 0]
         if shown:
-            bars = axes.barh([p for p, _ in shown], [v for _, v in shown], height=height,
-                             label=name)
-            axes.bar_label(bars, labels=[f"{v:.2f}x" for _, v in shown], fontsize=7, padding=2)
-    axes.axvline(1.0, color="black", linewidth=0.8)
-    axes.set_xscale("log")
-    axes.set_yticks(positions, labels, fontsize=8)
-    axes.invert_yaxis()
-    axes.set_xlabel("engine speedup (median of per-round ratios; > 1: the engine is faster)")
-    axes.set_title(f"engine vs NumPy and PyTorch, {result.threads} thread(s)", fontsize=10)
-    axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
+            # each bar runs from 1× to the speedup: right of the line faster, left of it slower
+            bars = axes.barh([p for p, _, _ in shown], [v - 1.0 for _, v, _ in shown],
+                             left=1.0, height=0.7, color=[c for _, _, c in shown])
+            axes.bar_label(bars, labels=[f"{v:.2f}×" for _, v, _ in shown], fontsize=7,
+                           padding=2)
+            smallest = min(v for _, v, _ in shown)
+            largest = max(v for _, v, _ in shown)
+            axes.set_xscale("log")
+            axes.set_xlim(min(0.5, smallest / 2.5), max(2.0, largest) * 3.0)
+            _log_ticks(axes.xaxis, *axes.get_xlim())
+        else:
+            axes.set_xscale("log")
+            title += ": not measured"
+        axes.axvline(1.0, color="black", linewidth=0.9)
+        axes.set_title(title, fontsize=10, loc="left")
+        axes.set_xlabel("engine speedup (median of per-round ratios; right of 1×: faster)",
+                        fontsize=8)
+        axes.tick_params(axis="x", labelsize=7)
+        axes.grid(True, axis="x", which="major", linewidth=0.4, alpha=0.6)
+    left.set_yticks(positions, titles, fontsize=8)
+    if cases:
+        left.set_ylim(len(cases) - 0.5, -0.5)
+    right.legend(handles=[Patch(color=TORCH_COLORS["eager"], label="PyTorch eager was faster"),
+                          Patch(color=TORCH_COLORS["compiled"],
+                                label="torch.compile was faster")],
+                 fontsize=7, loc="lower right")
+    left_out = [case_title(case) for case in result.cases if case.verdict == OVER_CEILING]
+    figure.suptitle(f"Engine speedup per case, {result.threads} thread(s), sorted by ×PyTorch"
+                    + (f"\nleft out, measured over their ceiling (a benchmark error): "
+                       f"{', '.join(left_out)}" if left_out else ""), fontsize=10)
     return figure
 
 
@@ -125,7 +537,7 @@ def write_charts(result: Any, folder: Path) -> tuple[list[Path], str | None]:
     missing = matplotlib_missing()
     if missing:
         return [], missing
-    if not _measured(result):
+    if not any(is_measured(case) for case in result.cases):
         return [], "no case was measured: no charts were written"
     written = []
     for name, draw in zip(CHART_FILES, (roofline_figure, speedup_figure), strict=True):
@@ -138,101 +550,136 @@ def write_charts(result: Any, folder: Path) -> tuple[list[Path], str | None]:
 # --- the README table ---------------------------------------------------------------------------
 
 
-def _ratio(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.2f}×"
-
-
-def format_seconds(seconds: float | None, separator: str = " ") -> str:
-    """A duration in s, ms, µs or ns with three significant digits ("—" for none)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g}{separator}{unit}"
-    return f"{seconds / 1e-9:.3g}{separator}ns"
-
-
-def _roofline(case: Any) -> str:
-    if case.level_roofline_fraction is None:
-        return "—"
-    where = case.memory_level if case.bound == "memory" else "FLOP/s"
-    return f"{case.level_roofline_fraction:.0%} {where}"
-
-
-def goal_outcome(goal: dict[str, Any]) -> str:
-    """A goal with what was measured: "×PyTorch ≥ 3: 1.74×, short by 42% (needs 3.00×)"."""
-    target, measured = goal["target"], goal["measured"]
-
-    def show(value: float) -> str:
-        return f"{value:.0%}" if goal["kind"] == "roofline" else f"{value:.2f}×"
-
-    if measured is None:
-        return f"{goal['goal']}: not measured"
-    if goal["met"]:
-        return f"{goal['goal']}: {show(measured)}, met"
-    return (f"{goal['goal']}: {show(measured)}, short by {goal['short_by_pct']:.0f}% "
-            f"(needs {show(target)})")
-
-
 def _goals(case: Any) -> str:
     return "; ".join(goal_outcome(goal) for goal in case.goals)
 
 
+def _cell(text: str) -> str:
+    """Text that cannot break a Markdown table row."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _headline(result: Any, run_id: str, command: str) -> str:
+    machine = result.machine
+    calibration = result.calibration or {}
+    blas = (result.thread_control or {}).get("blas")
+    measured = calibration.get("measured_at")
+    when = f"measured {str(measured)[:10]}" if measured else "measured"
+    if calibration.get("load_average") is not None:
+        when += f" at load {calibration['load_average']}"
+    return (
+        f"Measured by `{command}` (run `{run_id}`): {machine.get('cpu_model', '?')}, "
+        f"{machine.get('cores')} cores, {result.threads} thread(s) for Numba and PyTorch"
+        + (f", NumPy's BLAS on {blas}" if blas else "")
+        + f"; numpy {machine.get('numpy')}, numba {machine.get('numba')}, torch "
+        f"{machine.get('torch')}; 1-minute load {result.load_average} when it started (other "
+        f"work on the machine slows every contender). Ceilings of this machine ({when}), "
+        f"{calibration_summary(calibration)}. Each case is held against the ceiling of the "
+        "level its working set is served from, for its own mix of reads and writes"
+        + (" (a cold case's inputs come from DRAM)" if any(
+            getattr(case, "cold_inputs", None) for case in result.cases) else "")
+        + ". Times are medians; ratios are medians of per-round ratios from the same run; "
+        "×PyTorch is against the faster of PyTorch eager and torch.compile, named.")
+
+
 def readme_table(result: Any, run_id: str, command: str) -> str:
-    """The Markdown block (markers included) with every case of ``result``."""
-    calibration = result.calibration
-    caches = ", ".join(f"{level} {gbs:.0f}" for level, gbs in
-                       sorted((calibration.get("cache_triad_gbs") or {}).items()))
-    cpu = result.machine.get("cpu_model", "?")
-    lines = [
-        README_BEGIN,
-        f"Measured by `{command}` (run `{run_id}`): {cpu}, {result.machine.get('cores')} cores, "
-        f"{result.threads} thread(s) for Numba and PyTorch; roofline: STREAM triad "
-        f"{calibration['stream_triad_gbs']:.1f} GB/s"
-        + (f" (cache triads GB/s: {caches})" if caches else "")
-        + f", sgemm {calibration['sgemm_gflops']:.0f} GFLOP/s; numpy "
-        f"{result.machine.get('numpy')}, numba {result.machine.get('numba')}, torch "
-        f"{result.machine.get('torch')}; 1-minute load {result.load_average} when it started "
-        "(other work on the machine slows every contender). Times are medians; ratios are "
-        "medians of per-round ratios from the same run.",
-        "",
-        "| case | engine | NumPy | PyTorch | GB/s | roofline | ×NumPy | ×PyTorch | goals |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    """The Markdown block (markers included) with every case of ``result``: times of every
+    contender, ratios, GB/s, the fraction of each case's own ceiling, goals; the models'
+    decoding speed after it."""
+    contention = any(getattr(case, "contention", None) for case in result.cases)
+    header = ["case", "engine", "NumPy", "PyTorch eager", "torch.compile", "×NumPy", "×PyTorch",
+              "GB/s", "of its ceiling"]
+    align = ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
+    if contention:
+        header.append("beside a busy process")
+        align.append("---:")
+    header.append("goals")
+    align.append("---")
+    lines = [README_BEGIN, _headline(result, run_id, command), "",
+             "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    footnotes: list[str] = []
     for case in result.cases:
         contenders = case.contenders
-        if case.verdict not in ("ok", "regression"):
-            lines.append(f"| {case.spec}/{case.case} | {case.verdict} | | | | | | | |")
-            continue
 
         def median(name: str, contenders: dict[str, Any] = contenders) -> str:
             timing = contenders.get(name)
             return format_seconds(timing.median_s if timing is not None else None)
 
-        lines.append(
-            f"| {case.spec}/{case.case} | {median('engine')} | {median('numpy')} | "
-            f"{median('torch')} | {case.gbs:.1f} | {_roofline(case)} | "
-            f"{_ratio(case.speedup_vs_numpy)} | {_ratio(case.speedup_vs_torch)} | "
-            f"{_goals(case)} |")
-    if result.models:
-        lines += ["", ("| model, decoding step | weights | step | tokens/s | MB/token | "
-                       "bandwidth ceiling tokens/s | of ceiling |"),
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for model in result.models:
-        for weights, entry in model.weights.items():
-            if model.verdict != "ok":
-                lines.append(f"| {model.label} | {weights} | {model.verdict} | | | | |")
-                continue
-            step = format_seconds(model.contenders[weights].median_s)
-            lines.append(
-                f"| {model.label} | {weights} | {step} | {entry.tokens_per_s:.1f} | "
-                f"{entry.bytes_per_token / 1e6:.1f} | {entry.ceiling_tokens_per_s:.1f} | "
-                f"{entry.ceiling_fraction * 100:.0f}% |")
-        if model.speedup_ternary_vs_fp32 is not None:
-            lines.append(f"| {model.label} | ternary ÷ fp32 | | "
-                         f"{_ratio(model.speedup_ternary_vs_fp32)} | | | |")
+        if case.verdict not in (*MEASURED, OVER_CEILING):
+            cells = [case_title(case), f"**{case.verdict}**", *[""] * (len(header) - 2)]
+            footnotes.append(f"{case_title(case)}: {case.verdict}: {first_line(case.error)}")
+            lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+            continue
+        engine = median("engine")
+        warm = warm_median_s(case)
+        if warm is not None:
+            engine += f" (warm {format_seconds(warm)})"
+        over = case.verdict == OVER_CEILING
+        cells = [case_title(case), engine, median("numpy"), median("torch"),
+                 median("torch_compile"),
+                 "—" if over else format_ratio(case.speedup_vs_numpy),
+                 "—" if over else torch_ratio_text(case),
+                 f"{case.gbs:.1f}" if case.gbs is not None else "—",
+                 ("**error**, " if over else "") + ceiling_text(case, result.calibration)]
+        if contention:
+            cells.append(contention_text(case))
+        cells.append("not judged: measured over its ceiling" if over else _goals(case))
+        if over:
+            footnotes.append(f"{case_title(case)}: over its ceiling, a benchmark error: "
+                             f"{first_line(case.error)}")
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    compile_text = compile_seconds_text(result.cases)
+    if compile_text:
+        footnotes.insert(0, compile_text + " (per case: `torch_compile_s` in the JSON).")
+    if any(getattr(case, "cold_inputs", None) for case in result.cases):
+        footnotes.insert(0, "(cold): the case's large inputs rotate through copies that "
+                            "together exceed the last cache, so every call reads them from "
+                            "DRAM, as a model reads each layer's weights once per token; warm: "
+                            "the engine on one copy, timed in the same rounds.")
+    if contention:
+        footnotes.append("beside a busy process: the engine's median with one other spinning "
+                         "process on the machine, over its median alone, in alternating rounds.")
+    if footnotes:
+        lines += ["", *[f"- {_cell(note)}" for note in footnotes]]
+    lines += _model_lines(result.models)
     lines.append(README_END)
     return "\n".join(lines) + "\n"
+
+
+def _model_lines(models: list[Any]) -> list[str]:
+    if not models:
+        return []
+    lines = ["", ("| model, decoding step | weights | step | tokens/s | MB/token | "
+                  "bandwidth ceiling tokens/s | of ceiling |"),
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    notes = []
+    for model in models:
+        for weights, entry in model.weights.items():
+            state = getattr(entry, "weights_state", None)
+            named = f"{weights} ({state})" if state else weights
+            if model.verdict not in ("ok", OVER_CEILING) or weights not in model.contenders:
+                lines.append(f"| {model.label} | {named} | **{model.verdict}** | | | | |")
+                continue
+            step = format_seconds(model.contenders[weights].median_s)
+            fraction = entry.ceiling_fraction
+            of_ceiling = ("—" if fraction is None else
+                          "**error**: over its ceiling" if fraction > 1 else f"{fraction:.0%}")
+            lines.append(
+                f"| {model.label} | {named} | {step} | {entry.tokens_per_s:.1f} | "
+                f"{entry.bytes_per_token / 1e6:.1f} | {entry.ceiling_tokens_per_s:.1f} | "
+                f"{of_ceiling} |")
+        if model.verdict == "ok" and model.speedup_ternary_vs_fp32 is not None:
+            lines.append(f"| {model.label} | ternary ÷ fp32 | | "
+                         f"{format_ratio(model.speedup_ternary_vs_fp32)} | | | |")
+        if model.verdict != "ok" and model.error:
+            notes.append(f"{model.label}: {model.verdict}: {first_line(model.error)}")
+    if any(model.bandwidth_gbs for model in models):
+        bandwidth = next(model.bandwidth_gbs for model in models if model.bandwidth_gbs)
+        notes.insert(0, f"A decoding step's ceiling is the DRAM read bandwidth "
+                        f"({format_rate(bandwidth)} GB/s) over the bytes it must read (every "
+                        "weight as stored, and the KV cache); cold: the weights do not fit in "
+                        "the largest cache.")
+    return lines + (["", *[f"- {_cell(note)}" for note in notes]] if notes else [])
 
 
 def readme_problem(path: Path) -> str | None:

@@ -58,10 +58,12 @@ def softmax_workspace(root: Path, *, slowed: bool = False) -> Workspace:
 
 
 def bench(workspace: Workspace, *arguments: str) -> tuple[int, dict]:
-    """The benchmark's JSON; no model is measured unless ``arguments`` name one."""
+    """The benchmark's JSON; no model is measured and nothing is compiled by torch.compile
+    unless ``arguments`` ask for it."""
     models = [] if "--model" in arguments else ["--model", "none"]
+    compiled = [] if "--torch-compile" in arguments else ["--no-torch-compile"]
     result = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--json",
-                                 "--budget", BUDGET, *models, *arguments])
+                                 "--budget", BUDGET, *models, *compiled, *arguments])
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, json.loads(result.stdout)
 
@@ -69,7 +71,7 @@ def bench(workspace: Workspace, *arguments: str) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     workspace = softmax_workspace(tmp_path_factory.mktemp("bench_cli"))
-    return workspace, bench(workspace)
+    return workspace, bench(workspace, "--torch-compile")
 
 
 def test_json_has_medians_ratios_bandwidth_roofline_and_threads(first_run):
@@ -79,10 +81,17 @@ def test_json_has_medians_ratios_bandwidth_roofline_and_threads(first_run):
     assert data["thread_control"]["numba"] == data["threads"]
     assert data["thread_control"]["torch"] == data["threads"]
     assert data["thread_control"]["blas"] == benchmark.BLAS_THREADS
-    assert set(data["calibration"]) >= {"stream_triad_gbs", "sgemm_gflops", "cache_triad_gbs"}
+    assert set(data["calibration"]) >= {"levels", "sgemm_gflops", "measured_at"}
+    assert list(data["calibration"]["levels"])[-1] == "DRAM"
     [case] = data["cases"]
     assert case["verdict"] == "ok", case["error"]
-    assert set(case["contenders"]) == {"engine", "numpy", "torch"}
+    assert set(case["contenders"]) == {"engine", "numpy", "torch", "torch_compile"}
+    assert case["torch_compile_s"] > 0  # compiled on its first call, which is not timed
+    fastest = min(("torch", "torch_compile"),
+                  key=lambda name: case["contenders"][name]["median_s"])
+    assert case["torch_fastest"] == fastest
+    assert case["speedup_vs_torch"] == case[
+        "speedup_vs_torch_eager" if fastest == "torch" else "speedup_vs_torch_compile"]
     for timing in case["contenders"].values():
         assert timing["median_s"] > 0 and timing["iqr_s"] >= 0
         assert len(timing["samples_s"]) == timing["rounds"] >= benchmark.MIN_ROUNDS
@@ -90,8 +99,9 @@ def test_json_has_medians_ratios_bandwidth_roofline_and_threads(first_run):
     assert case["bytes"] == 4 * 2 * 64 * 2048
     assert case["gbs"] == pytest.approx(case["bytes"] / case["contenders"]["engine"]["median_s"]
                                         / 1e9)
-    assert 0 < case["roofline_fraction"] and 0 < case["level_roofline_fraction"]
-    assert case["memory_level"] in ("L1", "L2", "L3", "DRAM")
+    assert 0 < case["roofline_fraction"] <= 1, case["error"]
+    assert case["memory_level"] in data["calibration"]["levels"]
+    assert case["ceiling_gbs"] > 0 and case["memory_level"] in case["ceiling_model"]
     assert case["written_bytes"] == 4 * 64 * 2048
     assert case["other_work_share"] is None or 0 <= case["other_work_share"] <= 1
     [goal] = case["goals"]
@@ -170,10 +180,17 @@ def test_readme_block_is_rewritten_from_the_run(tmp_path):
     text = (workspace.root / "README.md").read_text(encoding="utf-8")
     assert text.startswith("# kernels\n\n<!-- benchmark:begin -->\nMeasured by `koschei "
                            "benchmark --readme` (run `")
-    assert text.endswith("<!-- benchmark:end -->\n\nthe rest\n") and "old" not in text
+    assert text.endswith("<!-- benchmark:end -->\n\nthe rest\n") and "\nold\n" not in text
     [case] = data["cases"]
     assert "| softmax/64x2048 | " in text
+    assert ("| case | engine | NumPy | PyTorch eager | torch.compile | ×NumPy | ×PyTorch | GB/s "
+            "| of its ceiling | goals |") in text
     assert f"{case['speedup_vs_numpy']:.2f}×" in text
+    fastest = {"torch": "eager", "torch_compile": "compiled"}[case["torch_fastest"]]
+    assert f"{case['speedup_vs_torch']:.2f}× ({fastest})" in text
+    assert f"of {case['memory_level']} " in text or case["bound"] == "compute"
+    headline = next(line for line in text.splitlines() if line.startswith("Measured by"))
+    assert "GB/s read/write/copy/triad: L1 " in headline and "sgemm" in headline
     assert any("README.md: benchmark table rewritten" in note for note in data["notes"])
 
     (workspace.root / "README.md").write_text("no markers\n")
@@ -213,3 +230,21 @@ def test_a_model_is_reported_beside_its_ceiling_and_a_bad_one_leaves_no_record(t
     assert refused.exit_code == 2
     assert "--model huge: no decoder config of that name" in refused.stderr
     assert sorted(workspace.runs_dir.glob("2*")) == records  # no record of the refused run
+
+
+def test_a_fresh_workspace_stops_at_once_with_the_command_to_run(tmp_path):
+    """Nothing generated yet: benchmark and test-run exit 2 before calibrating or running
+    anything, and say what to run; no run record is left behind."""
+    import time
+
+    root = tmp_path / "fresh"
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    for command in (["benchmark"], ["test-run"]):
+        started = time.perf_counter()
+        result = runner.invoke(app, [*command, "--root", str(root)])
+        assert result.exit_code == 2, result.output
+        assert "nothing is generated yet" in result.output
+        assert "koschei code-generate" in result.output
+        assert time.perf_counter() - started < 10
+    assert not (root / "runs" / "calibration").exists()
+    assert [p.name for p in (root / "runs").iterdir()] == []

@@ -7,13 +7,13 @@ generated softmax kernel when the repository has it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -89,8 +89,9 @@ pytestmark = pytest.mark.usefixtures("engine_path_restored")
 
 
 def options(**values) -> benchmark.Options:
-    """The phase's options; no model is measured unless a test names one."""
-    return benchmark.Options(**{"models": [], **values})
+    """The phase's options; no model is measured, and nothing compiled by torch.compile, unless
+    a test asks for it."""
+    return benchmark.Options(**{"models": [], "torch_compile": False, **values})
 
 
 def make_workspace(root: Path, kernels: dict[str, float]) -> Workspace:
@@ -154,7 +155,9 @@ def test_roofline_figures_follow_the_spec_formulas(measured):
     assert case.gbs == pytest.approx(case.bytes / median / 1e9)
     assert case.gflops == pytest.approx(case.flops / median / 1e9)
     assert case.intensity == pytest.approx(1 / 8)
-    bandwidth = result.calibration["stream_triad_gbs"]
+    assert case.written_bytes == 4 * rows * d and case.read_bytes == 4 * rows * d
+    assert case.memory_level in result.calibration["levels"]
+    bandwidth = case.ceiling_gbs
     peak = result.calibration["sgemm_gflops"]
     if case.intensity * bandwidth < peak:  # below the ridge point (always, with real ceilings)
         assert case.bound == "memory"
@@ -184,22 +187,26 @@ def test_the_result_is_the_json_contract(measured):
     assert data["threads"] == calibration.resolve_threads(None)
     assert data["fingerprint"] == machine.fingerprint()
     assert data["machine"]["cores"] == machine.describe()["cores"]
-    assert set(data["calibration"]) >= {"stream_triad_gbs", "sgemm_gflops", "measured_at"}
+    assert set(data["calibration"]) >= {"levels", "sgemm_gflops", "measured_at"}
+    assert "DRAM" in data["calibration"]["levels"]
     assert data["thread_control"]["numba"] == data["threads"]
     case = data["cases"][0]
     assert set(case) >= {"spec", "case", "verdict", "error", "contenders", "bytes", "flops", "gbs",
                          "gflops", "intensity", "bound", "roofline_fraction", "speedup_vs_numpy",
-                         "speedup_vs_torch", "compare"}
+                         "speedup_vs_torch", "torch_fastest", "speedup_vs_torch_compile",
+                         "memory_level", "ceiling_gbs", "ceiling_model", "read_bytes",
+                         "written_bytes", "compare"}
     assert set(case["contenders"]["engine"]) >= {"median_s", "iqr_s", "rounds", "samples_s"}
 
 
 def test_select_and_errors(tmp_path):
     workspace = make_workspace(tmp_path, {"scale": 0.0, "gone": 0.0})
     (workspace.engine_dir / "gone.py").unlink()
-    result = benchmark.run(workspace, benchmark.Options(select=["gone"], budget_s=BUDGET))
-    assert {case.verdict for case in result.cases} == {"error"}
-    assert "code-generate" in result.cases[0].error
-    assert not result.ok
+    with pytest.raises(UsageError, match="gone.py") as refused:  # before anything is measured
+        benchmark.run(workspace, options(select=["gone"], budget_s=BUDGET))
+    assert "code-generate" in refused.value.hint
+    with pytest.raises(UsageError, match="1 of 2 engine modules"):
+        benchmark.run(workspace, options(budget_s=BUDGET))
     with pytest.raises(UsageError, match="nope"):
         benchmark.run(workspace, benchmark.Options(select=["nope"]))
     with pytest.raises(UsageError, match="--compare"):
@@ -324,46 +331,56 @@ def engine_only(seconds: float) -> benchmark.CaseResult:
                                 contenders={"engine": timing})
 
 
+def level(capacity: int | None, read: float, write: float) -> dict:
+    return {"capacity_bytes": capacity, "read_gbs": read, "write_gbs": write,
+            "write_nt_gbs": write / 2, "copy_gbs": None, "copy_nt_gbs": None, "triad_gbs": None,
+            "triad_nt_gbs": None}
+
+
 CEILINGS = calibration.Calibration(
-    stream_triad_gbs=20.0, sgemm_gflops=100.0, measured_at="2000-01-01T00:00:00+00:00",
-    threads=1, stream_array_mib=64, stream_counted_arrays=3, gemm_n=2048, repeats=5,
-    cache_triad_gbs={"L1": 200.0, "L2": 80.0}, cache_working_set_bytes={"L1": 2**14, "L2": 2**19})
+    sgemm_gflops=100.0, measured_at="2000-01-01T00:00:00+00:00", threads=1,
+    levels={"L1": level(2**15, 400.0, 200.0), "L2": level(2**20, 100.0, 50.0),
+            "DRAM": level(None, 20.0, 10.0)})
 
 
-def test_a_cache_resident_case_is_measured_against_its_cache_level():
-    # 256 KiB moved in 4 us: 65.5 GB/s, above DRAM's 20 GB/s, within L2's 80 GB/s
+def bench_formulas(written: str | None = None):
+    from koschei.specs.schema import Bench
+
+    return Bench(cases=[{"dims": {}}], bytes="2 * 4 * rows * d", flops="rows * d", written=written)
+
+
+def test_a_case_is_held_against_the_ceiling_of_its_level_and_its_mix():
+    # 256 KiB (read 128 KiB, write 128 KiB) in 4 us: 65.5 GB/s, within L2's figures
     case = engine_only(4e-6)
-    benchmark.derive(case, "2 * 4 * rows * d", "rows * d", {"rows": 128, "d": 256}, CEILINGS,
-                     written_bytes=4 * 128 * 256)
-    assert case.bound == "memory" and case.memory_level == "L2"
-    assert case.roofline_fraction == pytest.approx(case.gbs / 20.0)  # the DRAM roofline, > 1
-    assert case.level_bandwidth_gbs == 80.0
-    assert case.level_roofline_fraction == pytest.approx(case.gbs / 80.0)
-    assert case.level_roofline_fraction < 1 < case.roofline_fraction
-    assert case.write_allocate_limit is None  # only DRAM traffic is write-allocate bound here
-    assert any("fits in L2" in note for note in case.notes)
+    benchmark.derive(case, bench_formulas(), {"rows": 128, "d": 256}, CEILINGS, 4 * 128 * 256)
+    assert case.verdict == "ok" and case.bound == "memory" and case.memory_level == "L2"
+    assert case.read_bytes == case.written_bytes == 4 * 128 * 256
+    # half read at 100 GB/s, half written at 50 GB/s: 2 / (1/100 + 1/50) = 66.7 GB/s
+    assert case.ceiling_gbs == pytest.approx(200 / 3)
+    assert case.roofline_fraction == pytest.approx(case.gbs / case.ceiling_gbs)
+    read_only = engine_only(4e-6)
+    benchmark.derive(read_only, bench_formulas(written="0"), {"rows": 128, "d": 256}, CEILINGS,
+                     4 * 128 * 256)
+    assert read_only.ceiling_gbs == pytest.approx(100.0)  # the level's read bandwidth
 
 
-def test_a_dram_case_says_what_write_allocate_leaves_of_the_triad():
-    case = engine_only(0.01)
-    benchmark.derive(case, "2 * 4 * rows * d", "rows * d", {"rows": 4096, "d": 4096}, CEILINGS,
-                     written_bytes=4 * 4096 * 4096)
-    assert case.memory_level == "DRAM"
-    assert case.level_roofline_fraction == case.roofline_fraction
-    assert case.write_allocate_limit == pytest.approx(8 / 9)
-    assert any("reaches at most 89% of the DRAM ceiling" in note for note in case.notes)
-    faster_streaming = dataclasses.replace(CEILINGS, stream_stores="non-temporal")
-    again = engine_only(0.01)
-    benchmark.derive(again, "2 * 4 * rows * d", "rows * d", {"rows": 4096, "d": 4096},
-                     faster_streaming, written_bytes=4 * 4096 * 4096)
-    assert again.write_allocate_limit == pytest.approx(2 / 3)
+def test_a_case_above_its_ceiling_is_a_benchmark_error_not_a_headline():
+    case = engine_only(1e-3)  # 128 MiB in 1 ms: 134 GB/s from DRAM
+    benchmark.derive(case, bench_formulas(), {"rows": 4096, "d": 4096}, CEILINGS, 4 * 4096**2)
+    assert case.memory_level == "DRAM" and case.roofline_fraction > 1
+    assert case.verdict == "over_ceiling"
+    assert "of its ceiling" in case.error and "DRAM" in case.error
+    cold = engine_only(1.0)
+    cold.cold_inputs = ["x"]  # a small case, rotated cold: held against DRAM
+    benchmark.derive(cold, bench_formulas(), {"rows": 2, "d": 2}, CEILINGS, 16)
+    assert cold.memory_level == "DRAM"
 
 
 def test_goals_are_met_or_short_by_a_percentage():
     from koschei.specs.schema import Goal
 
     case = engine_only(0.01)
-    benchmark.derive(case, "2 * 4 * rows * d", "rows * d", {"rows": 4096, "d": 4096}, CEILINGS)
+    benchmark.derive(case, bench_formulas(), {"rows": 4096, "d": 4096}, CEILINGS, 4 * 4096**2)
     case.speedup_vs_numpy, case.speedup_vs_torch = 2.0, 1.5
     goals = [Goal(vs="numpy", at_least=1.5), Goal(vs="torch", at_least=3.0),
              Goal(roofline=0.8)]
@@ -373,7 +390,7 @@ def test_goals_are_met_or_short_by_a_percentage():
     assert [goal["met"] for goal in evaluated] == [True, False, case.roofline_fraction >= 0.8]
     assert evaluated[0]["short_by_pct"] is None
     assert evaluated[1]["short_by_pct"] == pytest.approx(50.0)
-    assert evaluated[2]["measured"] == case.level_roofline_fraction
+    assert evaluated[2]["measured"] == case.roofline_fraction
 
 
 def test_without_matplotlib_a_note_and_no_image(measured, tmp_path, monkeypatch):
@@ -469,7 +486,7 @@ def test_optional_inputs_drawn_inputs_and_two_outputs_are_measured(tmp_path, fac
 @pytest.fixture(scope="module")
 def decoding(tmp_path_factory):
     workspace = make_workspace(tmp_path_factory.mktemp("models"), {"scale": 0.0})
-    return workspace, benchmark.run(workspace, benchmark.Options(
+    return workspace, benchmark.run(workspace, options(
         select=["scale"], models=["tiny"], budget_s=BUDGET, charts=False))
 
 
@@ -484,7 +501,10 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
     rounds = {timing.rounds for timing in case.contenders.values()}
     assert len(rounds) == 1 and rounds.pop() >= benchmark.MIN_ROUNDS
     config = DecoderConfig.named("tiny")
-    bandwidth = result.calibration["stream_triad_gbs"] * 1e9
+    bandwidth = result.calibration["levels"]["DRAM"]["read_gbs"] * 1e9
+    # the workspace generated none of the decoder's kernels: the package's ran, and it says so
+    assert set(case.kernel_files) == set(benchmark_models.KERNELS)
+    assert any("installed package's" in note for note in case.notes)
     for weights, entry in case.weights.items():
         model = Decoder.random(config, weights=weights, max_len=case.context + 1)
         assert entry.bytes_per_token == model.bytes_per_token(case.context + 1)
@@ -504,14 +524,14 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
 
     table = benchmark_report.readme_table(result, "run", "koschei benchmark --readme")
     for weights, entry in case.weights.items():
-        assert f"| decoder/tiny_decode_63 | {weights} | " in table
+        assert f"| decoder/tiny_decode_63 | {weights} ({entry.weights_state}) | " in table
         assert f"| {entry.tokens_per_s:.1f} | {entry.bytes_per_token / 1e6:.1f} | " in table
 
 
 def test_a_decoder_that_misses_its_reference_is_wrong_and_not_timed(tmp_path, monkeypatch):
     workspace = make_workspace(tmp_path, {"scale": 0.0})
     monkeypatch.setitem(benchmark_models.LOGIT_TOLERANCE, "fp32", 0.0)  # any rounding is off
-    result = benchmark.run(workspace, benchmark.Options(
+    result = benchmark.run(workspace, options(
         select=["scale"], models=["tiny"], budget_s=BUDGET, charts=False))
     [case] = result.models
     assert case.verdict == "wrong" and case.contenders == {}
@@ -521,8 +541,86 @@ def test_a_decoder_that_misses_its_reference_is_wrong_and_not_timed(tmp_path, mo
 
 def test_models_run_by_default_only_without_a_selection_and_unknown_ones_are_refused(tmp_path):
     workspace = make_workspace(tmp_path, {"scale": 0.0})
-    result = benchmark.run(workspace, benchmark.Options(select=["scale"], budget_s=BUDGET,
+    result = benchmark.run(workspace, options(select=["scale"], budget_s=BUDGET,
                                                         charts=False))
     assert result.models == []
     with pytest.raises(UsageError, match="--model huge: no decoder config of that name"):
         benchmark.run(workspace, benchmark.Options(models=["huge"], budget_s=BUDGET))
+
+
+# --- the PyTorch contenders of the bundled specs ----------------------------------------------
+
+
+def bundled_specs_with(contender: str) -> list:
+    """The bundled implemented specs whose bench block writes this contender (torch, numpy)."""
+    from koschei.specs import load_specs
+
+    specs = load_specs(Workspace(REPO))
+    return [loaded for loaded in specs.implemented()
+            if loaded.spec.bench is not None and getattr(loaded.spec.bench, contender)]
+
+
+@pytest.mark.parametrize("loaded", bundled_specs_with("torch"), ids=lambda loaded: loaded.spec.name)
+def test_each_bench_torch_contender_agrees_with_the_reference_on_every_test_case(loaded):
+    """A spec's bench.torch (prepared inputs, the timed run, its result) computes what the NumPy
+    reference does on each of the spec's test cases and a bench-like one, so the benchmark never
+    has to leave it out; run in PyTorch eager (torch.compile is the benchmark's)."""
+    pytest.importorskip("torch")
+    import torch
+
+    spec = loaded.spec
+    reference = benchmark.load_source_function(spec.reference, "reference", loaded.relpath)
+    cases = [*spec.tests.cases, *(case for case in spec.bench.cases
+                                  if math.prod(v if isinstance(v, int) else math.prod(v)
+                                               for v in case.dims.values()) <= 2**22)]
+    assert cases
+    for case in cases:
+        params = benchmark.case_params(spec, case)
+        names = benchmark.formula_names(case, params)
+        inputs = benchmark.draw_inputs(spec, case, params, names, loaded.relpath)
+        expected = reference(**inputs, **params)
+        contender = benchmark.torch_contender(spec, loaded.relpath, params)
+        with torch.inference_mode():
+            output = contender.result(contender.run(*contender.prepare(**inputs, **params)))
+        matches, _, reason = benchmark.compare_results(spec, output, expected)
+        assert matches, f"{benchmark.case_label(case)}: {reason}"
+
+
+def test_cold_inputs_are_copied_until_they_hold_the_cold_bytes():
+    weight = np.ones((64, 64), dtype=np.float32)  # 16 KiB
+    x = np.ones(64, dtype=np.float32)
+    sets = benchmark.cold_input_sets({"x": x, "weight": weight}, ["weight"], 160 * 1024)
+    assert len(sets) == 10
+    assert all(given["x"] is x for given in sets)  # only the cold input is copied
+    assert len({id(given["weight"]) for given in sets}) == 10
+    assert benchmark.cold_input_sets({"x": x}, [], 10**9) == [{"x": x}]
+    calls = []
+    turn = benchmark.rotating([lambda i=i: calls.append(i) for i in range(3)])
+    for _ in range(7):
+        turn()
+    assert calls == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_contention_pairs_quiet_and_busy_rounds():
+    data = np.ones(1 << 16)
+    result = benchmark.measure_contention(lambda: float(data.sum()), budget_s=0.2)
+    assert result["rounds"] >= benchmark.MIN_ROUNDS
+    assert result["quiet_median_s"] > 0 and result["busy_median_s"] > 0
+    assert result["slowdown"] > 0
+
+
+@pytest.mark.parametrize("loaded", bundled_specs_with("numpy"), ids=lambda loaded: loaded.spec.name)
+def test_each_bench_numpy_contender_agrees_with_the_reference_on_every_test_case(loaded):
+    """A spec's bench.numpy (float32, as a NumPy user writes it) computes what the reference
+    does on each test case, so the benchmark times it as NumPy rather than the reference."""
+    spec = loaded.spec
+    reference = benchmark.load_source_function(spec.reference, "reference", loaded.relpath)
+    contender = benchmark.load_source_function(spec.bench.numpy, "numpy_contender",
+                                               loaded.relpath)
+    for case in spec.tests.cases:
+        params = benchmark.case_params(spec, case)
+        names = benchmark.formula_names(case, params)
+        inputs = benchmark.draw_inputs(spec, case, params, names, loaded.relpath)
+        matches, _, reason = benchmark.compare_results(spec, contender(**inputs, **params),
+                                                       reference(**inputs, **params))
+        assert matches, f"{benchmark.case_label(case)}: {reason}"

@@ -10,7 +10,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from koschei.benchmark_report import format_seconds, goal_outcome
+from koschei.benchmark_report import (
+    OVER_CEILING,
+    calibration_summary,
+    case_title,
+    compile_seconds_text,
+    format_fraction,
+    format_rate,
+    format_seconds,
+    goal_outcome,
+    is_measured,
+    torch_fastest_name,
+    warm_median_s,
+)
 from koschei.cli.app import command
 from koschei.cli.common import (
     JsonOption,
@@ -22,9 +34,10 @@ from koschei.cli.common import (
 )
 
 BAR_WIDTH = 24
-TABLE_WIDTH = 120  # columns of the table when stdout is not a terminal
+TABLE_WIDTH = 160  # columns of the table when stdout is not a terminal
 PARTIAL_BLOCKS = " ▏▎▍▌▋▊▉"
-VERDICT_STYLES = {"ok": "green", "wrong": "bold red", "error": "red", "regression": "bold red"}
+VERDICT_STYLES = {"ok": "green", "wrong": "bold red", "error": "red", "regression": "bold red",
+                  "over_ceiling": "bold red"}
 
 
 @command("benchmark", seed_name="benchmark",
@@ -65,6 +78,13 @@ def benchmark(
         "--model", help="Measure the decoding speed of this decoder config, fp32 against ternary "
                         "weights (default: igla_v2 when no --select is given; --model none for "
                         "no model).", show_default=False)] = None,
+    torch_compile: Annotated[bool, typer.Option(
+        "--torch-compile/--no-torch-compile",
+        help="Also time each PyTorch contender compiled with torch.compile (compilation is not "
+             "timed; it is reported).")] = True,
+    contention: Annotated[bool, typer.Option(
+        "--contention", help="Also time the engine while one other busy process runs, in "
+                             "alternating rounds, and report the slowdown.")] = False,
 ) -> None:
     with handle_errors():
         from koschei.phases import benchmark as phase
@@ -79,7 +99,8 @@ def benchmark(
             options = phase.Options(select=names or None, threads=threads, budget_s=budget,
                                     record_dir=record.dir, recalibrate=recalibrate, compare=compare,
                                     fail_on_regression=fail_on_regression, charts=charts,
-                                    readme=readme, models=models)
+                                    readme=readme, models=models, torch_compile=torch_compile,
+                                    contention=contention)
             result = phase.run(root_workspace, options, RichProgress())
             record.save_phase("benchmark", result)
         finish(result, json_output, render)
@@ -89,7 +110,8 @@ def benchmark(
 
 
 def render_models(models: list[Any], console: Console) -> None:
-    """Decoding speed per model and weights, beside the bandwidth ceiling of each."""
+    """Decoding speed per model and weights (cold or warm), beside the bandwidth ceiling of each;
+    a fraction above 1 is shown as an error of the ceiling, not as a result."""
     table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
                   collapse_padding=True, title="decoding speed", title_justify="left")
     for column in ("model", "weights", "step ±IQR", "tokens/s", "MB/token", "ceiling tok/s",
@@ -99,23 +121,30 @@ def render_models(models: list[Any], console: Console) -> None:
     for case in models:
         for weights, entry in case.weights.items():
             timing = case.contenders.get(weights)
+            state = getattr(entry, "weights_state", None)
+            fraction = entry.ceiling_fraction
+            of_ceiling = (Text("—", style="dim") if not fraction else
+                          Text("over ceiling", style="bold red") if fraction > 1 else
+                          Text(f"{fraction * 100:.0f}%"))
             table.add_row(
-                case.label, weights, format_timing(timing, spread=True),
+                case.label, f"{weights} {state}" if state else weights,
+                format_timing(timing, spread=True),
                 f"{entry.tokens_per_s:.1f}" if entry.tokens_per_s else "—",
                 f"{entry.bytes_per_token / 1e6:.1f}" if entry.bytes_per_token else "—",
                 f"{entry.ceiling_tokens_per_s:.1f}" if entry.ceiling_tokens_per_s else "—",
-                f"{entry.ceiling_fraction * 100:.0f}%" if entry.ceiling_fraction else "—",
-                Text(case.verdict, style=VERDICT_STYLES.get(case.verdict, "")))
+                of_ceiling, Text(case.verdict, style=VERDICT_STYLES.get(case.verdict, "")))
     console.print()
     print_wide(console, table)
     for case in models:
-        if case.speedup_ternary_vs_fp32 is not None:
+        if case.speedup_ternary_vs_fp32 is not None and case.verdict == "ok":
             console.print(f"{case.label}: ternary ×{case.speedup_ternary_vs_fp32:.2f} the fp32 "
-                          f"tokens/s (paired rounds); ceilings at {case.bandwidth_gbs} GB/s",
-                          highlight=False)
+                          f"tokens/s (paired rounds); ceilings at {case.bandwidth_gbs} GB/s "
+                          "(DRAM read)", highlight=False)
         if case.error:
             console.print(Text(f"{case.label}: {case.verdict}: {case.error}",
                                style=VERDICT_STYLES.get(case.verdict, "")))
+        for note in case.notes:
+            console.print(f"[dim]{case.label}: {note}[/dim]", highlight=False)
 
 
 def format_timing(timing: Any, *, spread: bool = False) -> str:
@@ -128,10 +157,14 @@ def format_timing(timing: Any, *, spread: bool = False) -> str:
     return text
 
 
-def format_ratio(value: float | None) -> Text:
+def format_ratio(value: float | None, name: str | None = None) -> Text:
+    """A speedup, green from 1× up, red below, after the contender it is against when named
+    ("compiled 1.15×": the numbers stay aligned in a right-justified column)."""
     if value is None or not math.isfinite(value):
         return Text("—", style="dim")
-    return Text(f"{value:.2f}×", style="green" if value >= 1.0 else "red")
+    text = Text(f"{name} ", style="dim") if name else Text("")
+    text.append(f"{value:.2f}×", style="green" if value >= 1.0 else "red")
+    return text
 
 
 def format_change(compare: dict[str, Any] | None) -> Text:
@@ -166,16 +199,19 @@ def print_wide(console: Console, renderable: Any) -> None:
         console.width = width
 
 
-def format_roofline(case: Any) -> str:
-    """The fraction of the roofline of the level the case runs from: "70% DRAM", "48% L3",
-    "20% FLOP" (compute-bound)."""
-    fraction = case.level_roofline_fraction
-    if fraction is None:
-        fraction = case.roofline_fraction
-    if fraction is None:
-        return "—"
-    where = (case.memory_level or "mem") if case.bound == "memory" else "FLOP"
-    return f"{fraction * 100:.0f}% {where}"
+def format_ceiling(case: Any) -> Text:
+    """The fraction of the case's own ceiling, short: "83% of L2 140" (GB/s, the bandwidth of
+    the level it is served from for its mix of reads and writes), "41% of sgemm" (compute-bound);
+    "over ceiling" in red for a case measured above it (an error of the benchmark, explained
+    under the table), never a percentage."""
+    if case.verdict == OVER_CEILING:
+        return Text("over ceiling", style="bold red")
+    if case.roofline_fraction is None:
+        return Text("—", style="dim")
+    fraction = format_fraction(case.roofline_fraction)
+    if case.bound == "compute":
+        return Text(f"{fraction} of sgemm")
+    return Text(f"{fraction} of {case.memory_level or 'memory'} {format_rate(case.ceiling_gbs)}")
 
 
 def format_goals(goals: list[dict[str, Any]]) -> Text:
@@ -189,51 +225,81 @@ def goal_line(goal: dict[str, Any]) -> Text:
     return Text(goal_outcome(goal), style="green" if goal["met"] else "yellow")
 
 
+def cold_line(case: Any) -> str | None:
+    """What a cold case streamed and how the engine did on warm copies: "linear/decode_4096x4096
+    (cold): weight from 12 copies; warm 1.1ms (2.27× faster)"."""
+    if not getattr(case, "cold_inputs", None):
+        return None
+    copies = f" from {case.cold_copies} copies" if case.cold_copies else ""
+    line = f"{case_title(case)}: {', '.join(case.cold_inputs)} read cold{copies}"
+    warm = warm_median_s(case)
+    if warm is not None:
+        line += f"; warm {format_seconds(warm, separator='')}"
+        if case.warm_speedup is not None:
+            line += f" ({case.warm_speedup:.2f}× faster)"
+    return line
+
+
 def render(result: Any, console: Console) -> None:
-    calibration = result.calibration
-    caches = ", ".join(f"{level} {gbs:.0f}" for level, gbs in
-                       sorted((calibration.get("cache_triad_gbs") or {}).items()))
+    """The cases' table (every contender's median, ratios, GB/s, the fraction of each case's own
+    ceiling, goals), the models' decoding speed, speedup bars, goals, and what needs saying."""
+    calibration = result.calibration or {}
     console.print(
         f"[bold]benchmark[/bold] · {result.threads} thread(s) (Numba, PyTorch; NumPy's BLAS "
-        f"{result.thread_control.get('blas') or 'default'}) · roofline: STREAM triad "
-        f"{calibration['stream_triad_gbs']:.1f} GB/s"
-        + (f" (cache triads {caches} GB/s)" if caches else "")
-        + f", sgemm {calibration['sgemm_gflops']:.1f} GFLOP/s · fingerprint {result.fingerprint}",
+        f"{result.thread_control.get('blas') or 'default'}) · fingerprint {result.fingerprint}",
         highlight=False)
+    measured_at = str(calibration.get("measured_at") or "")[:10]
+    console.print("ceilings of this machine" + (f" (measured {measured_at})" if measured_at
+                                                else "")
+                  + f", {calibration_summary(calibration)}", highlight=False)
     comparing = result.compared_with is not None
+    contention = any(getattr(case, "contention", None) for case in result.cases)
     table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
                   collapse_padding=True)
-    table.add_column("case", no_wrap=True)
+    table.add_column("case", min_width=18, overflow="fold")  # folds on a narrow terminal
     table.add_column("engine ±IQR", justify="right", no_wrap=True)
     table.add_column("numpy", justify="right", no_wrap=True)
     table.add_column("torch", justify="right", no_wrap=True)
+    table.add_column("compiled", justify="right", no_wrap=True)
+    table.add_column("×NumPy", justify="right", no_wrap=True)
+    table.add_column("×PyTorch", justify="right", min_width=5)
     table.add_column("GB/s", justify="right")
-    table.add_column("roofline", justify="right", no_wrap=True)
-    table.add_column("×NumPy", justify="right")
-    table.add_column("×PyTorch", justify="right")
+    table.add_column("of its ceiling GB/s", min_width=12)
     table.add_column("goals", justify="right")
+    if contention:
+        table.add_column("busy", justify="right", no_wrap=True)
     if comparing:
         table.add_column("Δ", justify="right")
-    table.add_column("verdict")
+    table.add_column("verdict", no_wrap=True, min_width=7)
     for case in result.cases:
         contenders = case.contenders
-        roofline = format_roofline(case)
+        trusted = is_measured(case)
         row: list[Any] = [
-            f"{case.spec}/{case.case}",
+            case_title(case),
             format_timing(contenders.get("engine"), spread=True),
             format_timing(contenders.get("numpy")),
             format_timing(contenders.get("torch")),
+            format_timing(contenders.get("torch_compile")),
+            format_ratio(case.speedup_vs_numpy if trusted else None),
+            format_ratio(case.speedup_vs_torch if trusted else None, torch_fastest_name(case)),
             f"{case.gbs:.1f}" if case.gbs is not None else "—",
-            roofline,
-            format_ratio(case.speedup_vs_numpy),
-            format_ratio(case.speedup_vs_torch),
-            format_goals(case.goals),
+            format_ceiling(case),
+            format_goals(case.goals if trusted else []),
         ]
+        if contention:
+            slowdown = (case.contention or {}).get("slowdown")
+            row.append(f"{slowdown:.2f}×" if slowdown is not None else "—")
         if comparing:
             row.append(format_change(case.compare))
         row.append(Text(case.verdict, style=VERDICT_STYLES.get(case.verdict, "")))
         table.add_row(*row)
     print_wide(console, table)
+    console.print("[dim]×PyTorch: against the faster of PyTorch eager and torch.compile in the "
+                  "same rounds (named); of its ceiling: the bandwidth of the memory level the "
+                  "case is served from, for its mix of reads and writes (GB/s), or sgemm's "
+                  "FLOP/s when compute-bound"
+                  + ("; busy: how many times slower the engine ran beside one spinning "
+                     "process than alone" if contention else "") + "[/dim]", highlight=False)
     if comparing:
         console.print(f"[dim]Δ: engine median against run {result.compared_with}; * marks a "
                       "change beyond the threshold, significant (Mann-Whitney p < 0.01) in "
@@ -242,45 +308,55 @@ def render(result: Any, console: Console) -> None:
     if result.models:
         render_models(result.models, console)
 
-    measured = [c for c in result.cases if c.speedup_vs_numpy is not None]
+    measured = [c for c in result.cases if is_measured(c) and c.speedup_vs_numpy is not None]
     if measured:
         speedups = [c.speedup_vs_numpy for c in measured]
         speedups += [c.speedup_vs_torch for c in measured if c.speedup_vs_torch is not None]
         speedups += [s for c in measured for s in c.speedup_vs_baselines.values() if s is not None]
         scale = max([1.0, *[s for s in speedups if math.isfinite(s)]])
-        width = max(len(f"{c.spec}/{c.case}") for c in measured)
-        console.print(f"\n[bold]engine speedup[/bold] (full bar = {scale:.2f}×)")
+        width = max(len(case_title(c)) for c in measured)
+        console.print(f"\n[bold]engine speedup[/bold] (full bar = {scale:.2f}×; torch: the "
+                      "faster variant)")
         for case in measured:
-            for label, value in (("numpy", case.speedup_vs_numpy),
-                                 ("torch", case.speedup_vs_torch),
-                                 *case.speedup_vs_baselines.items()):
+            torch_label = f"torch {torch_fastest_name(case) or ''}".strip()
+            labels = [("numpy", case.speedup_vs_numpy), (torch_label, case.speedup_vs_torch),
+                      *case.speedup_vs_baselines.items()]
+            label_width = max(len(label) for label, _ in labels)
+            for label, value in labels:
                 if value is None:
                     continue
-                line = Text(f"{case.spec}/{case.case}".ljust(width) + f"  vs {label}  ")
+                line = Text(case_title(case).ljust(width) + f"  vs {label.ljust(label_width)}  ")
                 line.append_text(speedup_bar(value, scale))
                 line.append(f" {value:.2f}×")
                 console.print(line)
 
-    goals = [(case, goal) for case in result.cases for goal in case.goals]
+    goals = [(case, goal) for case in result.cases if is_measured(case) for goal in case.goals]
     if goals:
         console.print("\n[bold]goals[/bold] (from the specs' bench.goals)")
-        width = max(len(f"{case.spec}/{case.case}") for case, _ in goals)
+        width = max(len(case_title(case)) for case, _ in goals)
         for case, goal in goals:
-            line = Text(f"{case.spec}/{case.case}".ljust(width) + "  ")
+            line = Text(case_title(case).ljust(width) + "  ")
             line.append_text(goal_line(goal))
             console.print(line)
 
+    compile_text = compile_seconds_text(result.cases)
+    if compile_text:
+        console.print(f"[dim]{compile_text}[/dim]", highlight=False)
+    for case in result.cases:
+        cold = cold_line(case)
+        if cold and is_measured(case):
+            console.print(f"[dim]{cold}[/dim]", highlight=False)
     for case in result.cases:
         if case.verdict != "ok":
-            console.print(Text(f"{case.spec}/{case.case}: {case.verdict}: {case.error}",
+            console.print(Text(f"{case_title(case)}: {case.verdict}: {case.error}",
                                style=VERDICT_STYLES.get(case.verdict, "")))
         for note in case.notes:
-            console.print(f"[dim]{case.spec}/{case.case}: {note}[/dim]", highlight=False)
+            console.print(f"[dim]{case_title(case)}: {note}[/dim]", highlight=False)
     for note in result.notes:
         console.print(f"[dim]{note}[/dim]", highlight=False)
     for chart in result.charts:
         console.print(f"[dim]chart: {chart}[/dim]", highlight=False)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
-    measured = f"{len(result.cases)} case(s)" + (f" and {len(result.models)} model(s)"
-                                                   if result.models else "")
-    console.print(f"{measured}: {counts or 'none'}", highlight=False)
+    measured_text = f"{len(result.cases)} case(s)" + (f" and {len(result.models)} model(s)"
+                                                        if result.models else "")
+    console.print(f"{measured_text}: {counts or 'none'}", highlight=False)

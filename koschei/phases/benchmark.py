@@ -3,29 +3,47 @@
 For every case: inputs are drawn from a seeded generator (float inputs standard normal, integer
 inputs uniform in their declared range), the engine runs once (compilation, never timed) into a
 preallocated ``out=`` buffer and that output is compared with the spec's NumPy reference at the
-spec's tolerance. A mismatch makes the case "wrong" and it is not timed. Otherwise the contenders
-(engine with ``out=``, the NumPy reference, the spec's PyTorch equivalent when torch is
-importable) are warmed up and then timed interleaved, round by round, with the order rotating
-each round, many calls per sample for tiny cases (a sample lasts at least ~1 ms), until the
-per-case budget runs out or every median is stable. Numba, PyTorch and NumPy's BLAS run on the
-same thread count.
+spec's tolerance. A mismatch makes the case "wrong" and it is not timed. Every other contender
+is checked the same way before it is timed, and left out (with a note) when it disagrees.
 
-NumPy's BLAS is held to one thread while timing: OpenBLAS's pool busy-waits for ~0.1 s after
-every call, and on a machine with few cores that steals a core from whichever contender is timed
-next (PyTorch's SDPA measured 20-100x slower after a NumPy matmul on 2 cores).
+The contenders are the strongest their users would run:
 
-Derived figures use the spec's ``bench.bytes`` and ``bench.flops`` formulas and this machine's
-calibration (``koschei.calibration``): GB/s, GFLOP/s, arithmetic intensity, and the roofline
-fraction ``achieved / min(peak_flops, intensity * bandwidth)`` on the DRAM roofline (STREAM
-triad), with the bound that applies. A case whose working set (its bytes) fits in a cache level is
-served from that level, so it is also measured against that level's own triad
-(``memory_level``, ``level_roofline_fraction``): a DRAM fraction above 100% means "cache", not
-"faster than memory". Speedups are medians of the per-round time ratios (the contenders of one
-round ran back to back). The spec's ``bench.goals`` are reported as met or short by how much.
+- the engine with ``out=``; the NumPy reference; the spec's ``bench.baselines``;
+- PyTorch as an expert writes it: ``bench.torch`` prepares the inputs once, outside the timed
+  call (PyTorch's own layouts, tables computed once, no mask where the data implies none), and
+  only ``run`` is timed; without it, ``tests.torch`` on tensors that share the arrays' memory;
+- ``torch_compile``: the same ``run`` through ``torch.compile`` (``Options.torch_compile``); the
+  compilation is its first call, never timed, and its seconds are reported.
 
-Models (``koschei.benchmark_models``): the decoding speed of the engine's decoder with fp32 and
-with ternary weights, side by side with the bandwidth ceiling of each (DRAM bandwidth / bytes
-a step reads); by default for ``igla_v2`` when no spec is selected (``Options.models``).
+"×PyTorch" is against the fastest PyTorch variant of the same rounds. Inputs a case names
+``cold`` (the weights of a decoding step) are rotated through enough copies that none is still
+cached when it is used again (``Calibration.cold_bytes``), for every contender alike, as in a
+real model; ``engine_warm`` times the engine on one warm copy beside them.
+
+Timing: after warm-up, interleaved, round by round, with the order rotating each round, many
+calls per sample for tiny cases (a sample lasts at least ~1 ms), until the per-case budget runs
+out or every median is stable. Numba and PyTorch run on the same thread count. NumPy's BLAS is
+held to one thread while timing: OpenBLAS's pool busy-waits for ~0.1 s after every call, and on
+a machine with few cores that steals a core from whichever contender is timed next.
+
+Derived figures use the spec's ``bench.bytes`` (of which ``bench.written`` are written, by
+default the outputs' bytes) and ``bench.flops`` formulas and this machine's calibration
+(``koschei.calibration``): GB/s, GFLOP/s, intensity, and the roofline fraction against the
+case's own ceiling — the bandwidth that the memory level its working set is served from allows
+for its mix of reads and writes, and sgemm's FLOP/s. A case above 100% of its ceiling is
+``over_ceiling``: a benchmark error reported with its numbers, never a headline. Speedups are
+medians of the per-round time ratios. The spec's ``bench.goals`` are reported as met or short by
+how much.
+
+``Options.contention`` also times the engine beside one other busy process, in alternating
+rounds (``measure_contention``), and reports the slowdown.
+
+Models (``koschei.benchmark_models``): the decoding speed of the engine's decoder, on the
+workspace's kernels, with fp32 and with ternary weights, beside the bandwidth ceiling of each;
+by default for ``igla_v2`` when no spec is selected (``Options.models``).
+
+Nothing is measured when an engine module it needs is not generated: ``check_generated`` stops
+the run at once with the command to run.
 
 With ``compare``, each case's engine samples are tested against an earlier run's with a one-sided
 Mann-Whitney U test, both as absolute times and relative to the NumPy reference of the same round
@@ -37,6 +55,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import json
 import math
 import os
@@ -60,7 +79,7 @@ from koschei.phases.base import Progress, Result, SilentProgress
 from koschei.specs.validate import case_label
 from koschei.workspace import Workspace
 
-Verdict = Literal["ok", "wrong", "error", "regression"]
+Verdict = Literal["ok", "wrong", "error", "regression", "over_ceiling"]
 
 SAMPLE_MIN_S = 1e-3  # a timed sample (a batch of calls) lasts at least this long
 WARM_UP_S = 5e-3  # each contender is called for this long before timing (at least once)
@@ -89,6 +108,8 @@ class Options:
     # decoder configs whose decoding speed is measured (koschei.benchmark_models); None: igla_v2
     # when no spec is selected, none otherwise
     models: list[str] | None = None
+    torch_compile: bool = True  # also time each PyTorch contender compiled by torch.compile
+    contention: bool = False  # also time the engine beside one other busy process
 
 
 @dataclass
@@ -116,26 +137,39 @@ class CaseResult:
     contenders: dict[str, ContenderTiming] = field(default_factory=dict)
     stopped: str | None = None  # "stable" | "budget" | "max_rounds"
     max_abs_error: float | None = None  # engine vs reference, on the measured inputs
-    bytes: float | None = None
+    bytes: float | None = None  # read_bytes + written_bytes
+    read_bytes: float | None = None
+    written_bytes: float | None = None
     flops: float | None = None
     gbs: float | None = None
     gflops: float | None = None
     intensity: float | None = None  # FLOP per byte
     bound: Literal["memory", "compute"] | None = None
-    roofline_fraction: float | None = None  # on the DRAM roofline (STREAM triad, sgemm)
-    # where the working set is served from: "L1", "L2", "L3" (it fits) or "DRAM"
+    # where the working set is served from: a cache level it fits in (as measured), or "DRAM"
     memory_level: str | None = None
-    level_bandwidth_gbs: float | None = None  # that level's triad
-    level_roofline_fraction: float | None = None  # on the roofline of that level
-    written_bytes: float | None = None  # bytes of the outputs
-    # the most of the STREAM triad a kernel with ordinary (write-allocating) stores can reach
-    write_allocate_limit: float | None = None
+    # the bandwidth that level allows for this case's own mix of reads and writes, and how
+    ceiling_gbs: float | None = None
+    ceiling_model: str | None = None
+    attainable_gflops: float | None = None  # min(peak, intensity * ceiling)
+    roofline_fraction: float | None = None  # achieved / attainable; above 1: a benchmark error
+    # inputs rotated through copies so that none is cached when used again (bench case "cold")
+    cold_inputs: list[str] = field(default_factory=list)
+    cold_copies: int | None = None
     goals: list[dict[str, Any]] = field(default_factory=list)  # bench.goals of this case
     # share of the machine's cores that other processes used while this case was timed
     other_work_share: float | None = None
     speedup_vs_numpy: float | None = None
+    # against the fastest PyTorch variant of the same rounds ("torch" eager, "torch_compile")
     speedup_vs_torch: float | None = None
+    torch_fastest: str | None = None
+    speedup_vs_torch_eager: float | None = None
+    speedup_vs_torch_compile: float | None = None
+    torch_compile_s: float | None = None  # seconds torch.compile took (first call, not timed)
+    # the engine on warm copies of the cold inputs over the engine on cold ones (same rounds)
+    warm_speedup: float | None = None
     speedup_vs_baselines: dict[str, float | None] = field(default_factory=dict)
+    # the engine beside one other busy process, in alternating rounds (--contention)
+    contention: dict[str, Any] | None = None
     compare: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -297,12 +331,23 @@ def torch_available() -> bool:
     return True
 
 
+def source_module(source: str, origin: str, **names: Any) -> ModuleType:
+    """A spec's Python source run as a module of its own, registered in ``sys.modules`` (so that
+    ``torch.compile`` can trace its functions); it sees NumPy as ``np`` and the given names."""
+    import sys
+
+    module = ModuleType(f"koschei_spec_source_{zlib.crc32(origin.encode()):08x}")
+    module.__dict__.update({"np": np, **names})
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"<{origin}>", "exec"), module.__dict__)  # noqa: S102 - own spec
+    return module
+
+
 def load_source_function(source: str, name: str, origin: str,
                          **names: Any) -> Callable[..., Any]:
     """The function ``name`` that a spec's Python source defines; the source sees NumPy as
     ``np`` and the given ``names`` (e.g. ``torch``)."""
-    namespace: dict[str, Any] = {"np": np, "__name__": f"{name}_source", **names}
-    exec(compile(source, f"<{origin}: {name}>", "exec"), namespace)  # noqa: S102 - own spec
+    namespace = source_module(source, f"{origin}: {name}", **names).__dict__
     function = namespace.get(name)
     if not callable(function):
         raise TypeError(f"{origin}: the source does not define {name}(...)")
@@ -516,46 +561,43 @@ def _roofline_fraction(moved: float, operations: float, seconds: float, bandwidt
     return "compute", operations / seconds / peak
 
 
-def derive(result: CaseResult, bytes_formula: str, flops_formula: str, names: dict[str, Any],
-           calibration: machine_calibration.Calibration,
-           written_bytes: float | None = None) -> None:
-    """Bytes, FLOPs, GB/s, GFLOP/s, intensity and the roofline fractions from the engine median:
-    on the DRAM roofline, and on the roofline of the memory level the working set fits in."""
+def derive(result: CaseResult, bench: Any, names: dict[str, Any],
+           calibration: machine_calibration.Calibration, output_nbytes: float) -> None:
+    """Bytes (read and written), FLOPs, GB/s, GFLOP/s and intensity from the engine median, and
+    the roofline fraction against this case's own ceiling: the bandwidth that the memory level
+    its working set is served from allows for its mix of reads and writes (``Calibration.
+    ceiling``; DRAM for cold inputs), and sgemm's FLOP/s. A fraction above 1 means the ceiling
+    or the spec's formulas are wrong: the case becomes ``over_ceiling``, never a headline."""
     seconds = result.contenders["engine"].median_s
-    moved = float(_evaluate(bytes_formula, names))
-    operations = float(_evaluate(flops_formula, names))
-    result.bytes, result.flops = moved, operations
+    moved = float(_evaluate(bench.bytes, names))
+    written = (float(_evaluate(bench.written, names)) if bench.written is not None
+               else min(output_nbytes, moved))
+    operations = float(_evaluate(bench.flops, names))
+    result.bytes, result.written_bytes, result.read_bytes = moved, written, max(moved - written, 0)
+    result.flops = operations
     result.gbs = moved / seconds / 1e9
     result.gflops = operations / seconds / 1e9
-    peak = calibration.peak_flops_per_s
     result.intensity = operations / moved if moved > 0 else None
-    result.bound, result.roofline_fraction = _roofline_fraction(
-        moved, operations, seconds, calibration.bandwidth_bytes_per_s, peak)
-    level, level_gbs = calibration.memory_level(moved)
-    result.memory_level, result.level_bandwidth_gbs = level, level_gbs
-    _, result.level_roofline_fraction = _roofline_fraction(moved, operations, seconds,
-                                                           level_gbs * 1e9, peak)
-    result.written_bytes = written_bytes
-    if written_bytes is not None and result.bound == "memory" and level == "DRAM":
-        result.write_allocate_limit = machine_calibration.write_allocate_limit(
-            moved, written_bytes, calibration.stream_stores)
-        if result.write_allocate_limit is not None and result.write_allocate_limit < 1:
-            result.notes.append(
-                f"with ordinary stores a kernel reaches at most "
-                f"{result.write_allocate_limit:.0%} of the DRAM ceiling here (the triad with "
-                f"{calibration.stream_stores} stores): each written line is read first, "
-                f"{(moved + written_bytes) / 2**20:.0f} MiB of traffic for the "
-                f"{moved / 2**20:.0f} MiB counted; non-temporal stores avoid that")
-    if level != "DRAM" and result.bound == "memory":
-        result.notes.append(
-            f"working set {moved / 2**20:.2f} MiB fits in {level}: measured against the {level} "
-            f"triad ({level_gbs:.0f} GB/s), not DRAM's (DRAM roofline "
-            f"{result.roofline_fraction:.0%})")
-    elif result.roofline_fraction > 1:
-        result.notes.append("above the DRAM roofline: the spec's bytes formula counts more than "
-                            "reaches memory (a second pass over data still in cache), or the "
-                            "calibration is low (koschei benchmark --recalibrate measures it "
-                            "again)")
+    working_set = max(moved, calibration.cold_bytes) if result.cold_inputs else moved
+    ceiling = calibration.ceiling(result.read_bytes, written, working_set)
+    result.memory_level, result.ceiling_gbs = ceiling.level, ceiling.bandwidth_gbs
+    result.ceiling_model = ceiling.model
+    peak = calibration.peak_flops_per_s
+    bandwidth = ceiling.bandwidth_gbs * 1e9
+    result.bound, result.roofline_fraction = _roofline_fraction(moved, operations, seconds,
+                                                                bandwidth, peak)
+    attainable = peak if moved <= 0 else min(peak, operations / moved * bandwidth)
+    result.attainable_gflops = attainable / 1e9
+    if result.roofline_fraction > 1:
+        achieved = (f"{result.gbs:.1f} GB/s against a {ceiling.level} ceiling of "
+                    f"{ceiling.bandwidth_gbs:.1f} GB/s ({ceiling.model})"
+                    if result.bound == "memory" else
+                    f"{result.gflops:.1f} GFLOP/s against sgemm's {peak / 1e9:.1f}")
+        result.verdict = "over_ceiling"
+        result.error = (f"measured {result.roofline_fraction:.0%} of its ceiling: {achieved}. A "
+                        "kernel cannot beat the machine: the spec's bytes/flops formulas count "
+                        "more than the kernel moves, or the calibration is low (koschei "
+                        "benchmark --recalibrate)")
 
 
 def output_bytes(outputs: Any) -> float:
@@ -564,7 +606,7 @@ def output_bytes(outputs: Any) -> float:
     return float(sum(np.asarray(array).nbytes for array in arrays))
 
 
-CONTENDER_NAMES = {"numpy": "NumPy", "torch": "PyTorch"}
+CONTENDER_NAMES = {"numpy": "NumPy", "torch": "PyTorch", "torch_compile": "torch.compile"}
 
 
 def goal_text(goal: Any) -> str:
@@ -576,13 +618,14 @@ def goal_text(goal: Any) -> str:
 
 def evaluate_goals(goals: list[Any], case: CaseResult) -> list[dict[str, Any]]:
     """Each of a bench case's goals: target, measured, met, and when not met, how far short in
-    percent of the target."""
+    percent of the target. ``vs: torch`` is the fastest PyTorch variant of the same rounds."""
     evaluated: list[dict[str, Any]] = []
     speedups = {"numpy": case.speedup_vs_numpy, "torch": case.speedup_vs_torch,
+                "torch_compile": case.speedup_vs_torch_compile,
                 **(getattr(case, "speedup_vs_baselines", None) or {})}
     for goal in goals:
         if goal.roofline is not None:
-            kind, target, measured = "roofline", goal.roofline, case.level_roofline_fraction
+            kind, target, measured = "roofline", goal.roofline, case.roofline_fraction
         else:
             kind, target, measured = f"vs_{goal.vs}", goal.at_least, speedups.get(goal.vs)
         met = None if measured is None else measured >= target
@@ -592,12 +635,179 @@ def evaluate_goals(goals: list[Any], case: CaseResult) -> list[dict[str, Any]]:
     return evaluated
 
 
-def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
+# --- contenders of one case ---------------------------------------------------------------------
+
+
+MAX_COLD_COPIES = 4096
+
+
+def cold_input_sets(inputs: dict[str, Any], cold: list[str], cold_bytes: int,
+                    ) -> list[dict[str, Any]]:
+    """``inputs`` and copies of it whose ``cold`` arrays are each in memory of their own, enough
+    that together they hold ``cold_bytes``: a contender that uses them in turn finds none of the
+    cold arrays still cached (a real model reads each layer's weights once per token)."""
+    per_copy = sum(inputs[name].nbytes for name in cold if inputs.get(name) is not None)
+    if not cold or per_copy == 0:
+        return [inputs]
+    copies = min(MAX_COLD_COPIES, max(2, math.ceil(cold_bytes / per_copy)))
+    return [inputs] + [{**inputs, **{name: np.copy(inputs[name]) for name in cold
+                                     if inputs.get(name) is not None}}
+                       for _ in range(copies - 1)]
+
+
+def rotating(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call that runs ``calls`` in turn (the same call when there is one)."""
+    if len(calls) == 1:
+        return calls[0]
+    turn = itertools.cycle(calls)
+
+    def call() -> Any:
+        return next(turn)()
+    return call
+
+
+@dataclass
+class TorchContender:
+    """The PyTorch contender of a spec: ``prepare`` (outside the timed call) returns the
+    arguments of ``run`` (timed), ``result`` turns its output into the reference's NumPy form."""
+
+    prepare: Callable[..., tuple[Any, ...]]
+    run: Callable[..., Any]
+    result: Callable[[Any], Any]
+
+
+def _torch_to_numpy(output: Any) -> Any:
+    if isinstance(output, tuple):
+        return tuple(t.detach().numpy() for t in output)
+    return output.detach().numpy()
+
+
+def torch_contender(spec: Any, origin: str, params: dict[str, Any]) -> TorchContender | None:
+    """``bench.torch`` as written, or else ``tests.torch`` on the inputs as tensors that share
+    the arrays' memory (PyTorch's layout is then the spec's own); None without either."""
+    import torch
+
+    source = spec.bench.torch if spec.bench is not None else None
+    if source is not None:
+        namespace = source_module(source, f"{origin}: bench.torch", torch=torch).__dict__
+        return TorchContender(prepare=namespace["prepare"], run=namespace["run"],
+                              result=namespace.get("result", _torch_to_numpy))
+    if not spec.tests.torch:
+        return None
+    torch_reference = load_torch_reference(spec.tests.torch, origin)
+    names = [arg.name for arg in spec.signature.inputs]
+
+    def prepare(**inputs: Any) -> tuple[Any, ...]:
+        return tuple(None if inputs[name] is None else torch.from_numpy(inputs[name])
+                     for name in names)
+
+    def run(*tensors: Any) -> Any:
+        return torch_reference(**dict(zip(names, tensors, strict=True)), **params)
+
+    return TorchContender(prepare=lambda **given: prepare(**{n: given[n] for n in names}),
+                          run=run, result=_torch_to_numpy)
+
+
+def add_torch_contenders(contenders: dict[str, Callable[[], Any]], result: CaseResult,
+                         spec: Any, origin: str, input_sets: list[dict[str, Any]],
+                         params: dict[str, Any], expected: Any, compiled: bool) -> None:
+    """PyTorch eager and, with ``compiled``, ``torch.compile``d, each checked against the
+    reference before it joins the contenders (a note says why one is left out)."""
+    import torch
+
+    try:
+        contender = torch_contender(spec, origin, params)
+        if contender is None:
+            return
+        with torch.inference_mode():
+            argument_sets = [contender.prepare(**inputs, **params) for inputs in input_sets]
+            output = contender.result(contender.run(*argument_sets[0]))
+    except Exception as error:  # noqa: BLE001 - the case goes on without it
+        result.notes.append(f"torch left out: {type(error).__name__}: {error}")
+        return
+    joined = join_if_correct(contenders, result, spec, "torch", contender.run, argument_sets,
+                             output, expected)
+    if not joined or not compiled:
+        return
+    try:
+        torch._dynamo.reset()  # each case compiles afresh: no cache limit reached across cases
+        compiled_run = torch.compile(contender.run, dynamic=False)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = contender.result(compiled_run(*argument_sets[0]))
+        result.torch_compile_s = round(time.perf_counter() - started, 2)
+    except Exception as error:  # noqa: BLE001
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        result.notes.append(f"torch_compile left out: {type(error).__name__}: {message}")
+        return
+    join_if_correct(contenders, result, spec, "torch_compile", compiled_run, argument_sets,
+                    output, expected)
+
+
+def join_if_correct(contenders: dict[str, Callable[[], Any]], result: CaseResult, spec: Any,
+                    name: str, run: Callable[..., Any], argument_sets: list[tuple[Any, ...]],
+                    output: Any, expected: Any) -> bool:
+    """Add ``run`` over the argument sets in turn as the contender ``name`` when its ``output``
+    matches the reference; else a note says why it is left out."""
+    matches, _, reason = compare_results(spec, output, expected)
+    if not matches:
+        result.notes.append(f"{name} left out: it disagrees with the reference: {reason}")
+        return False
+    contenders[name] = rotating([lambda a=a: run(*a) for a in argument_sets])
+    return True
+
+
+# --- contention ---------------------------------------------------------------------------------
+
+
+CONTENTION_SETTLE_S = 2e-3  # after a busy process is resumed, before the engine is timed
+
+
+def measure_contention(call: Callable[[], Any], budget_s: float) -> dict[str, Any]:
+    """The engine alone and beside one other busy process (a spinning interpreter), in
+    alternating rounds: the process is stopped (SIGSTOP) for the quiet sample and resumed
+    (SIGCONT) for the busy one, so both sides see the same machine. ``slowdown`` is the median
+    of the per-round ratios busy / quiet; with T engine threads on T cores and one of the cores
+    shared, a fair share is about 2x."""
+    import signal
+    import subprocess
+    import sys
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.kill(busy.pid, signal.SIGSTOP)
+        _warm_up(call)
+        batch = _batch_size(call)
+        quiet: list[float] = []
+        loaded: list[float] = []
+        started = time.perf_counter()
+        while len(quiet) < MIN_ROUNDS or (time.perf_counter() - started < budget_s
+                                          and len(quiet) < MAX_ROUNDS):
+            os.kill(busy.pid, signal.SIGSTOP)
+            quiet.append(_time_batch(call, batch))
+            os.kill(busy.pid, signal.SIGCONT)
+            time.sleep(CONTENTION_SETTLE_S)
+            loaded.append(_time_batch(call, batch))
+    finally:
+        busy.kill()
+        busy.wait()
+    ratios = [b / q for q, b in zip(quiet, loaded, strict=True) if q > 0]
+    return {"quiet_median_s": float(np.median(quiet)), "busy_median_s": float(np.median(loaded)),
+            "slowdown": float(np.median(ratios)), "rounds": len(quiet), "batch": batch,
+            "busy": "one spinning Python process"}
+
+
+# --- one case -----------------------------------------------------------------------------------
+
+
+def run_case(workspace: Workspace, loaded: Any, case: Any, options: Options,
              calibration: machine_calibration.Calibration, use_torch: bool,
              progress: Progress) -> CaseResult:
     spec = loaded.spec
     label = case_label(case)
-    result = CaseResult(spec=spec.name, case=label, verdict="error")
+    budget_s = options.budget_s
+    result = CaseResult(spec=spec.name, case=label, verdict="error",
+                        cold_inputs=list(case.cold))
     try:
         params = case_params(spec, case)
         result.params = dict(params)
@@ -607,26 +817,32 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
         module = load_engine_module(workspace, spec.name)
         engine = getattr(module, spec.name)
         reference = module.reference
+        input_sets = cold_input_sets(inputs, list(case.cold), calibration.cold_bytes)
+        if case.cold:
+            result.cold_copies = len(input_sets)
         if spec.signature.output is not None:  # one output: the engine writes into out=
             output = spec.signature.output
             out = np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
 
-            def run_engine() -> Any:
-                engine(**inputs, out=out, **params)
-                return out
+            def engine_on(given: dict[str, Any]) -> Callable[[], Any]:
+                def call() -> Any:
+                    engine(**given, out=out, **params)
+                    return out
+                return call
         else:  # several outputs: new arrays each call (part of what is measured)
-            held: list[Any] = []
-
-            def run_engine() -> Any:
-                held[:] = [engine(**inputs, **params)]
-                return held[0]
+            def engine_on(given: dict[str, Any]) -> Callable[[], Any]:
+                def call() -> Any:
+                    return engine(**given, **params)
+                return call
+        run_engine = rotating([engine_on(given) for given in input_sets])
+        run_engine_warm = engine_on(inputs)
     except Exception as error:  # noqa: BLE001 - reported per case, the run goes on
         result.error = f"{type(error).__name__}: {error}"
         return result
 
     progress.step(f"benchmark {spec.name}/{label}: compiling and checking against the reference")
     try:
-        engine_output = run_engine()  # compiles (never timed)
+        engine_output = run_engine_warm()  # compiles (never timed)
         expected = reference(**inputs, **params)
     except Exception as error:  # noqa: BLE001
         result.error = f"{type(error).__name__}: {error}"
@@ -638,39 +854,42 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
         result.error = f"engine output does not match the reference: {reason}"
         return result
 
+    numpy_contender = reference
+    if spec.bench is not None and spec.bench.numpy is not None:
+        try:
+            numpy_contender = load_source_function(spec.bench.numpy, "numpy_contender",
+                                                   f"{loaded.relpath}: bench.numpy")
+            matches, _, reason = compare_results(spec, numpy_contender(**inputs, **params),
+                                                 expected)
+            if not matches:
+                raise ValueError(f"it disagrees with the reference: {reason}")
+        except Exception as error:  # noqa: BLE001 - the reference is timed instead
+            result.notes.append(f"bench.numpy left out, the reference timed as NumPy: "
+                                f"{type(error).__name__}: {error}")
+            numpy_contender = reference
     contenders: dict[str, Callable[[], Any]] = {
         "engine": run_engine,
-        "numpy": lambda: reference(**inputs, **params),
+        "numpy": rotating([lambda given=given: numpy_contender(**given, **params)
+                           for given in input_sets]),
     }
+    if case.cold:
+        contenders["engine_warm"] = run_engine_warm
     for name, source in (spec.bench.baselines if spec.bench is not None else {}).items():
         try:
-            baseline = load_source_function(source, "baseline", f"{loaded.relpath}: {name}")
+            # a baseline that makes its own form of the weights rotates COLD_BYTES of them
+            baseline = load_source_function(source, "baseline", f"{loaded.relpath}: {name}",
+                                            COLD_BYTES=calibration.cold_bytes if case.cold else 0)
             baseline(**inputs, **params)  # warm: a baseline may build what it reuses
         except Exception as error:  # noqa: BLE001 - the case goes on without it
             result.notes.append(f"baseline {name} left out: {type(error).__name__}: {error}")
             continue
-        contenders[name] = lambda baseline=baseline: baseline(**inputs, **params)
-    if use_torch and spec.tests.torch:
-        try:
-            import torch
-
-            torch_reference = load_torch_reference(spec.tests.torch, loaded.relpath)
-            torch_inputs = {name: None if array is None else torch.from_numpy(array)
-                            for name, array in inputs.items()}
-            with torch.inference_mode():
-                torch_output = torch_reference(**torch_inputs, **params)
-            if isinstance(torch_output, tuple):
-                torch_output = tuple(t.detach().numpy() for t in torch_output)
-            else:
-                torch_output = torch_output.detach().numpy()
-            torch_matches, _, torch_reason = compare_results(spec, torch_output, expected)
-            if torch_matches:
-                contenders["torch"] = lambda: torch_reference(**torch_inputs, **params)
-            else:
-                result.notes.append(f"torch left out: it disagrees with the reference: "
-                                    f"{torch_reason}")
-        except Exception as error:  # noqa: BLE001
-            result.notes.append(f"torch left out: {type(error).__name__}: {error}")
+        contenders[name] = rotating([lambda baseline=baseline, given=given:
+                                     baseline(**given, **params) for given in input_sets])
+    if use_torch:
+        progress.step(f"benchmark {spec.name}/{label}: preparing PyTorch"
+                      + (" and torch.compile" if options.torch_compile else ""))
+        add_torch_contenders(contenders, result, spec, loaded.relpath, input_sets, params,
+                             expected, options.torch_compile)
 
     progress.step(f"benchmark {spec.name}/{label}: timing {', '.join(contenders)}")
     try:
@@ -683,27 +902,40 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, budget_s: float,
                 f"other processes used {other_work.share:.0%} of the cores while this case was "
                 "timed: parallel contenders lose more to them than serial ones")
         # the measured engine path must still produce the checked result
-        matches, _, reason = compare_results(spec, run_engine(), expected)
+        matches, _, reason = compare_results(spec, run_engine_warm(), expected)
         if not matches:
             result.verdict = "wrong"
             result.error = f"engine output changed while timing: {reason}"
             result.contenders = {}
             return result
-        result.speedup_vs_numpy = paired_speedup(timings["numpy"], timings["engine"])
+        engine_timing = timings["engine"]
+        result.speedup_vs_numpy = paired_speedup(timings["numpy"], engine_timing)
         if "torch" in timings:
-            result.speedup_vs_torch = paired_speedup(timings["torch"], timings["engine"])
+            result.speedup_vs_torch_eager = paired_speedup(timings["torch"], engine_timing)
+        if "torch_compile" in timings:
+            result.speedup_vs_torch_compile = paired_speedup(timings["torch_compile"],
+                                                             engine_timing)
+        variants = [name for name in ("torch", "torch_compile") if name in timings]
+        if variants:
+            result.torch_fastest = min(variants, key=lambda name: timings[name].median_s)
+            result.speedup_vs_torch = paired_speedup(timings[result.torch_fastest],
+                                                     engine_timing)
+        if "engine_warm" in timings:
+            result.warm_speedup = paired_speedup(engine_timing, timings["engine_warm"])
         for name in (spec.bench.baselines if spec.bench is not None else {}):
             if name in timings:
-                result.speedup_vs_baselines[name] = paired_speedup(timings[name],
-                                                                   timings["engine"])
+                result.speedup_vs_baselines[name] = paired_speedup(timings[name], engine_timing)
+        if options.contention:
+            progress.step(f"benchmark {spec.name}/{label}: the engine beside a busy process")
+            result.contention = measure_contention(run_engine, budget_s)
+        result.verdict = "ok"
         if spec.bench is not None:
-            derive(result, spec.bench.bytes, spec.bench.flops, names, calibration,
-                   written_bytes=output_bytes(expected))
+            derive(result, spec.bench, names, calibration, output_bytes(expected))
             result.goals = evaluate_goals(case.goals, result)
     except Exception as error:  # noqa: BLE001
+        result.verdict = "error"
         result.error = f"{type(error).__name__}: {error}"
         return result
-    result.verdict = "ok"
     return result
 
 
@@ -899,6 +1131,21 @@ def select_specs(spec_set: Any, select: list[str] | None) -> list[Any]:
     return [by_name[name] for name in dict.fromkeys(select)]
 
 
+def check_generated(workspace: Workspace, specs: list[str]) -> None:
+    """A UsageError, before anything is measured, when the engine module of a spec to be
+    benchmarked has not been generated in the workspace."""
+    needed = list(dict.fromkeys(specs))
+    missing = [name for name in needed
+               if not (workspace.engine_dir / f"{name}.py").is_file()]
+    if not missing:
+        return
+    folder = workspace.relative(workspace.engine_dir)
+    what = ("nothing is generated yet" if len(missing) == len(needed) else
+            f"{len(missing)} of {len(needed)} engine modules are not generated")
+    raise UsageError(f"{what}: {folder}/ has no {', '.join(f'{n}.py' for n in missing)}",
+                     hint="run `koschei code-generate` (or `koschei cycle`) first")
+
+
 def run(workspace: Workspace, options: Options, progress: Progress | None = None,
         ) -> BenchmarkResult:
     from koschei.specs import load_specs
@@ -923,6 +1170,10 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
     models = options.models
     if models is None:
         models = [] if options.select else [benchmark_models.DEFAULT_CONFIG]
+    check_generated(workspace, [loaded.spec.name for loaded in chosen])
+    import koschei.engine
+
+    koschei.engine.use_workspace(workspace.root)  # kernels and models run the workspace's modules
     benchmark_models.check_configs(models)
     threads = machine_calibration.resolve_threads(options.threads)
     started_at = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -958,32 +1209,16 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                          "thread count, and its spinning pool slows the contender timed after it")
         for loaded in chosen:
             for case in loaded.spec.bench.cases:
-                cases.append(run_case(workspace, loaded, case, options.budget_s, calibration,
-                                      use_torch, progress))
+                cases.append(run_case(workspace, loaded, case, options, calibration, use_torch,
+                                      progress))
                 progress.advance()
-        if models:
-            import koschei.engine
-
-            koschei.engine.use_workspace(workspace.root)  # the models run its kernels
-        model_cases = [benchmark_models.run_decoder_case(name, options.budget_s,
-                                                         calibration.bandwidth_bytes_per_s,
-                                                         progress)
+        model_cases = [benchmark_models.run_decoder_case(workspace, name, options.budget_s,
+                                                         calibration, progress)
                        for name in models]
 
     result = BenchmarkResult(
         threads=threads, fingerprint=machine.fingerprint(), machine=machine.describe(),
-        calibration={"stream_triad_gbs": calibration.stream_triad_gbs,
-                     "sgemm_gflops": calibration.sgemm_gflops,
-                     "measured_at": calibration.measured_at,
-                     "threads": calibration.threads,
-                     "stream_counted_arrays": calibration.stream_counted_arrays,
-                     "load_average": calibration.load_average,
-                     "stream_triad_ordinary_gbs": calibration.stream_triad_ordinary_gbs,
-                     "stream_triad_nontemporal_gbs": calibration.stream_triad_nontemporal_gbs,
-                     "stream_stores": calibration.stream_stores,
-                     "cache_triad_gbs": dict(calibration.cache_triad_gbs),
-                     "cache_working_set_bytes": dict(calibration.cache_working_set_bytes),
-                     "cache_capacity_bytes": dict(calibration.cache_capacity_bytes)},
+        calibration=calibration.describe(),
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
         load_average=load,
         fail_on_regression=options.fail_on_regression, cases=cases, models=model_cases,

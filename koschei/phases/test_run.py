@@ -287,6 +287,11 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
 
     missing = {name for name, _ in chosen if not generated_test_path(workspace, name).is_file()}
     runnable = [(name, has_spec) for name, has_spec in chosen if name not in missing]
+    if not runnable:
+        folder = workspace.relative(workspace.tests_dir)
+        raise UsageError(f"nothing is generated yet: {folder}/ has no test module for "
+                         f"{', '.join(sorted(missing))}",
+                         hint="run `koschei code-generate` (or `koschei cycle`) first")
     for name, has_spec in chosen:
         if not has_spec:
             result.notes.append(f"{workspace.relative(generated_test_path(workspace, name))} has no "
