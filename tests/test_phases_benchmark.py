@@ -624,3 +624,10 @@ def test_each_bench_numpy_contender_agrees_with_the_reference_on_every_test_case
         matches, _, reason = benchmark.compare_results(spec, contender(**inputs, **params),
                                                        reference(**inputs, **params))
         assert matches, f"{benchmark.case_label(case)}: {reason}"
+
+
+def test_the_readme_names_the_command_that_measured_its_table():
+    assert benchmark.readme_command(options()) == \
+        "koschei benchmark --readme --no-torch-compile"
+    assert benchmark.readme_command(benchmark.Options(contention=True, select=["rope"])) == \
+        "koschei benchmark --readme --select rope --contention"

@@ -1235,6 +1235,15 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
 README_COMMAND = "koschei benchmark --readme"
 
 
+def readme_command(options: Options) -> str:
+    """The command that measures what the README's table shows, with the options that change
+    what it shows."""
+    extra = [*(f"--select {name}" for name in options.select or []),
+             *(["--contention"] if options.contention else []),
+             *([] if options.torch_compile else ["--no-torch-compile"])]
+    return " ".join([README_COMMAND, *extra])
+
+
 def write_reports(workspace: Workspace, options: Options, result: BenchmarkResult) -> None:
     """The charts beside the run record, and with ``options.readme`` the README's table."""
     from koschei import benchmark_report
@@ -1249,7 +1258,7 @@ def write_reports(workspace: Workspace, options: Options, result: BenchmarkResul
         run_id = options.record_dir.name if options.record_dir is not None else "not recorded"
         try:
             changed = benchmark_report.update_readme(
-                readme, benchmark_report.readme_table(result, run_id, README_COMMAND))
+                readme, benchmark_report.readme_table(result, run_id, readme_command(options)))
         except (OSError, ValueError) as error:
             raise UsageError(f"--readme: {error}", hint=(
                 f"add a line {benchmark_report.README_BEGIN} and a line "
