@@ -178,8 +178,9 @@ def test_readme_block_is_rewritten_from_the_run(tmp_path):
     exit_code, data = bench(workspace, "--readme", "--no-charts")
     assert exit_code == 0
     text = (workspace.root / "README.md").read_text(encoding="utf-8")
+    # the command that measured the table, with the options that shaped it
     assert text.startswith("# kernels\n\n<!-- benchmark:begin -->\nMeasured by `koschei "
-                           "benchmark --readme` (run `")
+                           "benchmark --readme --no-torch-compile` (run `")
     assert text.endswith("<!-- benchmark:end -->\n\nthe rest\n") and "\nold\n" not in text
     [case] = data["cases"]
     assert "| softmax/64x2048 | " in text
