@@ -156,11 +156,13 @@ def torch_ratio_text(case: Any) -> str:
 
 
 def contention_text(case: Any) -> str:
-    """How much slower the engine ran beside one busy process: "1.92× slower"."""
+    """How much slower the engine ran beside one busy process, and right after a BLAS call:
+    "1.92× / 5.10×"."""
     contention = getattr(case, "contention", None)
     if not contention or contention.get("slowdown") is None:
         return "—"
-    return f"{contention['slowdown']:.2f}× slower"
+    after = contention.get("after_blas_slowdown")
+    return f"{contention['slowdown']:.2f}×" + (f" / {after:.2f}×" if after is not None else "")
 
 
 def warm_median_s(case: Any) -> float | None:
@@ -591,7 +593,7 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
               "GB/s", "of its ceiling"]
     align = ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
     if contention:
-        header.append("beside a busy process")
+        header.append("slower: busy process / after BLAS")
         align.append("---:")
     header.append("goals")
     align.append("---")
@@ -637,8 +639,11 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
                             "DRAM, as a model reads each layer's weights once per token; warm: "
                             "the engine on one copy, timed in the same rounds.")
     if contention:
-        footnotes.append("beside a busy process: the engine's median with one other spinning "
-                         "process on the machine, over its median alone, in alternating rounds.")
+        footnotes.append("slower: busy process / after BLAS: the engine's median with one "
+                         "other spinning process on the machine over its median alone, in "
+                         "alternating rounds; and one call right after a NumPy GEMV on every "
+                         "BLAS thread (OpenBLAS's pool spins on after a call) over one right "
+                         "after another engine call.")
     if footnotes:
         lines += ["", *[f"- {_cell(note)}" for note in footnotes]]
     lines += _model_lines(result.models)

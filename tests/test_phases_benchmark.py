@@ -607,6 +607,8 @@ def test_contention_pairs_quiet_and_busy_rounds():
     assert result["rounds"] >= benchmark.MIN_ROUNDS
     assert result["quiet_median_s"] > 0 and result["busy_median_s"] > 0
     assert result["slowdown"] > 0
+    assert result["warm_call_s"] > 0 and result["after_blas_call_s"] > 0
+    assert result["after_blas_slowdown"] > 0
 
 
 @pytest.mark.parametrize("loaded", bundled_specs_with("numpy"), ids=lambda loaded: loaded.spec.name)

@@ -15,6 +15,7 @@ from koschei.benchmark_report import (
     calibration_summary,
     case_title,
     compile_seconds_text,
+    contention_text,
     format_fraction,
     format_rate,
     format_seconds,
@@ -287,8 +288,7 @@ def render(result: Any, console: Console) -> None:
             format_goals(case.goals if trusted else []),
         ]
         if contention:
-            slowdown = (case.contention or {}).get("slowdown")
-            row.append(f"{slowdown:.2f}×" if slowdown is not None else "—")
+            row.append(contention_text(case))
         if comparing:
             row.append(format_change(case.compare))
         row.append(Text(case.verdict, style=VERDICT_STYLES.get(case.verdict, "")))
@@ -299,7 +299,8 @@ def render(result: Any, console: Console) -> None:
                   "case is served from, for its mix of reads and writes (GB/s), or sgemm's "
                   "FLOP/s when compute-bound"
                   + ("; busy: how many times slower the engine ran beside one spinning "
-                     "process than alone" if contention else "") + "[/dim]", highlight=False)
+                     "process than alone / one call right after a NumPy GEMV on every BLAS "
+                     "thread than after another engine call" if contention else "") + "[/dim]", highlight=False)
     if comparing:
         console.print(f"[dim]Δ: engine median against run {result.compared_with}; * marks a "
                       "change beyond the threshold, significant (Mann-Whitney p < 0.01) in "

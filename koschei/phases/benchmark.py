@@ -761,14 +761,22 @@ def join_if_correct(contenders: dict[str, Callable[[], Any]], result: CaseResult
 
 
 CONTENTION_SETTLE_S = 2e-3  # after a busy process is resumed, before the engine is timed
+AFTER_BLAS_SIZE = 1024  # the NumPy GEMV before a call timed "after BLAS": 4 MiB of float32
+AFTER_BLAS_ROUNDS = 30
 
 
-def measure_contention(call: Callable[[], Any], budget_s: float) -> dict[str, Any]:
-    """The engine alone and beside one other busy process (a spinning interpreter), in
-    alternating rounds: the process is stopped (SIGSTOP) for the quiet sample and resumed
-    (SIGCONT) for the busy one, so both sides see the same machine. ``slowdown`` is the median
-    of the per-round ratios busy / quiet; with T engine threads on T cores and one of the cores
-    shared, a fair share is about 2x."""
+def measure_contention(call: Callable[[], Any], budget_s: float, threads: int = 1,
+                       ) -> dict[str, Any]:
+    """The engine alone and beside other work, two ways:
+
+    - beside one other busy process (a spinning interpreter), in alternating rounds: the process
+      is stopped (SIGSTOP) for the quiet sample and resumed (SIGCONT) for the busy one, so both
+      sides see the same machine. ``slowdown`` is the median of the per-round ratios busy /
+      quiet; with T engine threads on T cores and one of the cores shared, a fair share is ~2x;
+    - right after a NumPy GEMV on ``threads`` BLAS threads (OpenBLAS's pool keeps spinning for
+      a while after a call): one call timed just after the GEMV against one timed just after
+      another engine call, paired per round (``after_blas_slowdown``).
+    """
     import signal
     import subprocess
     import sys
@@ -794,7 +802,29 @@ def measure_contention(call: Callable[[], Any], budget_s: float) -> dict[str, An
     ratios = [b / q for q, b in zip(quiet, loaded, strict=True) if q > 0]
     return {"quiet_median_s": float(np.median(quiet)), "busy_median_s": float(np.median(loaded)),
             "slowdown": float(np.median(ratios)), "rounds": len(quiet), "batch": batch,
-            "busy": "one spinning Python process"}
+            "busy": "one spinning Python process", **measure_after_blas(call, threads)}
+
+
+def measure_after_blas(call: Callable[[], Any], threads: int) -> dict[str, Any]:
+    """One engine call right after a NumPy GEMV on ``threads`` BLAS threads, against one right
+    after another engine call (see ``measure_contention``)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return {}
+    matrix = np.ones((AFTER_BLAS_SIZE, AFTER_BLAS_SIZE), dtype=np.float32)
+    vector = np.ones(AFTER_BLAS_SIZE, dtype=np.float32)
+    warm: list[float] = []
+    after: list[float] = []
+    for _ in range(AFTER_BLAS_ROUNDS):
+        call()
+        warm.append(_time_batch(call, 1))
+        with threadpool_limits(limits=threads, user_api="blas"):
+            matrix @ vector
+        after.append(_time_batch(call, 1))
+    ratios = [a / w for w, a in zip(warm, after, strict=True) if w > 0]
+    return {"warm_call_s": float(np.median(warm)), "after_blas_call_s": float(np.median(after)),
+            "after_blas_slowdown": float(np.median(ratios))}
 
 
 # --- one case -----------------------------------------------------------------------------------
@@ -927,7 +957,10 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, options: Options,
                 result.speedup_vs_baselines[name] = paired_speedup(timings[name], engine_timing)
         if options.contention:
             progress.step(f"benchmark {spec.name}/{label}: the engine beside a busy process")
-            result.contention = measure_contention(run_engine, budget_s)
+            import numba  # held to the run's thread count by limited_threads
+
+            result.contention = measure_contention(run_engine, budget_s,
+                                                   numba.get_num_threads())
         result.verdict = "ok"
         if spec.bench is not None:
             derive(result, spec.bench, names, calibration, output_bytes(expected))
