@@ -12,12 +12,13 @@ Then the decoding steps are timed interleaved, round by round, as the kernel cas
 truncates the cache back to ``context`` positions and decodes one token, so every step attends
 over ``context + 1`` positions. Reported per weights: tokens/s (1 / median step), the bytes a
 step must read (``Decoder.bytes_per_token``: every weight in its stored form and the KV cache),
-the bandwidth ceiling (the calibration's DRAM read bandwidth / those bytes: a step reads each
-weight once) and the fraction of it reached; and the paired speedup of ternary over fp32 (the
-median of per-round ratios). The weights are cold when a step's bytes exceed the largest cache
-the calibration measured (each layer's weights are evicted before the next step reads them
-again), as in a real model; a model small enough to stay cached is labelled warm. A fraction
-above 1 is reported as ``over_ceiling``: a ceiling that a model beats is wrong.
+the bandwidth ceiling (those bytes read once, at the read bandwidth of the memory level they are
+served from: ``Calibration.ceiling``, as for the kernel cases) and the fraction of it reached; and
+the paired speedup of ternary over fp32 (the median of per-round ratios). The weights are cold
+when a step's bytes exceed the largest cache the calibration measured (each layer's weights are
+evicted before the next step reads them again: DRAM), as in a real model; a model small enough
+to stay cached is labelled warm and held against that cache. A fraction above 1 is reported as
+``over_ceiling``: a ceiling that a model beats is wrong.
 
 The decoder runs on the kernels of the workspace's engine folder, as the kernel cases do; a
 kernel the workspace has not generated comes from the installed package, and a note says so
@@ -56,6 +57,8 @@ class ModelWeightsResult:
     weight_bytes: int | None = None
     max_logit_error: float | None = None  # vs the reference, relative to the largest logit
     weights_state: str | None = None  # "cold" (read from memory every step) or "warm"
+    memory_level: str | None = None  # where a step's bytes are served from
+    ceiling_gbs: float | None = None  # that level's read bandwidth
 
 
 @dataclass
@@ -69,7 +72,6 @@ class ModelCaseResult:
     weights: dict[str, ModelWeightsResult] = field(default_factory=dict)
     speedup_ternary_vs_fp32: float | None = None
     stopped: str | None = None
-    bandwidth_gbs: float | None = None  # the DRAM read bandwidth the ceilings use
     # where each kernel the decoder ran came from: the workspace's engine folder, or the
     # installed package's for a kernel the workspace has not generated
     kernel_files: dict[str, str] = field(default_factory=dict)
@@ -120,18 +122,18 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
 
     decoder = decoder_module()
     Decoder, DecoderConfig = decoder.Decoder, decoder.DecoderConfig
-    bandwidth_bytes_per_s = calibration.dram_read_gbs * 1e9
     config = DecoderConfig.named(config_name)
     context = min(context, config.max_seq_length - 1)
     result = ModelCaseResult(model="decoder", config=config_name, context=context,
-                             verdict="error", bandwidth_gbs=round(bandwidth_bytes_per_s / 1e9, 2))
+                             verdict="error")
     folder = workspace.engine_dir.resolve()
+    elsewhere = []
     for name in KERNELS:
         path = kernel_file(getattr(decoder, name))
-        result.kernel_files[name] = (workspace.relative(path) if path.is_relative_to(folder)
-                                     else str(path))
-    elsewhere = [name for name in KERNELS
-                 if not kernel_file(getattr(decoder, name)).is_relative_to(folder)]
+        inside = path.is_relative_to(folder)
+        result.kernel_files[name] = workspace.relative(path) if inside else str(path)
+        if not inside:
+            elsewhere.append(name)
     if elsewhere:
         result.notes.append(f"the decoder ran the installed package's {', '.join(elsewhere)}: "
                             f"{workspace.relative(workspace.engine_dir)}/ has no generated "
@@ -181,22 +183,25 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
     result.contenders = timings
     result.verdict = "ok"
     result.error = None
-    largest_cache = calibration.largest_cache_bytes
     for weights, timing in timings.items():
         entry = result.weights[weights]
         entry.tokens_per_s = 1.0 / timing.median_s
-        entry.ceiling_tokens_per_s = bandwidth_bytes_per_s / entry.bytes_per_token
+        ceiling = calibration.ceiling(entry.bytes_per_token, 0.0, entry.bytes_per_token)
+        entry.memory_level, entry.ceiling_gbs = ceiling.level, ceiling.bandwidth_gbs
+        entry.ceiling_tokens_per_s = ceiling.bandwidth_gbs * 1e9 / entry.bytes_per_token
         entry.ceiling_fraction = entry.tokens_per_s / entry.ceiling_tokens_per_s
-        entry.weights_state = "cold" if entry.bytes_per_token > largest_cache else "warm"
+        entry.weights_state = "cold" if ceiling.level == "DRAM" else "warm"
         if entry.weights_state == "warm":
             result.notes.append(
                 f"{weights}: warm — a step reads {entry.bytes_per_token / 2**20:.0f} MiB, which "
-                f"fits in the largest measured cache ({largest_cache / 2**20:.0f} MiB)")
+                f"fits in the measured {ceiling.level} (held against its read bandwidth, "
+                f"{ceiling.bandwidth_gbs:.1f} GB/s)")
         if entry.ceiling_fraction > 1:
             result.verdict = "over_ceiling"
             result.error = (f"{weights}: {entry.tokens_per_s:.1f} tokens/s is "
                             f"{entry.ceiling_fraction:.0%} of the bandwidth ceiling "
                             f"({entry.ceiling_tokens_per_s:.1f} tokens/s at "
-                            f"{bandwidth_bytes_per_s / 1e9:.1f} GB/s): the ceiling is wrong")
+                            f"{ceiling.bandwidth_gbs:.1f} GB/s, {ceiling.level}): the ceiling "
+                            "is wrong")
     result.speedup_ternary_vs_fp32 = paired_speedup(timings["fp32"], timings["ternary"])
     return result

@@ -642,8 +642,7 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
         footnotes.append("slower: busy process / after BLAS: the engine's median with one "
                          "other spinning process on the machine over its median alone, in "
                          "alternating rounds; and one call right after a NumPy GEMV on every "
-                         "BLAS thread (OpenBLAS's pool spins on after a call) over one right "
-                         "after another engine call.")
+                         "BLAS thread over one right after another engine call.")
     if footnotes:
         lines += ["", *[f"- {_cell(note)}" for note in footnotes]]
     lines += _model_lines(result.models)
@@ -678,12 +677,14 @@ def _model_lines(models: list[Any]) -> list[str]:
                          f"{format_ratio(model.speedup_ternary_vs_fp32)} | | | |")
         if model.verdict != "ok" and model.error:
             notes.append(f"{model.label}: {model.verdict}: {first_line(model.error)}")
-    if any(model.bandwidth_gbs for model in models):
-        bandwidth = next(model.bandwidth_gbs for model in models if model.bandwidth_gbs)
-        notes.insert(0, f"A decoding step's ceiling is the DRAM read bandwidth "
-                        f"({format_rate(bandwidth)} GB/s) over the bytes it must read (every "
-                        "weight as stored, and the KV cache); cold: the weights do not fit in "
-                        "the largest cache.")
+    ceilings = sorted({(entry.memory_level, entry.ceiling_gbs) for model in models
+                       for entry in model.weights.values() if entry.ceiling_gbs})
+    if ceilings:
+        read = ", ".join(f"{level} {format_rate(gbs)} GB/s" for level, gbs in ceilings)
+        notes.insert(0, f"A decoding step's ceiling is the read bandwidth of the memory level "
+                        f"its bytes are served from ({read}) over the bytes it must read (every "
+                        "weight as stored, and the KV cache); cold: they do not fit in the "
+                        "largest measured cache (DRAM); warm: they do.")
     return lines + (["", *[f"- {_cell(note)}" for note in notes]] if notes else [])
 
 

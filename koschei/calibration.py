@@ -275,7 +275,9 @@ def ceiling_of_mix(level: str, figures: Mapping[str, float | None], read_bytes: 
         high_bytes = (written_bytes - total * low.share) / (high.share - low.share)
         high_bytes = min(total, max(0.0, high_bytes))  # rounding
         parts = [(low, total - high_bytes), (high, high_bytes)]
-    bandwidth = total / sum(moved / point.gbs for point, moved in parts)
+    # one measured kernel's own mix: its figure exactly (total / (total / gbs) can round below)
+    bandwidth = (parts[0][0].gbs if len(parts) == 1 else
+                 total / sum(moved / point.gbs for point, moved in parts))
     writer = max(parts, key=lambda part: part[0].share * part[1])[0]
     stores = stores_of(writer.kernel) if written_bytes > 0 else ORDINARY
     made_of = " + ".join(f"{moved / MIB:.1f} MiB like {point.kernel} at {point.gbs:.1f} GB/s"
@@ -395,6 +397,60 @@ def levels_from_sweep(sizes: Sequence[int], bandwidths: Sequence[float], *,
 
 
 # --- thread control -----------------------------------------------------------------------------
+
+
+AFTER_BLAS_SIZE = 1024  # the NumPy GEMV before a call timed "after BLAS": 4 MiB of float32
+AFTER_BLAS_ROUNDS = 30
+BLAS_SPINS = 1.5  # a parallel kernel this much slower right after a BLAS call: BLAS spins
+
+
+def after_blas(call: Callable[[], Any], threads: int, rounds: int = AFTER_BLAS_ROUNDS,
+               ) -> dict[str, float]:
+    """One ``call`` right after a NumPy GEMV on ``threads`` BLAS threads, against one right after
+    another ``call``, paired per round. OpenBLAS's idle threads spin after a call for
+    2^OPENBLAS_THREAD_TIMEOUT cycles (28 by default: ~0.1 s) and take a core from what runs next.
+    Returns the two medians and the median per-round ratio (``after_blas_slowdown``); empty
+    without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return {}
+    matrix = np.ones((AFTER_BLAS_SIZE, AFTER_BLAS_SIZE), dtype=np.float32)
+    vector = np.ones(AFTER_BLAS_SIZE, dtype=np.float32)
+
+    def timed() -> float:
+        start = time.perf_counter_ns()
+        call()
+        return (time.perf_counter_ns() - start) / 1e9
+
+    warm: list[float] = []
+    after: list[float] = []
+    for _ in range(rounds):
+        call()
+        warm.append(timed())
+        with threadpool_limits(limits=threads, user_api="blas"):
+            matrix @ vector
+        after.append(timed())
+    ratios = [a / w for w, a in zip(warm, after, strict=True) if w > 0]
+    return {"warm_call_s": float(np.median(warm)), "after_blas_call_s": float(np.median(after)),
+            "after_blas_slowdown": float(np.median(ratios))}
+
+
+def blas_threads_for(threads: int) -> tuple[int, float | None]:
+    """The threads NumPy's BLAS gets beside Numba's ``threads`` (held to them already): the same
+    count, unless a small parallel kernel runs BLAS_SPINS times slower right after a BLAS call
+    (its idle threads spin and would take a core from the contender timed next): then one. Also
+    the measured slowdown (None on one thread, where there is nothing to measure)."""
+    if threads <= 1:
+        return 1, None
+    # 8 MiB: beyond the caches a GEMV's matrix evicts from, so only a taken core slows it
+    # (1.0x here with idle BLAS threads asleep, ~20x with them spinning)
+    data = np.ones(1 << 20)
+    measured = after_blas(lambda: _read(data, 1, threads), threads)
+    slowdown = measured.get("after_blas_slowdown")
+    if slowdown is None:
+        return 1, None
+    return (1 if slowdown >= BLAS_SPINS else threads), slowdown
 
 
 def max_threads() -> int:

@@ -103,15 +103,15 @@ def sample_result() -> BenchmarkResult:
                        error="engine output does not match the reference: 3 of 64 differ")
     model = ModelCaseResult(model="decoder", config="tiny", context=63, verdict="ok",
                             contenders={"fp32": timing(1e-3), "ternary": timing(5e-4)},
-                            speedup_ternary_vs_fp32=2.0, bandwidth_gbs=40.1,
+                            speedup_ternary_vs_fp32=2.0,
                             kernel_files={"linear": "koschei/engine/linear.py"})
     model.weights = {
         "fp32": ModelWeightsResult(tokens_per_s=1000.0, bytes_per_token=20_000_000,
                                    ceiling_tokens_per_s=2005.0, ceiling_fraction=0.4988,
-                                   weights_state="warm"),
+                                   weights_state="warm", memory_level="L3", ceiling_gbs=40.1),
         "ternary": ModelWeightsResult(tokens_per_s=2000.0, bytes_per_token=5_000_000,
                                       ceiling_tokens_per_s=8020.0, ceiling_fraction=0.2494,
-                                      weights_state="warm")}
+                                      weights_state="warm", memory_level="L3", ceiling_gbs=40.1)}
     return BenchmarkResult(
         threads=2, fingerprint="9c631b6f915902f8", machine=MACHINE, calibration=CALIBRATION,
         thread_control={"numba": 2, "torch": 2, "blas": 1}, started_at="2026-12-01T12:30:00",

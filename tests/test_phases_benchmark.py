@@ -501,7 +501,7 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
     rounds = {timing.rounds for timing in case.contenders.values()}
     assert len(rounds) == 1 and rounds.pop() >= benchmark.MIN_ROUNDS
     config = DecoderConfig.named("tiny")
-    bandwidth = result.calibration["levels"]["DRAM"]["read_gbs"] * 1e9
+    levels = result.calibration["levels"]
     # the workspace generated none of the decoder's kernels: the package's ran, and it says so
     assert set(case.kernel_files) == set(benchmark_models.KERNELS)
     assert any("installed package's" in note for note in case.notes)
@@ -509,6 +509,13 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
         model = Decoder.random(config, weights=weights, max_len=case.context + 1)
         assert entry.bytes_per_token == model.bytes_per_token(case.context + 1)
         assert entry.tokens_per_s == pytest.approx(1 / case.contenders[weights].median_s)
+        # the read bandwidth of the level a step's bytes fit in (tiny: a cache, so warm)
+        fits = [name for name, level in levels.items()
+                if name == "DRAM" or entry.bytes_per_token <= level["capacity_bytes"]]
+        assert entry.memory_level == fits[0]
+        assert entry.weights_state == ("cold" if fits[0] == "DRAM" else "warm")
+        bandwidth = levels[fits[0]]["read_gbs"] * 1e9
+        assert entry.ceiling_gbs * 1e9 == pytest.approx(bandwidth)
         assert entry.ceiling_tokens_per_s == pytest.approx(bandwidth / entry.bytes_per_token)
         assert entry.ceiling_fraction == pytest.approx(
             entry.tokens_per_s / entry.ceiling_tokens_per_s)

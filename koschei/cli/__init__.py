@@ -7,6 +7,13 @@ Command modules import their phase inside the command function, so ``koschei --h
 from __future__ import annotations
 
 import importlib
+import os
+
+# Before anything loads NumPy's OpenBLAS: its idle threads then sleep right after a call instead
+# of spinning for ~0.1 s (2^28 cycles), which took a core from whatever ran next (a parallel
+# kernel right after a BLAS call ran 5-17x slower). The benchmark gives NumPy's BLAS as many
+# threads as every other contender only when they do not spin. A value of the user's stays.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from koschei.cli.app import app
 

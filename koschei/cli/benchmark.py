@@ -139,8 +139,11 @@ def render_models(models: list[Any], console: Console) -> None:
     for case in models:
         if case.speedup_ternary_vs_fp32 is not None and case.verdict == "ok":
             console.print(f"{case.label}: ternary ×{case.speedup_ternary_vs_fp32:.2f} the fp32 "
-                          f"tokens/s (paired rounds); ceilings at {case.bandwidth_gbs} GB/s "
-                          "(DRAM read)", highlight=False)
+                          "tokens/s (paired rounds); ceilings: "
+                          + ", ".join(f"{weights} {entry.memory_level} read "
+                                      f"{entry.ceiling_gbs:.1f} GB/s"
+                                      for weights, entry in case.weights.items()
+                                      if entry.ceiling_gbs), highlight=False)
         if case.error:
             console.print(Text(f"{case.label}: {case.verdict}: {case.error}",
                                style=VERDICT_STYLES.get(case.verdict, "")))

@@ -22,9 +22,11 @@ real model; ``engine_warm`` times the engine on one warm copy beside them.
 
 Timing: after warm-up, interleaved, round by round, with the order rotating each round, many
 calls per sample for tiny cases (a sample lasts at least ~1 ms), until the per-case budget runs
-out or every median is stable. Numba and PyTorch run on the same thread count. NumPy's BLAS is
-held to one thread while timing: OpenBLAS's pool busy-waits for ~0.1 s after every call, and on
-a machine with few cores that steals a core from whichever contender is timed next.
+out or every median is stable. Numba, PyTorch and NumPy's BLAS run on the same thread count,
+except when OpenBLAS's idle threads are measured to spin after a call (its default: ~0.1 s),
+which would steal a core from whichever contender is timed next: then NumPy's BLAS is held to
+one thread, and a note says so (``blas_threads_for``; the ``koschei`` command sets
+OPENBLAS_THREAD_TIMEOUT so that they sleep at once).
 
 Derived figures use the spec's ``bench.bytes`` (of which ``bench.written`` are written, by
 default the outputs' bytes) and ``bench.flops`` formulas and this machine's calibration
@@ -88,7 +90,6 @@ STABLE_ROUNDS = 10  # rounds before a stable median may end the case early
 STABLE_RELATIVE_IQR = 0.02  # a median is stable when IQR / median is at most this
 MAX_ROUNDS = 2000
 MAX_BATCH = 100_000
-BLAS_THREADS = 1  # NumPy's BLAS while timing (see the module docstring)
 SIGNIFICANCE_P = 0.01
 DEFAULT_CHANGE_THRESHOLD_PCT = 5.0  # labels faster/slower when no regression gate is given
 FLOAT_DTYPES = ("float32", "float64")
@@ -697,15 +698,14 @@ def torch_contender(spec: Any, origin: str, params: dict[str, Any]) -> TorchCont
     torch_reference = load_torch_reference(spec.tests.torch, origin)
     names = [arg.name for arg in spec.signature.inputs]
 
-    def prepare(**inputs: Any) -> tuple[Any, ...]:
-        return tuple(None if inputs[name] is None else torch.from_numpy(inputs[name])
+    def prepare(**given: Any) -> tuple[Any, ...]:  # the inputs (params are bound in run)
+        return tuple(None if given[name] is None else torch.from_numpy(given[name])
                      for name in names)
 
     def run(*tensors: Any) -> Any:
         return torch_reference(**dict(zip(names, tensors, strict=True)), **params)
 
-    return TorchContender(prepare=lambda **given: prepare(**{n: given[n] for n in names}),
-                          run=run, result=_torch_to_numpy)
+    return TorchContender(prepare=prepare, run=run, result=_torch_to_numpy)
 
 
 def add_torch_contenders(contenders: dict[str, Callable[[], Any]], result: CaseResult,
@@ -761,8 +761,6 @@ def join_if_correct(contenders: dict[str, Callable[[], Any]], result: CaseResult
 
 
 CONTENTION_SETTLE_S = 2e-3  # after a busy process is resumed, before the engine is timed
-AFTER_BLAS_SIZE = 1024  # the NumPy GEMV before a call timed "after BLAS": 4 MiB of float32
-AFTER_BLAS_ROUNDS = 30
 
 
 def measure_contention(call: Callable[[], Any], budget_s: float, threads: int = 1,
@@ -802,29 +800,8 @@ def measure_contention(call: Callable[[], Any], budget_s: float, threads: int = 
     ratios = [b / q for q, b in zip(quiet, loaded, strict=True) if q > 0]
     return {"quiet_median_s": float(np.median(quiet)), "busy_median_s": float(np.median(loaded)),
             "slowdown": float(np.median(ratios)), "rounds": len(quiet), "batch": batch,
-            "busy": "one spinning Python process", **measure_after_blas(call, threads)}
-
-
-def measure_after_blas(call: Callable[[], Any], threads: int) -> dict[str, Any]:
-    """One engine call right after a NumPy GEMV on ``threads`` BLAS threads, against one right
-    after another engine call (see ``measure_contention``)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return {}
-    matrix = np.ones((AFTER_BLAS_SIZE, AFTER_BLAS_SIZE), dtype=np.float32)
-    vector = np.ones(AFTER_BLAS_SIZE, dtype=np.float32)
-    warm: list[float] = []
-    after: list[float] = []
-    for _ in range(AFTER_BLAS_ROUNDS):
-        call()
-        warm.append(_time_batch(call, 1))
-        with threadpool_limits(limits=threads, user_api="blas"):
-            matrix @ vector
-        after.append(_time_batch(call, 1))
-    ratios = [a / w for w, a in zip(warm, after, strict=True) if w > 0]
-    return {"warm_call_s": float(np.median(warm)), "after_blas_call_s": float(np.median(after)),
-            "after_blas_slowdown": float(np.median(ratios))}
+            "busy": "one spinning Python process",
+            **machine_calibration.after_blas(call, threads)}
 
 
 # --- one case -----------------------------------------------------------------------------------
@@ -1235,7 +1212,14 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         notes.append("torch is not importable: PyTorch is left out")
 
     cases: list[CaseResult] = []
-    with machine_calibration.limited_threads(threads, blas_threads=BLAS_THREADS) as \
+    with machine_calibration.limited_threads(threads, blas_threads=1):
+        blas_threads, blas_spin = machine_calibration.blas_threads_for(threads)
+    if blas_threads < threads:
+        notes.append(f"NumPy's BLAS runs on 1 thread, not {threads}: right after a BLAS call a "
+                     f"parallel kernel ran {blas_spin:.1f}x slower (OpenBLAS's idle threads "
+                     "spin and would take a core from the contender timed next). The koschei "
+                     "command sets OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads, which stops it")
+    with machine_calibration.limited_threads(threads, blas_threads=blas_threads) as \
             thread_control:
         if thread_control["blas"] is None:
             notes.append("threadpoolctl is not installed: NumPy's BLAS runs on its default "
