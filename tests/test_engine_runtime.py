@@ -46,7 +46,9 @@ def test_compiled_kernels_land_in_the_chosen_cache_folder(tmp_path):
         koschei.engine.use_workspace({str(tmp_path)!r})
         from koschei.engine import softmax
         from numba.core import config
-        assert config.CACHE_DIR == {str(cache)!r}, config.CACHE_DIR
+        from koschei.engine import _runtime
+        expected = {str(cache)!r} + "/helpers-" + _runtime.helpers_key()
+        assert config.CACHE_DIR == expected, config.CACHE_DIR
         print(softmax(np.zeros((2, 3), dtype=np.float32)).tolist())
     """)
     env = {**os.environ, "KOSCHEI_NUMBA_CACHE_DIR": str(cache)}
@@ -57,6 +59,12 @@ def test_compiled_kernels_land_in_the_chosen_cache_folder(tmp_path):
     assert any(path.suffix == ".nbi" for path in cache.rglob("*"))
     beside = tmp_path / "koschei" / "engine" / "__pycache__"
     assert not any(p.suffix in (".nbi", ".nbc") for p in beside.glob("*"))
+
+
+def test_the_cache_subfolder_follows_the_helpers_sources():
+    key = rt.helpers_key()
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert rt.CACHE_DIR.name == f"helpers-{key}"
 
 
 def test_check_array_says_what_is_wrong():

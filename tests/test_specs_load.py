@@ -360,7 +360,8 @@ def test_the_repository_specs_carry_the_seed_module_ids_and_their_providers():
     assert provided == {"sliding_window_attention": "attention", "alibi": "attention",
                         "multi_query_attention": "attention", "flash_attention": "attention",
                         "flash_decoding": "attention", "kv_cache_compression": "kv_cache",
-                        "matmul": "linear", "autoregressive_generation": "decoder_lm"}
+                        "autoregressive_generation": "decoder_lm", "bf16": "bf16_linear",
+                        "fp16": "fp16_linear"}
 
 
 def test_the_specs_readme_names_the_seed_items_that_are_not_techniques():

@@ -2,7 +2,8 @@
 
 Importing this module chooses where Numba caches compiled kernels BEFORE Numba is imported (the
 folder is read when Numba starts): ``$KOSCHEI_NUMBA_CACHE_DIR``, else ``$NUMBA_CACHE_DIR`` when
-the user set one, else ``$XDG_CACHE_HOME/koschei/numba`` (``~/.cache/koschei/numba``).
+the user set one, else ``$XDG_CACHE_HOME/koschei/numba`` (``~/.cache/koschei/numba``); in it, a
+subfolder named by a digest of the hand-written helpers (see helpers_key).
 
 The checks are the slow path of the generated public functions: each function tests its
 arguments inline with a few cheap comparisons and calls these helpers only when a test fails, so
@@ -16,6 +17,7 @@ e.g. an ndarray subclass); the others build the exception for the caller to rais
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -33,10 +35,21 @@ def numba_cache_dir() -> Path:
     return Path(cache_home).expanduser() / "koschei" / "numba"
 
 
-CACHE_DIR = numba_cache_dir()
+def helpers_key() -> str:
+    """A digest of the hand-written code every kernel compiles in: this module's and _simd.py's
+    sources. Numba's cache notices a change to a kernel's own file only, so the kernels are
+    cached in a subfolder of this name: a change to a helper compiles them afresh."""
+    digest = hashlib.sha256()
+    for name in ("_runtime.py", "_simd.py"):
+        digest.update((Path(__file__).with_name(name)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CACHE_DIR = numba_cache_dir() / f"helpers-{helpers_key()}"
 os.environ["NUMBA_CACHE_DIR"] = str(CACHE_DIR)
 
 # Numba is imported only now, after NUMBA_CACHE_DIR is set.
+import ml_dtypes  # noqa: F401 - registers "bfloat16" with NumPy (np.dtype("bfloat16"))
 import numba
 import numpy as np
 from llvmlite import binding as _llvm_binding
@@ -227,12 +240,15 @@ def out_of_range(function: str, name: str, value: Any, expected: str) -> ValueEr
 def draw_array(rng: np.random.Generator, dtype: str, shape: tuple[int, ...],
                value_range: tuple[float, float] | None = None) -> np.ndarray:
     """The values tests and benchmarks feed a kernel: floats standard normal (uniform in
-    ``value_range`` when given), integers uniform in [low, high), booleans fair coins."""
+    ``value_range`` when given), integers uniform in [low, high), booleans fair coins. The 16-bit
+    floats (bfloat16, float16) are float32 draws rounded to the nearest value of their dtype."""
     if dtype in ("float32", "float64"):
         if value_range is None:
             return rng.standard_normal(shape, dtype=np.dtype(dtype))
         low, high = value_range
         return rng.uniform(low, high, size=shape).astype(dtype)
+    if dtype in ("bfloat16", "float16"):
+        return draw_array(rng, "float32", shape, value_range).astype(np.dtype(dtype))
     if dtype == "bool":
         return rng.random(shape) < 0.5
     if value_range is None:
