@@ -92,6 +92,14 @@ def to_numpy(value: Any) -> Any:
     return tuple(to_numpy(v) for v in value) if isinstance(value, tuple) else value.numpy()
 
 
+def to_torch(array: np.ndarray) -> Any:
+    """A NumPy array as a tensor sharing its memory. torch.from_numpy does not take ml_dtypes'
+    bfloat16: its bits go through int16 and are viewed as torch.bfloat16 (the same format)."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 def non_contiguous(array: np.ndarray) -> np.ndarray | None:
     """The same values through a strided view, or None when the array cannot have one."""
     axis = next((i for i, size in enumerate(array.shape) if size > 1), None)
@@ -354,7 +362,7 @@ class Spec:
         def test_matches_pytorch(label, dims, params, with_inputs):
             inputs, params = spec.case_arguments(label, dims, params, with_inputs)
             with torch.inference_mode():
-                tensors = {name: None if array is None else torch.from_numpy(array)
+                tensors = {name: None if array is None else to_torch(array)
                            for name, array in copied(inputs).items()}
                 expected = spec.torch_reference(**tensors, **params)
             spec.assert_results_close(spec.function(**inputs, **params), to_numpy(expected))
@@ -575,4 +583,4 @@ class Spec:
 
 
 __all__ = ["CASE_ARGUMENTS", "KEYWORD", "POSITIONAL", "REQUIRED", "Spec", "copied",
-           "non_contiguous", "results", "to_numpy", "torch", "torch_missing"]
+           "non_contiguous", "results", "to_numpy", "to_torch", "torch", "torch_missing"]

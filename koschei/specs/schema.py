@@ -29,7 +29,10 @@ def _identifier(value: str) -> str:
 
 Identifier = Annotated[str, AfterValidator(_identifier)]
 
-DType = Literal["float32", "float64", "int8", "uint8", "int32", "int64", "bool"]
+# bfloat16 is ml_dtypes' NumPy dtype (float32's exponent, a 7-bit mantissa), float16 IEEE
+# binary16: storage formats of weights, widened to float32 by the kernels that read them.
+DType = Literal["float32", "float64", "bfloat16", "float16", "int8", "uint8", "int32", "int64",
+                "bool"]
 # A dimension of a symbolic shape: a name bound by the inputs ("d", "n"), a fixed size, or "..."
 # (any number of leading dimensions, only first).
 Dim = int | str
