@@ -9,7 +9,7 @@
 - ``write_charts(result, folder)``: ``roofline.png``, one panel per spec, each case a numbered
   point at its arithmetic intensity and achieved GFLOP/s under the slope of its own ceiling (the
   bandwidth of the memory level it is served from, for its mix of reads and writes) and the
-  sgemm roof, with a dotted line up to what that ceiling allows; and ``speedup.png``, ×NumPy and
+  compute roof (the multiply-add peak), with a dotted line up to what that ceiling allows; and ``speedup.png``, ×NumPy and
   ×PyTorch (the faster of eager and compiled) per case as sorted horizontal bars on a log scale.
   Drawn with matplotlib's Agg renderer on a ``Figure`` of its own (no pyplot, no global backend
   switch), imported only when charts are drawn; without matplotlib, no image is written and the
@@ -116,18 +116,19 @@ def ceiling_name(case: Any) -> str:
 def _peak_gflops(case: Any, calibration: dict[str, Any] | None) -> float | None:
     if case.bound == "compute" and case.attainable_gflops:
         return float(case.attainable_gflops)
-    peak = (calibration or {}).get("sgemm_gflops")
+    calibration = calibration or {}
+    peak = calibration.get("peak_gflops") or calibration.get("sgemm_gflops")
     return float(peak) if peak else None
 
 
 def ceiling_text(case: Any, calibration: dict[str, Any] | None = None) -> str:
-    """The fraction of the case's own ceiling: "83% of L2 read-mostly 140 GB/s", "41% of sgemm
-    194 GFLOP/s" (compute-bound). A case above its ceiling gets the two figures and the words
+    """The fraction of the case's own ceiling: "83% of L2 read-mostly 140 GB/s", "41% of the
+    compute peak 360 GFLOP/s" (compute-bound: the cores' multiply-add peak). A case above its ceiling gets the two figures and the words
     "over ceiling", never a percentage: such a figure is an error of the benchmark."""
     if case.verdict == OVER_CEILING:
         if case.bound == "compute":
             peak = _peak_gflops(case, calibration)
-            return (f"over ceiling: {format_rate(case.gflops)} GFLOP/s above sgemm "
+            return (f"over ceiling: {format_rate(case.gflops)} GFLOP/s above the compute peak "
                     f"{format_rate(peak)} GFLOP/s")
         return f"over ceiling: {format_rate(case.gbs)} GB/s above {ceiling_name(case)}"
     if case.roofline_fraction is None:
@@ -135,7 +136,7 @@ def ceiling_text(case: Any, calibration: dict[str, Any] | None = None) -> str:
     fraction = format_fraction(case.roofline_fraction)
     if case.bound == "compute":
         peak = _peak_gflops(case, calibration)
-        return f"{fraction} of sgemm {format_rate(peak)} GFLOP/s"
+        return f"{fraction} of the compute peak {format_rate(peak)} GFLOP/s"
     return f"{fraction} of {ceiling_name(case)}"
 
 
@@ -195,8 +196,8 @@ def calibration_levels(calibration: dict[str, Any]) -> list[tuple[str, dict[str,
 
 def calibration_summary(calibration: dict[str, Any]) -> str:
     """The ceilings measured on this machine in one line: "GB/s read/write/copy/triad: L1 (64
-    KiB) 420/210/260/286, ..., DRAM 40.1/18.5/26.0/35.4 (non-temporal write 27.4); sgemm 194
-    GFLOP/s" (non-temporal writes where they are faster than ordinary ones)."""
+    KiB) 420/210/260/286, ..., DRAM 40.1/18.5/26.0/35.4 (non-temporal write 27.4); multiply-add
+    peak 360 GFLOP/s; sgemm (NumPy's BLAS) 282 GFLOP/s" (non-temporal writes where they are faster than ordinary ones)."""
     parts = []
     for name, level in calibration_levels(calibration):
         figures = "/".join(format_rate(level.get(key)) for key in
@@ -207,9 +208,11 @@ def calibration_summary(calibration: dict[str, Any]) -> str:
             # where streaming stores beat ordinary ones (DRAM), they are the write ceiling
             part += f" (non-temporal write {format_rate(level['write_nt_gbs'])})"
         parts.append(part)
-    sgemm = calibration.get("sgemm_gflops")
+    sgemm, fma = calibration.get("sgemm_gflops"), calibration.get("fma_gflops")
     text = ("GB/s read/write/copy/triad: " + ", ".join(parts)) if parts else "no memory levels"
-    return text + (f"; sgemm {format_rate(sgemm)} GFLOP/s" if sgemm else "")
+    if fma:
+        text += f"; multiply-add peak {format_rate(fma)} GFLOP/s"
+    return text + (f"; sgemm (NumPy's BLAS) {format_rate(sgemm)} GFLOP/s" if sgemm else "")
 
 
 def compile_seconds_text(cases: list[Any]) -> str | None:
@@ -330,7 +333,7 @@ def _place_labels(points: list[tuple[float, float]]) -> list[tuple[float, float]
 def _roofline_panel(axes: Any, spec: str, cases: list[Any], peak: float | None,
                     calibration: dict[str, Any], plot_inches: tuple[float, float]) -> None:
     """One spec's cases on the roofline: a slope per distinct ceiling of its cases (colored by
-    memory level), the sgemm roof, each drawable case a numbered point colored by its level with
+    memory level), the compute roof, each drawable case a numbered point colored by its level with
     a dotted line up to what its own ceiling allows at its intensity, and a legend that numbers
     the cases with their fraction of that ceiling."""
     from matplotlib.lines import Line2D
@@ -367,7 +370,7 @@ def _roofline_panel(axes: Any, spec: str, cases: list[Any], peak: float | None,
     if peak:
         line = axes.axhline(peak, color="black", linewidth=0.9, linestyle=":")
         handles.append(line)
-        labels.append(f"sgemm {format_rate(peak)} GFLOP/s")
+        labels.append(f"compute peak {format_rate(peak)} GFLOP/s")
 
     # the points in points on the page (log axes: fraction of the decades), for the numbers
     width_pt, height_pt = plot_inches[0] * 72, plot_inches[1] * 72
@@ -437,7 +440,7 @@ def roofline_figure(result: Any) -> Any:
     from matplotlib.figure import Figure
 
     calibration = result.calibration or {}
-    peak = calibration.get("sgemm_gflops")
+    peak = calibration.get("peak_gflops") or calibration.get("sgemm_gflops")
     peak = float(peak) if peak else None
     groups = chart_groups(result.cases)
     columns = max(1, min(PANEL_COLUMNS, len(groups)))
@@ -685,6 +688,79 @@ def _model_lines(models: list[Any]) -> list[str]:
                         f"its bytes are served from ({read}) over the bytes it must read (every "
                         "weight as stored, and the KV cache); cold: they do not fit in the "
                         "largest measured cache (DRAM); warm: they do.")
+    lines += ["", *[f"- {_cell(note)}" for note in notes]] if notes else []
+    for model in models:
+        lines += _llama_cpp_lines(model)
+    return lines
+
+
+def llama_cpp_rows(model: Any) -> list[tuple[str, Any, Any, Any]]:
+    """The prefill / decoding rows of a model case, each engine decoder followed by the
+    llama.cpp files compared with it, then the reference files: (name, prefill timing, step
+    timing, the LlamaCppResult or None for the engine) each. Shared by the terminal and the
+    README."""
+    rows: list[tuple[str, Any, Any, Any]] = []
+    anchors = list(getattr(model, "llama_cpp", None) or [])
+    for weights in model.weights:
+        rows.append((f"engine {weights}", model.prefill.get(weights),
+                     model.contenders.get(weights), None))
+        rows += [(_anchor_name(anchor), anchor.prefill, anchor.decode, anchor)
+                 for anchor in anchors if anchor.compared and anchor.weights == weights]
+    rows += [(_anchor_name(anchor), anchor.prefill, anchor.decode, anchor)
+             for anchor in anchors if not anchor.compared]
+    return rows
+
+
+def _anchor_name(anchor: Any) -> str:
+    return f"llama.cpp {anchor.tensor_type}" + ("" if anchor.compared else " (reference)")
+
+
+_KV_CACHE_WORDS = {"F32": "float32 (as the engine's)", "F16": "float16"}
+
+
+def llama_cpp_setup_text(model: Any) -> str:
+    """How llama.cpp ran, in words (empty when it did not)."""
+    info = getattr(model, "llama_cpp_info", None) or {}
+    if not info:
+        return ""
+    return (f"llama.cpp (llama-cpp-python {info.get('llama_cpp_python')}) ran the same weights "
+            f"as GGUF files (F32, F16, Q8_0, Q4_0: the projection matrices' type; TQ2_0: the "
+            f"ternary weights, 2 bits each; embeddings F32, F16 in the F16 file) on "
+            f"{info.get('n_threads')} thread(s), n_batch {info.get('n_batch')}, a "
+            f"{_KV_CACHE_WORDS.get(info.get('kv_cache'), info.get('kv_cache'))} KV cache, the "
+            "same prompt and steps in the same rounds, "
+            "each checked against its decoder's logits first; engine ÷ llama.cpp: the engine's "
+            "speed over llama.cpp's, the median of per-round ratios (above 1: the engine is "
+            "faster); (reference): a figure without an engine counterpart.")
+
+
+def _llama_cpp_lines(model: Any) -> list[str]:
+    if not getattr(model, "prefill", None) and not getattr(model, "llama_cpp_note", None):
+        return []
+    lines = ["", (f"| {model.model}/{model.config}: prefill of {model.context} tokens, "
+                  f"decoding step at {model.context} | prefill | prompt tokens/s | step | "
+                  "tokens/s | engine ÷ llama.cpp: prefill | engine ÷ llama.cpp: step |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    notes = []
+    for name, prefill, step, anchor in llama_cpp_rows(model):
+        verdict = anchor.verdict if anchor is not None else model.verdict
+        if prefill is None or step is None:
+            lines.append(f"| {name} | **{verdict}** | | | | | |")
+            if anchor is not None and anchor.error:
+                notes.append(f"{name}: {verdict}: {first_line(anchor.error)}")
+            continue
+        ratios = ["", ""]
+        if anchor is not None and anchor.compared:
+            ratios = [format_ratio(anchor.engine_prefill_speedup),
+                      format_ratio(anchor.engine_speedup)]
+        lines.append(f"| {name} | {format_seconds(prefill.median_s)} | "
+                     f"{model.context / prefill.median_s:.0f} | {format_seconds(step.median_s)} | "
+                     f"{1 / step.median_s:.1f} | {ratios[0]} | {ratios[1]} |")
+    setup = llama_cpp_setup_text(model)
+    if setup:
+        notes.insert(0, setup)
+    if getattr(model, "llama_cpp_note", None):
+        notes.insert(0, model.llama_cpp_note)
     return lines + (["", *[f"- {_cell(note)}" for note in notes]] if notes else [])
 
 

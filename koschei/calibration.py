@@ -55,8 +55,11 @@ read figure, an elementwise ``out = x + y`` at least the triad's. Between measur
 hull is a straight line: hardware that overlaps reads and writes better at a share in between
 could beat it there.
 
-Compute: single-precision GEMM FLOP/s from a float32 NumPy matmul (default 2048^3, ``2 n^3``
-FLOPs), what the machine's BLAS reaches on this CPU.
+Compute: the cores' float32 multiply-add throughput, measured with the engine's own register
+tile (``koschei.engine._simd.mma_tile``: 12 x 32 values of C in vector registers, its operands
+in L1) running on every thread at once; no matrix product can exceed it, so it is the compute
+ceiling. Beside it, single-precision GEMM FLOP/s from a float32 NumPy matmul (default 2048^3,
+``2 n^3`` FLOPs): what the machine's BLAS reaches on this CPU.
 
 Every figure is the best of ``repeats`` timed calls taken round by round over all the kernels and
 sizes (a burst of other work then spoils one run of each, not every run of one), each after an
@@ -91,10 +94,13 @@ from numba.extending import intrinsic
 
 from koschei import machine
 from koschei.engine import _runtime as _rt  # Numba's cache folder, set before any kernel
+from koschei.engine._simd import mma_tile
 from koschei.errors import UsageError
 from koschei.files import write_json_atomic
 
-CALIBRATION_FORMAT = 4  # 4: memory levels from a measured sweep; read, write, copy, triad each
+# 4: memory levels from a measured sweep; read, write, copy, triad each
+# 5: the float32 multiply-add peak of the register-tile kernel beside sgemm
+CALIBRATION_FORMAT = 5
 MIB = 1024 * 1024
 DEFAULT_ARRAY_MIB = 4096  # the largest working set measured: the sweep may grow to it
 DRAM_MIN_BYTES = 256 * MIB  # DRAM's kernels use at least this working set (if array_mib allows)
@@ -165,6 +171,9 @@ class Calibration:
     gemm_n: int = DEFAULT_GEMM_N
     repeats: int = DEFAULT_REPEATS
     duration_s: float | None = None  # how long the measurement took
+    # GFLOP/s of the engine's register-tile kernel on every thread with its operands in L1:
+    # the float32 multiply-add throughput of the cores, which no product can exceed
+    fma_gflops: float | None = None
 
     def __post_init__(self) -> None:
         if "DRAM" not in self.levels:
@@ -175,7 +184,8 @@ class Calibration:
 
     @property
     def peak_flops_per_s(self) -> float:
-        return self.sgemm_gflops * 1e9
+        """The compute ceiling: the cores' multiply-add throughput (sgemm's rate if higher)."""
+        return max(self.sgemm_gflops, self.fma_gflops or 0.0) * 1e9
 
     @property
     def dram_read_gbs(self) -> float:
@@ -213,6 +223,7 @@ class Calibration:
         """A JSON-friendly summary for reports."""
         return {"threads": self.threads, "measured_at": self.measured_at,
                 "load_average": self.load_average, "sgemm_gflops": self.sgemm_gflops,
+                "fma_gflops": self.fma_gflops, "peak_gflops": self.peak_flops_per_s / 1e9,
                 "levels": {name: dict(level) for name, level in self.levels.items()}}
 
 
@@ -996,6 +1007,38 @@ def measure_sgemm(*, n: int = DEFAULT_GEMM_N, repeats: int = 3) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
+# the register tile timed by measure_fma_peak (the matmul spec's default tile) and its depth:
+# A's 12 x 256 and B's 256 x 32 floats (44 KiB) stay in L1
+FMA_TILE_ROWS, FMA_TILE_COLS, FMA_TILE_DEPTH = 12, 32, 256
+FMA_TILES_PER_CALL = 4096
+
+
+@njit(parallel=True, cache=True)
+def _fma_tiles(panels_a, panels_b, tiles, count):  # pragma: no cover - compiled by numba
+    for thread in prange(tiles.shape[0]):
+        for _ in range(count):
+            mma_tile(FMA_TILE_ROWS, FMA_TILE_COLS, FMA_TILE_DEPTH, panels_a[thread], 0,
+                     panels_b[thread], 0, tiles[thread], 0, 0, True, None)
+
+
+def measure_fma_peak(threads: int, *, repeats: int = 3) -> float:
+    """Best float32 multiply-add rate in GFLOP/s of the engine's register-tile kernel
+    (koschei.engine._simd.mma_tile) running on ``threads`` threads at once, each on its own
+    operands in L1: the compute ceiling no matrix product can beat."""
+    rng = np.random.default_rng(0)
+    panels_a = rng.standard_normal((threads, FMA_TILE_DEPTH * FMA_TILE_ROWS), dtype=np.float32)
+    panels_b = rng.standard_normal((threads, FMA_TILE_DEPTH * FMA_TILE_COLS), dtype=np.float32)
+    tiles = np.zeros((threads, FMA_TILE_ROWS, FMA_TILE_COLS), dtype=np.float32)
+    _fma_tiles(panels_a, panels_b, tiles, 16)  # compile / load, wake the threads
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        _fma_tiles(panels_a, panels_b, tiles, FMA_TILES_PER_CALL)
+        best = min(best, (time.perf_counter_ns() - start) / 1e9)
+    flops = 2.0 * FMA_TILE_ROWS * FMA_TILE_COLS * FMA_TILE_DEPTH * FMA_TILES_PER_CALL * threads
+    return flops / best / 1e9
+
+
 def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = DEFAULT_GEMM_N,
             repeats: int = DEFAULT_REPEATS, bytes_per_call: int = BYTES_PER_CALL,
             budget_s: float = DEFAULT_BUDGET_S) -> Calibration:
@@ -1029,8 +1072,10 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
                                 deadline=started + 0.9 * budget_s)
         del buffer  # before sgemm's matrices
         flops = measure_sgemm(n=gemm_n, repeats=repeats)
+        fma = measure_fma_peak(threads, repeats=repeats)
     return Calibration(
         sgemm_gflops=round(flops, 3),
+        fma_gflops=round(fma, 3),
         levels=levels,
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
         threads=threads,

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from koschei import benchmark_report
-from koschei.benchmark_models import ModelCaseResult, ModelWeightsResult
+from koschei.benchmark_models import LlamaCppResult, ModelCaseResult, ModelWeightsResult
 from koschei.phases.benchmark import BenchmarkResult, CaseResult, ContenderTiming
 
 CALIBRATION = {
@@ -157,7 +157,7 @@ def test_the_faster_pytorch_variant_is_named(table):
     cells = dict(zip(header(table), row(table, "softmax/1x768"), strict=True))
     assert cells["×PyTorch"] == "1.75× (eager)"
     cells = dict(zip(header(table), row(table, "linear/prefill_512x768x2048"), strict=True))
-    assert cells["of its ceiling"].endswith("of sgemm 194 GFLOP/s")  # compute-bound
+    assert cells["of its ceiling"].endswith("of the compute peak 194 GFLOP/s")  # compute-bound
 
 
 def test_a_cold_case_is_labelled_with_its_warm_figure(table):
@@ -195,7 +195,7 @@ def test_the_headline_describes_the_machines_ceilings(table):
     assert "measured 2026-12-01 at load 0.62" in headline
     assert ("GB/s read/write/copy/triad: L1 (64 KiB) 420/210/260/286, "
             "L2 (2 MiB) 240/120/160/203, DRAM 40.1/18.5/26.0/35.4 (non-temporal write 27.4); "
-            "sgemm 194 GFLOP/s") in headline
+            "sgemm (NumPy's BLAS) 194 GFLOP/s") in headline
 
 
 def test_compile_seconds_contention_and_models_are_reported(table):
@@ -225,6 +225,46 @@ def test_a_model_over_its_ceiling_is_an_error():
            "**error**: over its ceiling |" in table
     assert "ternary ÷ fp32" not in table
     assert "- decoder/tiny_decode_63: over_ceiling: ternary: 2000.0 tokens/s" in table
+
+
+def test_the_prefill_and_llama_cpp_rows_follow_the_decoding_table():
+    result = sample_result()
+    [model] = result.models
+    model.prefill = {"fp32": timing(0.063), "ternary": timing(0.021)}
+    model.llama_cpp_info = {"llama_cpp_python": "0.3.36", "n_threads": 2, "n_batch": 512,
+                            "kv_cache": "F32"}
+    model.llama_cpp = [
+        LlamaCppResult(tensor_type="F32", weights="fp32", compared=True, verdict="ok",
+                       decode=timing(2e-3), prefill=timing(0.126), engine_speedup=2.0,
+                       engine_prefill_speedup=2.0),
+        LlamaCppResult(tensor_type="TQ2_0", weights="ternary", compared=True, verdict="wrong",
+                       error="llama.cpp's logits of the decoding step differ"),
+        LlamaCppResult(tensor_type="F16", weights="fp32", compared=False, verdict="ok",
+                       decode=timing(1e-3), prefill=timing(0.05)),
+        LlamaCppResult(tensor_type="Q8_0", weights="fp32", compared=False, verdict="crashed",
+                       error="llama.cpp died of SIGSEGV at its first evaluation")]
+    table = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    lines = table.splitlines()
+    start = lines.index("| decoder/tiny: prefill of 63 tokens, decoding step at 63 | prefill | "
+                        "prompt tokens/s | step | tokens/s | engine ÷ llama.cpp: prefill | "
+                        "engine ÷ llama.cpp: step |")
+    # each engine decoder, then the file compared with it; the reference files last
+    assert lines[start + 2:start + 8] == [
+        "| engine fp32 | 63 ms | 1000 | 1 ms | 1000.0 |  |  |",
+        "| llama.cpp F32 | 126 ms | 500 | 2 ms | 500.0 | 2.00× | 2.00× |",
+        "| engine ternary | 21 ms | 3000 | 500 µs | 2000.0 |  |  |",
+        "| llama.cpp TQ2_0 | **wrong** | | | | | |",
+        "| llama.cpp F16 (reference) | 50 ms | 1260 | 1 ms | 1000.0 |  |  |",
+        "| llama.cpp Q8_0 (reference) | **crashed** | | | | | |"]
+    assert ("- llama.cpp (llama-cpp-python 0.3.36) ran the same weights as GGUF files" in table
+            and "on 2 thread(s), n_batch 512, a float32 (as the engine's) KV cache" in table)
+    assert ("- llama.cpp Q8_0 (reference): crashed: llama.cpp died of SIGSEGV at its first "
+            "evaluation") in table
+    model.llama_cpp, model.llama_cpp_info = [], {}
+    model.llama_cpp_note = "llama.cpp: not installed — pip install -e '.[llama]'"
+    table = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    assert "- llama.cpp: not installed — pip install -e '.[llama]'" in table
+    assert "| engine ternary | 21 ms | 3000 | 500 µs | 2000.0 |  |  |" in table
 
 
 def test_missing_calibration_keys_are_tolerated():
@@ -268,7 +308,7 @@ def test_the_roofline_has_one_panel_per_spec_with_each_case_numbered():
     assert "1  decode_4096x4096 (cold): " + benchmark_report.ceiling_text(
         result.cases[2], CALIBRATION) in legend
     assert any(label.startswith("2  prefill_512x768x2048: ") for label in legend)
-    assert "DRAM read-mostly 40.1 GB/s" in legend and "sgemm 194 GFLOP/s" in legend
+    assert "DRAM read-mostly 40.1 GB/s" in legend and "compute peak 194 GFLOP/s" in legend
     gelu = [text.get_text() for text in panels["gelu"].get_legend().get_texts()]
     assert "1  tanh_4096x4096: over its ceiling, a benchmark error" in gelu
     numbers = sorted(text.get_text() for text in panels["softmax"].texts)

@@ -322,7 +322,10 @@ def test_a_working_set_is_served_by_the_innermost_level_that_holds_it():
 def test_dram_read_peak_flops_and_the_cold_working_set():
     ceilings = _calibration()
     assert ceilings.dram_read_gbs == 33.0
-    assert ceilings.peak_flops_per_s == 250e9
+    assert ceilings.peak_flops_per_s == 250e9  # no FMA peak measured: sgemm's rate
+    # the multiply-add peak is the compute ceiling, unless sgemm measured more
+    assert dataclasses.replace(ceilings, fma_gflops=360.0).peak_flops_per_s == 360e9
+    assert dataclasses.replace(ceilings, fma_gflops=200.0).peak_flops_per_s == 250e9
     assert ceilings.cold_bytes == 256 * MIB  # 2 x 128 MiB, the floor
     bigger = _calibration(levels={"L3": _level(300 * MIB, 57.0), "DRAM": _level(None, 33.0)})
     assert bigger.cold_bytes == 600 * MIB
@@ -331,7 +334,8 @@ def test_dram_read_peak_flops_and_the_cold_working_set():
 def test_describe_is_the_json_summary_and_a_stored_calibration_reads_back_equal():
     ceilings = _calibration(sweep_bytes=[16384, 23168], sweep_read_gbs=[600.0, 590.5])
     described = json.loads(json.dumps(ceilings.describe()))
-    assert set(described) == {"threads", "measured_at", "load_average", "sgemm_gflops", "levels"}
+    assert set(described) == {"threads", "measured_at", "load_average", "sgemm_gflops",
+                              "fma_gflops", "peak_gflops", "levels"}
     assert list(described["levels"]) == ["L1", "L2", "L3", "DRAM"]
     assert described["levels"]["DRAM"]["capacity_bytes"] is None
     stored = json.loads(json.dumps(dataclasses.asdict(ceilings), sort_keys=True))
@@ -352,6 +356,7 @@ def test_a_small_real_calibration_finds_levels_and_holds_every_sweep_point(measu
     for size, gbs in zip(measured.sweep_bytes, measured.sweep_read_gbs, strict=True):
         assert measured.ceiling(size, 0, size).bandwidth_gbs >= gbs
     assert measured.threads == 1 and measured.gemm_n == 128 and measured.sgemm_gflops > 0.1
+    assert measured.fma_gflops > 0.1
     assert measured.duration_s is not None and measured.duration_s > 0
 
 

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 import koschei.cli  # noqa: F401  (registers every command)
-from koschei import calibration
+from koschei import benchmark_models, calibration
 from koschei.cli.app import app
 from koschei.phases import benchmark, code_generate
 from koschei.workspace import Workspace
@@ -229,6 +229,13 @@ def test_a_model_is_reported_beside_its_ceiling_and_a_bad_one_leaves_no_record(t
         assert re.search(rf"decoder/tiny_decode_63 +{weights} .* ok", result.stdout), \
             result.stdout
     assert re.search(r"ternary ×\d+\.\d\d the fp32 tokens/s", result.stdout)
+    # the prefill and the step side by side, and llama.cpp beside the engine or why not
+    assert "decoder/tiny: prefill of 63 tokens, decoding step at 63" in result.stdout
+    assert re.search(r"engine fp32 +\d", result.stdout), result.stdout
+    if benchmark_models.llama_cpp_available():
+        assert re.search(r"llama\.cpp F32 .* ok", result.stdout), result.stdout
+    else:
+        assert "llama.cpp: not installed — pip install -e '.[llama]'" in result.stdout
     records = sorted(workspace.runs_dir.glob("2*"))
     refused = runner.invoke(app, ["benchmark", "--root", str(workspace.root), "--model", "huge"])
     assert refused.exit_code == 2

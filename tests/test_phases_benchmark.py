@@ -158,7 +158,7 @@ def test_roofline_figures_follow_the_spec_formulas(measured):
     assert case.written_bytes == 4 * rows * d and case.read_bytes == 4 * rows * d
     assert case.memory_level in result.calibration["levels"]
     bandwidth = case.ceiling_gbs
-    peak = result.calibration["sgemm_gflops"]
+    peak = result.calibration["peak_gflops"]
     if case.intensity * bandwidth < peak:  # below the ridge point (always, with real ceilings)
         assert case.bound == "memory"
         assert case.roofline_fraction == pytest.approx(case.gbs / bandwidth)
@@ -533,6 +533,100 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
     for weights, entry in case.weights.items():
         assert f"| decoder/tiny_decode_63 | {weights} ({entry.weights_state}) | " in table
         assert f"| {entry.tokens_per_s:.1f} | {entry.bytes_per_token / 1e6:.1f} | " in table
+
+
+def test_a_decoders_prefill_of_the_prompt_is_timed_in_rounds_of_its_own(decoding):
+    _, result = decoding
+    [case] = result.models
+    engine = {"fp32", "ternary"}
+    assert set(case.prefill) == engine
+    rounds = {case.prefill[weights].rounds for weights in engine}
+    assert len(rounds) == 1 and rounds.pop() >= benchmark.MIN_ROUNDS
+    for weights, entry in case.weights.items():
+        assert entry.prefill_s == case.prefill[weights].median_s
+        assert entry.prefill_tokens_per_s == pytest.approx(case.context / entry.prefill_s)
+    from koschei import benchmark_report
+
+    table = benchmark_report.readme_table(result, "run", "koschei benchmark --readme")
+    assert ("| decoder/tiny: prefill of 63 tokens, decoding step at 63 | prefill | prompt "
+            "tokens/s | step | tokens/s | engine ÷ llama.cpp: prefill | engine ÷ llama.cpp: "
+            "step |") in table
+    entry = case.weights["fp32"]
+    assert (f"| engine fp32 | {benchmark_report.format_seconds(entry.prefill_s)} | "
+            f"{entry.prefill_tokens_per_s:.0f} | ") in table
+
+
+def test_llama_cpp_runs_the_same_weights_in_the_same_rounds_when_installed(decoding):
+    _, result = decoding
+    [case] = result.models
+    if not benchmark_models.llama_cpp_available():
+        assert case.llama_cpp == [] and case.llama_cpp_note == \
+            "llama.cpp: not installed — pip install -e '.[llama]'"
+        return
+    assert case.llama_cpp_note is None
+    assert case.llama_cpp_info["n_threads"] == result.threads
+    assert case.llama_cpp_info["n_batch"] == 512 and case.llama_cpp_info["kv_cache"] == "F32"
+    rows = {row.tensor_type: row for row in case.llama_cpp}
+    assert list(rows) == [row.tensor_type for row in benchmark_models.LLAMA_CPP_ROWS]
+    # tiny's rows of 64 values cannot be TQ2_0 blocks of 256
+    assert rows["TQ2_0"].verdict == "unsupported" and rows["TQ2_0"].decode is None
+    f32 = rows["F32"]
+    assert f32.verdict == "ok", f32.error
+    assert f32.weights == "fp32" and f32.compared and f32.file_bytes > 0
+    assert 0 <= f32.max_logit_error <= 1e-4
+    # timed in the engine's rounds: the ratio is the median of per-round ratios
+    assert f32.decode.rounds == case.contenders["fp32"].rounds
+    assert f32.prefill.rounds == case.prefill["fp32"].rounds
+    assert f32.engine_speedup == pytest.approx(statistics.median(
+        llama / engine for llama, engine in zip(f32.decode.samples_s,
+                                                case.contenders["fp32"].samples_s, strict=True)))
+    assert f32.engine_prefill_speedup == pytest.approx(statistics.median(
+        llama / engine for llama, engine in zip(f32.prefill.samples_s,
+                                                case.prefill["fp32"].samples_s, strict=True)))
+    assert f32.tokens_per_s == pytest.approx(1 / f32.decode.median_s)
+    f16 = rows["F16"]
+    assert f16.verdict == "ok" and not f16.compared and f16.engine_speedup is None
+    assert f16.decode.median_s > 0
+    for name in ("Q8_0", "Q4_0"):  # ok, or crashed in the child process that tried them first
+        assert rows[name].verdict in ("ok", "crashed"), rows[name].error
+    from koschei import benchmark_report
+
+    table = benchmark_report.readme_table(result, "run", "koschei benchmark --readme")
+    assert f"| llama.cpp F32 | {benchmark_report.format_seconds(f32.prefill.median_s)} | " \
+        in table
+    assert "| llama.cpp TQ2_0 | **unsupported** |" in table
+    assert "| llama.cpp F16 (reference) | " in table
+    assert "- llama.cpp (llama-cpp-python " in table
+
+
+def test_without_llama_cpp_the_decoder_case_says_how_to_install_it(tmp_path, monkeypatch):
+    workspace = make_workspace(tmp_path, {"scale": 0.0})
+    monkeypatch.setattr(benchmark_models, "llama_cpp_available", lambda: False)
+    result = benchmark.run(workspace, options(
+        select=["scale"], models=["tiny"], budget_s=BUDGET, charts=False))
+    [case] = result.models
+    assert case.verdict == "ok" and result.ok
+    assert case.llama_cpp == [] and case.llama_cpp_info == {}
+    assert case.llama_cpp_note == "llama.cpp: not installed — pip install -e '.[llama]'"
+    assert set(case.prefill) == {"fp32", "ternary"}
+    from koschei import benchmark_report
+
+    table = benchmark_report.readme_table(result, "run", "koschei benchmark --readme")
+    assert "- llama.cpp: not installed — pip install -e '.[llama]'" in table
+    assert "| llama.cpp" not in table
+
+
+def test_a_llama_cpp_file_that_kills_its_process_is_reported_not_loaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark_models, "_PROBE",
+                        "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    crash = benchmark_models.probe_llama_cpp(tmp_path / "x.gguf", 8, 1)
+    assert crash.startswith("llama.cpp died of SIGSEGV at its first evaluation (in a child "
+                            "process)")
+    monkeypatch.setattr(benchmark_models, "_PROBE", "raise SystemExit('no such file')\n")
+    assert benchmark_models.probe_llama_cpp(tmp_path / "x.gguf", 8, 1) == \
+        "llama.cpp failed in a child process (exit 1): no such file"
+    monkeypatch.setattr(benchmark_models, "_PROBE", "pass\n")
+    assert benchmark_models.probe_llama_cpp(tmp_path / "x.gguf", 8, 1) is None
 
 
 def test_a_decoder_that_misses_its_reference_is_wrong_and_not_timed(tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ from koschei.benchmark_report import (
     format_seconds,
     goal_outcome,
     is_measured,
+    llama_cpp_rows,
+    llama_cpp_setup_text,
     torch_fastest_name,
     warm_median_s,
 )
@@ -38,7 +40,7 @@ BAR_WIDTH = 24
 TABLE_WIDTH = 160  # columns of the table when stdout is not a terminal
 PARTIAL_BLOCKS = " ▏▎▍▌▋▊▉"
 VERDICT_STYLES = {"ok": "green", "wrong": "bold red", "error": "red", "regression": "bold red",
-                  "over_ceiling": "bold red"}
+                  "over_ceiling": "bold red", "crashed": "bold red", "unsupported": "dim"}
 
 
 @command("benchmark", seed_name="benchmark",
@@ -149,6 +151,45 @@ def render_models(models: list[Any], console: Console) -> None:
                                style=VERDICT_STYLES.get(case.verdict, "")))
         for note in case.notes:
             console.print(f"[dim]{case.label}: {note}[/dim]", highlight=False)
+    for case in models:
+        render_llama_cpp(case, console)
+
+
+def render_llama_cpp(case: Any, console: Console) -> None:
+    """The prefill of the prompt and the decoding step, engine and llama.cpp side by side, with
+    the engine's speed over llama.cpp's; or why llama.cpp was not measured."""
+    rows = llama_cpp_rows(case) if case.prefill else []
+    if rows:
+        table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
+                      collapse_padding=True, title_justify="left",
+                      title=f"{case.model}/{case.config}: prefill of {case.context} tokens, "
+                            f"decoding step at {case.context}")
+        for column in ("contender", "prefill ±IQR", "prompt tok/s", "step ±IQR", "tokens/s",
+                       "÷llama.cpp prefill", "÷llama.cpp step", "verdict"):
+            table.add_column(column, justify="left" if column in ("contender", "verdict")
+                             else "right", no_wrap=True)
+        for name, prefill, step, anchor in rows:
+            verdict = anchor.verdict if anchor is not None else case.verdict
+            compared = anchor is not None and anchor.compared
+            table.add_row(
+                name, format_timing(prefill, spread=True),
+                f"{case.context / prefill.median_s:.0f}" if prefill else "—",
+                format_timing(step, spread=True), f"{1 / step.median_s:.1f}" if step else "—",
+                format_ratio(anchor.engine_prefill_speedup) if compared else "",
+                format_ratio(anchor.engine_speedup) if compared else "",
+                Text(verdict, style=VERDICT_STYLES.get(verdict, "")))
+        console.print()
+        print_wide(console, table)
+        for _, _, _, anchor in rows:
+            if anchor is not None and anchor.error:
+                console.print(Text(f"llama.cpp {anchor.tensor_type}: {anchor.verdict}: "
+                                   f"{anchor.error}", style=VERDICT_STYLES.get(anchor.verdict,
+                                                                               "")))
+    setup = llama_cpp_setup_text(case)
+    if setup:
+        console.print(f"[dim]{setup}[/dim]", highlight=False)
+    if case.llama_cpp_note:
+        console.print(f"{case.label}: {case.llama_cpp_note}", highlight=False)
 
 
 def format_timing(timing: Any, *, spread: bool = False) -> str:

@@ -40,9 +40,10 @@ how much.
 ``Options.contention`` also times the engine beside one other busy process, in alternating
 rounds (``measure_contention``), and reports the slowdown.
 
-Models (``koschei.benchmark_models``): the decoding speed of the engine's decoder, on the
-workspace's kernels, with fp32 and with ternary weights, beside the bandwidth ceiling of each;
-by default for ``igla_v2`` when no spec is selected (``Options.models``).
+Models (``koschei.benchmark_models``): the prefill and decoding speed of the engine's decoder,
+on the workspace's kernels, with fp32 and with ternary weights, beside the bandwidth ceiling of
+each, and against llama.cpp on the same weights and thread count when llama-cpp-python is
+installed; by default for ``igla_v2`` when no spec is selected (``Options.models``).
 
 Nothing is measured when an engine module it needs is not generated: ``check_generated`` stops
 the run at once with the command to run.
@@ -1230,7 +1231,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                                       progress))
                 progress.advance()
         model_cases = [benchmark_models.run_decoder_case(workspace, name, options.budget_s,
-                                                         calibration, progress)
+                                                         calibration, progress, threads=threads)
                        for name in models]
 
     result = BenchmarkResult(

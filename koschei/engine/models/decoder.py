@@ -26,11 +26,12 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
 - ``kv_dtype="int8"``: the KV cache stores keys and values as int8 with one scale per
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
-The kernels: ``rmsnorm``, ``rope``, ``attention``, ``linear`` (float32 projections and the
-logits), ``silu`` (the FFN's gate: swiglu's computation in the model's own buffers),
-``bitnet_linear`` (ternary projections) and ``sample``; the embedding gather and the residual adds
-are NumPy. Every buffer of a decoding step is allocated once per model and reused. A prompt runs
-in chunks of at most ``PREFILL_CHUNK`` tokens, so that no step calls BLAS.
+The kernels: ``rmsnorm``, ``rope``, ``attention``, ``matmul`` (the float32 projections: their
+weights packed once, at load, into the panels of its GEMM), ``linear`` (the logits), ``silu`` (the
+FFN's gate: swiglu's computation in the model's own buffers), ``bitnet_linear`` (ternary
+projections) and ``sample``; the embedding gather and the residual adds are NumPy. Every buffer
+of a decoding step is allocated once per model and reused. A prompt runs in chunks of at most
+``PREFILL_CHUNK`` tokens.
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ from koschei.engine import (
     bitnet_linear,
     bitnet_quantize,
     linear,
+    matmul,
     rmsnorm,
     rope,
     sample,
     silu,
 )
 from koschei.engine.models.kv_cache import KVCache
+
+# the module of the matmul kernel in use (the workspace's, when the engine runs one's): the float32
+# projections run on its packed GEMM (packed_weight, gemm)
+_matmul = importlib.import_module(matmul.__module__)
 
 __all__ = ["Decoder", "DecoderConfig"]
 
@@ -64,9 +70,8 @@ _WEIGHTS = ("fp32", "ternary")
 _KV_DTYPES = ("float32", "int8")
 # the standard deviation of the random weights (GPT-2's and Llama's initializer range)
 DEFAULT_INIT_STD = 0.02
-# A prompt runs in chunks of at most this many tokens: linear computes them in its Numba tiles
-# on every thread (more rows go to BLAS, whose spinning threads would stall Numba's kernels);
-# a 511-token igla_v2 prefill takes 0.69 s so, 1.33 s with Numba held to one thread beside BLAS.
+# A prompt runs in chunks of at most this many tokens: the buffers of a forward pass hold one
+# chunk, and its products are large enough for the GEMM's blocks.
 PREFILL_CHUNK = 512
 
 
@@ -197,17 +202,28 @@ def _reference(kernel: str) -> Any:
 
 
 class _Float32Projection:
-    """y = x W^T with W (d_out, d_in) float32."""
+    """y = x W^T with W (d_out, d_in) float32, kept only as the panels of matmul's packed GEMM
+    (packed once, at load): a prompt's rows run the GEMM without packing anything, a decoding
+    step streams the panels (both read the weights once, contiguously)."""
 
     def __init__(self, weight: np.ndarray) -> None:
-        self.weight = weight
+        self.shape = weight.shape
+        self.packed = _matmul.packed_weight(weight)  # (ceil(d_out / nr), d_in, nr)
 
     @property
     def nbytes(self) -> int:
-        return self.weight.nbytes
+        return self.packed.nbytes
+
+    @property
+    def weight(self) -> np.ndarray:
+        """W (d_out, d_in), unpacked (a new array)."""
+        panels, d_in, nr = self.packed.shape
+        return np.ascontiguousarray(self.packed.transpose(0, 2, 1).reshape(panels * nr, d_in)
+                                    [:self.shape[0]])
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return linear(x, self.weight, out=out)
+        _matmul.gemm(x, self.packed, None, out)
+        return out
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         return _reference("linear")(x, self.weight)
