@@ -369,7 +369,7 @@ def test_the_terminal_table_names_the_faster_pytorch_and_labels_cold_cases():
     assert re.search(r"10\.00× +compiled 1\.15× +100\.0 +71% of L2 140 ", terminal_row(
         text, "softmax/64x2048"))
     assert "eager 1.75×" in terminal_row(text, "softmax/1x768")
-    assert "% of sgemm" in terminal_row(text, "linear/prefill_512x768x2048")
+    assert "% of peak" in terminal_row(text, "linear/prefill_512x768x2048")
     cold = terminal_row(text, "linear/decode_4096x4096 (cold)")
     assert "2.5ms ±2%" in cold and "of DRAM 40.1" in cold
     assert "linear/decode_4096x4096 (cold): weight read cold from 3 copies; warm 1.1ms " \

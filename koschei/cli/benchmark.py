@@ -60,7 +60,7 @@ def benchmark(
     budget: Annotated[float, typer.Option(
         "--budget", help="Timing budget per case, in seconds.")] = 2.0,
     recalibrate: Annotated[bool, typer.Option(
-        "--recalibrate", help="Measure STREAM bandwidth and sgemm FLOP/s again for this machine.",
+        "--recalibrate", help="Measure the bandwidths, the multiply-add peak and sgemm again for this machine.",
     )] = False,
     compare: Annotated[str | None, typer.Option(
         "--compare", help="Compare with an earlier run: 'latest' or a run id.",
@@ -246,7 +246,7 @@ def print_wide(console: Console, renderable: Any) -> None:
 
 def format_ceiling(case: Any) -> Text:
     """The fraction of the case's own ceiling, short: "83% of L2 140" (GB/s, the bandwidth of
-    the level it is served from for its mix of reads and writes), "41% of sgemm" (compute-bound);
+    the level it is served from for its mix of reads and writes), "41% of peak" (compute-bound: of the multiply-add peak);
     "over ceiling" in red for a case measured above it (an error of the benchmark, explained
     under the table), never a percentage."""
     if case.verdict == OVER_CEILING:
@@ -255,7 +255,7 @@ def format_ceiling(case: Any) -> Text:
         return Text("—", style="dim")
     fraction = format_fraction(case.roofline_fraction)
     if case.bound == "compute":
-        return Text(f"{fraction} of sgemm")
+        return Text(f"{fraction} of peak")
     return Text(f"{fraction} of {case.memory_level or 'memory'} {format_rate(case.ceiling_gbs)}")
 
 
@@ -340,8 +340,8 @@ def render(result: Any, console: Console) -> None:
     print_wide(console, table)
     console.print("[dim]×PyTorch: against the faster of PyTorch eager and torch.compile in the "
                   "same rounds (named); of its ceiling: the bandwidth of the memory level the "
-                  "case is served from, for its mix of reads and writes (GB/s), or sgemm's "
-                  "FLOP/s when compute-bound"
+                  "case is served from, for its mix of reads and writes (GB/s), or the cores' "
+                  "multiply-add peak (GFLOP/s) when compute-bound"
                   + ("; busy: how many times slower the engine ran beside one spinning "
                      "process than alone / one call right after a NumPy GEMV on every BLAS "
                      "thread than after another engine call" if contention else "") + "[/dim]", highlight=False)

@@ -32,7 +32,7 @@ Derived figures use the spec's ``bench.bytes`` (of which ``bench.written`` are w
 default the outputs' bytes) and ``bench.flops`` formulas and this machine's calibration
 (``koschei.calibration``): GB/s, GFLOP/s, intensity, and the roofline fraction against the
 case's own ceiling — the bandwidth that the memory level its working set is served from allows
-for its mix of reads and writes, and sgemm's FLOP/s. A case above 100% of its ceiling is
+for its mix of reads and writes, and the cores' multiply-add peak. A case above 100% of its ceiling is
 ``over_ceiling``: a benchmark error reported with its numbers, never a headline. Speedups are
 medians of the per-round time ratios. The spec's ``bench.goals`` are reported as met or short by
 how much.
@@ -568,7 +568,7 @@ def derive(result: CaseResult, bench: Any, names: dict[str, Any],
     """Bytes (read and written), FLOPs, GB/s, GFLOP/s and intensity from the engine median, and
     the roofline fraction against this case's own ceiling: the bandwidth that the memory level
     its working set is served from allows for its mix of reads and writes (``Calibration.
-    ceiling``; DRAM for cold inputs), and sgemm's FLOP/s. A fraction above 1 means the ceiling
+    ceiling``; DRAM for cold inputs), and the multiply-add peak. A fraction above 1 means the ceiling
     or the spec's formulas are wrong: the case becomes ``over_ceiling``, never a headline."""
     seconds = result.contenders["engine"].median_s
     moved = float(_evaluate(bench.bytes, names))
@@ -594,7 +594,7 @@ def derive(result: CaseResult, bench: Any, names: dict[str, Any],
         achieved = (f"{result.gbs:.1f} GB/s against a {ceiling.level} ceiling of "
                     f"{ceiling.bandwidth_gbs:.1f} GB/s ({ceiling.model})"
                     if result.bound == "memory" else
-                    f"{result.gflops:.1f} GFLOP/s against sgemm's {peak / 1e9:.1f}")
+                    f"{result.gflops:.1f} GFLOP/s against the multiply-add peak's {peak / 1e9:.1f}")
         result.verdict = "over_ceiling"
         result.error = (f"measured {result.roofline_fraction:.0%} of its ceiling: {achieved}. A "
                         "kernel cannot beat the machine: the spec's bytes/flops formulas count "
