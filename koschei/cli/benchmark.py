@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -150,7 +151,7 @@ def render_models(models: list[Any], console: Console) -> None:
             console.print(Text(f"{case.label}: {case.verdict}: {case.error}",
                                style=VERDICT_STYLES.get(case.verdict, "")))
         for note in case.notes:
-            console.print(f"[dim]{case.label}: {note}[/dim]", highlight=False)
+            console.print(f"[dim]{case.label}: {escape(note)}[/dim]", highlight=False)
     for case in models:
         render_llama_cpp(case, console)
 
@@ -187,9 +188,9 @@ def render_llama_cpp(case: Any, console: Console) -> None:
                                                                                "")))
     setup = llama_cpp_setup_text(case)
     if setup:
-        console.print(f"[dim]{setup}[/dim]", highlight=False)
+        console.print(f"[dim]{escape(setup)}[/dim]", highlight=False)
     if case.llama_cpp_note:
-        console.print(f"{case.label}: {case.llama_cpp_note}", highlight=False)
+        console.print(f"{case.label}: {case.llama_cpp_note}", highlight=False, markup=False)
 
 
 def format_timing(timing: Any, *, spread: bool = False) -> str:
@@ -390,15 +391,15 @@ def render(result: Any, console: Console) -> None:
     for case in result.cases:
         cold = cold_line(case)
         if cold and is_measured(case):
-            console.print(f"[dim]{cold}[/dim]", highlight=False)
+            console.print(f"[dim]{escape(cold)}[/dim]", highlight=False)
     for case in result.cases:
         if case.verdict != "ok":
             console.print(Text(f"{case_title(case)}: {case.verdict}: {case.error}",
                                style=VERDICT_STYLES.get(case.verdict, "")))
         for note in case.notes:
-            console.print(f"[dim]{case_title(case)}: {note}[/dim]", highlight=False)
+            console.print(f"[dim]{escape(case_title(case))}: {escape(note)}[/dim]", highlight=False)
     for note in result.notes:
-        console.print(f"[dim]{note}[/dim]", highlight=False)
+        console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
     for chart in result.charts:
         console.print(f"[dim]chart: {chart}[/dim]", highlight=False)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
