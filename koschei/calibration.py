@@ -1017,8 +1017,9 @@ FMA_TILES_PER_CALL = 4096
 def _fma_tiles(panels_a, panels_b, tiles, count):  # pragma: no cover - compiled by numba
     for thread in prange(tiles.shape[0]):
         for _ in range(count):
-            mma_tile(FMA_TILE_ROWS, FMA_TILE_COLS, FMA_TILE_DEPTH, panels_a[thread], 0,
-                     panels_b[thread], 0, tiles[thread], 0, 0, True, None)
+            mma_tile(FMA_TILE_ROWS, FMA_TILE_COLS, FMA_TILE_DEPTH, panels_a[thread], 0, 1,
+                     FMA_TILE_ROWS, panels_b[thread], 0, FMA_TILE_COLS, tiles[thread], 0, 0, True,
+                     None)
 
 
 def measure_fma_peak(threads: int, *, repeats: int = 3) -> float:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,34 @@ def test_threads_are_set_and_restored():
         rt.set_threads(rt.max_threads() + 1)
     with pytest.raises(TypeError):
         rt.set_threads(True)
+
+
+def test_empty_huge_gives_aligned_writable_arrays_of_every_size():
+    small = rt.empty_huge(10)
+    assert small.shape == (10,) and small.dtype == np.float32
+    count = (rt.HUGE_PAGE // 4) * 3 + 5  # more than three huge pages of float32
+    large = rt.empty_huge(count)
+    assert large.shape == (count,) and large.flags.writeable and large.flags.c_contiguous
+    assert large.ctypes.data % rt.HUGE_PAGE == 0
+    large[:] = 1.5
+    assert float(large[-1]) == 1.5
+    assert rt.empty_huge(7, np.int8).dtype == np.int8
+
+
+def test_scratch_reuses_its_buffer_per_key_and_thread():
+    first = rt.scratch("test.scratch", 1000)
+    again = rt.scratch("test.scratch", 600)
+    assert again.ctypes.data == first.ctypes.data and again.size == 600
+    other = rt.scratch("test.other", 1000)
+    assert other.ctypes.data != first.ctypes.data
+    bigger = rt.scratch("test.scratch", 5000)  # grown: new memory, large enough
+    assert bigger.size == 5000
+    seen = {}
+
+    def in_a_thread():
+        seen["address"] = rt.scratch("test.scratch", 600).ctypes.data
+
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert seen["address"] != bigger.ctypes.data  # each thread has its own

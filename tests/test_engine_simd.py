@@ -22,12 +22,12 @@ def has_feature(name: str) -> bool:
 
 @njit
 def tile_12x32(kc, a, a_start, b, b_start, c, row, col, accumulate, bias):
-    mma_tile(12, 32, kc, a, a_start, b, b_start, c, row, col, accumulate, bias)
+    mma_tile(12, 32, kc, a, a_start, 1, 12, b, b_start, 32, c, row, col, accumulate, bias)
 
 
 @njit
 def tile_3x16(kc, a, a_start, b, b_start, c, row, col, accumulate, bias):
-    mma_tile(3, 16, kc, a, a_start, b, b_start, c, row, col, accumulate, bias)
+    mma_tile(3, 16, kc, a, a_start, 1, 3, b, b_start, 16, c, row, col, accumulate, bias)
 
 
 def expected_tile(mr, nr, kc, a, a_start, b, b_start):
@@ -76,6 +76,23 @@ def test_a_tile_writes_through_the_row_stride_of_a_view():
     tile_3x16(4, a, 0, b, 0, view, 2, 5, False, None)
     np.testing.assert_allclose(big[3:6, 13:29], expected_tile(3, 16, 4, a, 0, b, 0), rtol=1e-5,
                                atol=1e-5)
+
+
+@njit
+def tile_4x16_strided(kc, a, a_start, a_row, a_step, b, b_start, b_step, c):
+    mma_tile(4, 16, kc, a, a_start, a_row, a_step, b, b_start, b_step, c, 0, 0, False, None)
+
+
+def test_a_tile_reads_row_major_operands_in_place():
+    """a_row / a_step and b_step walk unpacked matrices: A (m, k) and B (k, n) row-major."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((9, 11), dtype=np.float32)
+    b = rng.standard_normal((11, 40), dtype=np.float32)
+    c = np.zeros((4, 16), dtype=np.float32)
+    # rows 2..5 of A, columns 3..10 (kc = 8), times rows 3..10 of B, columns 20..35
+    tile_4x16_strided(8, a.reshape(-1), 2 * 11 + 3, 11, 1, b.reshape(-1), 3 * 40 + 20, 40, c)
+    expected = a[2:6, 3:11].astype(np.float64) @ b[3:11, 20:36]
+    np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5)
 
 
 @njit
@@ -138,13 +155,13 @@ def test_the_matmul_kernel_runs_on_vector_fmas():
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     c = np.empty((m, n), dtype=np.float32)
-    packed_a = np.empty(-(-m // module._MR) * module._MR * k, dtype=np.float32)
-    panels = np.empty(-(-n // module._NR) * module._NR * k, dtype=np.float32)
-    module._pack_a(a, 0, m, 0, k, packed_a)
-    module._pack_rows(b, 0, k, 0, n, panels)
+    panels_a = np.empty((-(-m // module._MR), k, module._MR), dtype=np.float32)
+    panels_b = np.empty((-(-n // module._NR), k, module._NR), dtype=np.float32)
+    module._pack_a(a, 0, panels_a.shape[0], panels_a.reshape(-1))
+    module._pack_rows(b, 0, n, panels_b.reshape(-1))
     tiles = njit(cache=False, fastmath=module._FASTMATH)(module._tiles.py_func)
     tile = np.empty((module._MR, module._NR), dtype=np.float32)
-    tiles(packed_a, m, k, panels, 0, k * module._NR, c, 0, 0, n, False, None, tile)
+    tiles(panels_a, 0, m, 0, k, panels_b, 0, n, c, False, None, tile)
     np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
     assembly = next(iter(tiles.inspect_asm().values()))
     assert sum("zmm" in line for line in fma_lines(assembly)) >= module._MR * module._NR // LANES

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -403,3 +405,44 @@ def threads(count: int) -> Iterator[int]:
         yield count
     finally:
         numba.set_num_threads(before)
+
+
+# Transparent huge pages: a packed operand read tile by tile touches fewer pages when they are
+# 2 MiB ones (the TLB then covers the whole blocked working set of a matrix product)
+HUGE_PAGE = 2 << 20
+
+
+def empty_huge(count: int, dtype: Any = np.float32) -> np.ndarray:
+    """An uninitialized 1-D array of ``count`` values; from ``HUGE_PAGE`` bytes on, on its own
+    memory aligned to 2 MiB that the kernel is asked to back with huge pages (Linux's madvise;
+    elsewhere, or when refused, ordinary pages)."""
+    dtype = np.dtype(dtype)
+    size = count * dtype.itemsize
+    if size < HUGE_PAGE:
+        return np.empty(count, dtype=dtype)
+    memory = mmap.mmap(-1, size + HUGE_PAGE)
+    raw = np.frombuffer(memory, dtype=np.uint8)
+    start = (-raw.ctypes.data) % HUGE_PAGE
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE, start, size - size % HUGE_PAGE or HUGE_PAGE)
+        except OSError:
+            pass
+    return raw[start:start + size].view(dtype)
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(key: str, count: int, dtype: Any = np.float32) -> np.ndarray:
+    """A 1-D work buffer of ``count`` values for the duration of one kernel call: the same
+    memory again at the next call with ``key`` on this thread (contents undefined), grown when
+    too small. Kernels that pack operands use it instead of allocating (and faulting in) fresh
+    pages on every call; each thread keeps its largest buffer per key."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    dtype = np.dtype(dtype)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.size < count or buffer.dtype != dtype:
+        buffer = empty_huge(count, dtype)
+        buffers[key] = buffer
+    return buffer[:count]

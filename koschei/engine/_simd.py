@@ -38,13 +38,16 @@ def tile_fits(mr: int, nr: int) -> bool:
 
 
 @intrinsic(prefer_literal=True)
-def mma_tile(typingctx, mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col, accumulate, bias):
+def mma_tile(typingctx, mr, nr, kc, a, a_start, a_row, a_step, b, b_start, b_step, c, c_row,
+             c_col, accumulate, bias):
     """C[c_row : c_row + mr, c_col : c_col + nr] (+)= sum over p < kc of the outer product of
-    ``a[a_start + p mr : + mr]`` and ``b[b_start + p nr : + nr]``.
+    ``a[a_start + p a_step + i a_row]`` (i < mr) and ``b[b_start + p b_step : + nr]``.
 
-    a and b are packed panels (1-D, C-contiguous float32): step p of the tile's loop reads mr
-    consecutive values of A (column p of an mr-row block) and nr consecutive values of B (row p
-    of an nr-column block). c is a 2-D float32 array with unit stride along its rows; the tile
+    a and b are 1-D, C-contiguous float32: step p of the tile's loop reads mr values of A, one
+    per row, ``a_row`` apart (column p of an mr-row block), and nr consecutive values of B (row p
+    of an nr-column block). A packed panel of A has a_row = 1 and a_step = mr; a row-major
+    A (m, k) read in place, a.reshape(-1), has a_row = k and a_step = 1. A packed panel of B
+    has b_step = nr; a row-major B (k, n) read in place has b_step = n. c is a 2-D float32 array with unit stride along its rows; the tile
     must lie inside it (the caller's packing pads edge tiles). With ``accumulate`` false the
     tile is stored, plus ``bias[c_col : c_col + nr]`` when bias is an array (None: no bias);
     with ``accumulate`` true it is added to what C holds (no bias). mr and nr are integer
@@ -61,17 +64,21 @@ def mma_tile(typingctx, mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col, acc
     if not (isinstance(c, numba.types.Array) and c.ndim == 2 and c.dtype == float32
             and c.layout in ("C", "A")):
         return None
+    if not all(isinstance(value, numba.types.Integer)
+               for value in (kc, a_start, a_row, a_step, b_start, b_step, c_row, c_col)):
+        return None
     has_bias = not isinstance(bias, (numba.types.NoneType, numba.types.Omitted))
     if has_bias and not (isinstance(bias, numba.types.Array) and bias.ndim == 1
                          and bias.dtype == float32):
         return None
     vectors = nr_value // LANES
-    signature = numba.types.void(mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col,
-                                 accumulate, bias)
+    signature = numba.types.void(mr, nr, kc, a, a_start, a_row, a_step, b, b_start, b_step, c,
+                                 c_row, c_col, accumulate, bias)
 
     def codegen(context, builder, sig, args):
-        (_, _, kc_value, a_value, a_start_value, b_value, b_start_value, c_value,
-         row_value, col_value, accumulate_value, bias_value) = args
+        (_, _, kc_value, a_value, a_start_value, a_row_value, a_step_value, b_value,
+         b_start_value, b_step_value, c_value, row_value, col_value, accumulate_value,
+         bias_value) = args
         index = ir.IntType(64)
         vector = ir.VectorType(ir.FloatType(), LANES)
         fmuladd = cgutils.get_or_insert_function(
@@ -82,23 +89,41 @@ def mma_tile(typingctx, mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col, acc
                 return value
             return builder.sext(value, index) if value_type.signed else builder.zext(value, index)
 
-        kc_value = as_index(kc_value, sig.args[2])
-        a_start_value = as_index(a_start_value, sig.args[4])
-        b_start_value = as_index(b_start_value, sig.args[6])
-        row_value = as_index(row_value, sig.args[8])
-        col_value = as_index(col_value, sig.args[9])
-        a_data = context.make_array(sig.args[3])(context, builder, a_value).data
-        b_data = context.make_array(sig.args[5])(context, builder, b_value).data
-        c_array = context.make_array(sig.args[7])(context, builder, c_value)
-        zero = ir.Constant(vector, [0.0] * LANES)
-        broadcast_mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-
         def constant(value):
             return ir.Constant(index, value)
+
+        def stride(value, position):
+            literal = _literal_int(sig.args[position])
+            return constant(literal) if literal is not None else as_index(value, sig.args[position])
+
+        kc_value = as_index(kc_value, sig.args[2])
+        a_start_value = as_index(a_start_value, sig.args[4])
+        a_row_value = stride(a_row_value, 5)
+        a_step_value = stride(a_step_value, 6)
+        b_start_value = as_index(b_start_value, sig.args[8])
+        b_step_value = stride(b_step_value, 9)
+        row_value = as_index(row_value, sig.args[11])
+        col_value = as_index(col_value, sig.args[12])
+        a_data = context.make_array(sig.args[3])(context, builder, a_value).data
+        b_data = context.make_array(sig.args[7])(context, builder, b_value).data
+        c_array = context.make_array(sig.args[10])(context, builder, c_value)
+        zero = ir.Constant(vector, [0.0] * LANES)
+        broadcast_mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
 
         def vector_at(pointer, offset):
             return builder.bitcast(builder.gep(pointer, [constant(offset)], inbounds=True),
                                    vector.as_pointer())
+
+        # C's rows: asked for now, so that they arrive while the loop computes
+        row_stride = builder.sdiv(cgutils.unpack_tuple(builder, c_array.strides, 2)[0],
+                                  constant(4))
+        corner = builder.gep(c_array.data, [builder.add(builder.mul(row_value, row_stride),
+                                                        col_value)], inbounds=True)
+        rows = [builder.gep(corner, [builder.mul(constant(i), row_stride)], inbounds=True)
+                for i in range(mr_value)]
+        for row in rows:
+            for line in range(0, nr_value, LANES):
+                _prefetch(builder, builder.gep(row, [constant(line)], inbounds=True))
 
         # the k loop: one block of vector phis (the C tile), one FMA per vector per step
         entry = builder.basic_block
@@ -113,15 +138,16 @@ def mma_tile(typingctx, mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col, acc
             for accumulator in row:
                 accumulator.add_incoming(zero, entry)
         b_row = builder.gep(b_data, [builder.add(b_start_value,
-                                                 builder.mul(step, constant(nr_value)))],
+                                                 builder.mul(step, b_step_value))],
                             inbounds=True)
         b_vectors = [builder.load(vector_at(b_row, v * LANES), align=4) for v in range(vectors)]
         a_column = builder.gep(a_data, [builder.add(a_start_value,
-                                                    builder.mul(step, constant(mr_value)))],
+                                                    builder.mul(step, a_step_value))],
                                inbounds=True)
         updated = []
         for i in range(mr_value):
-            value = builder.load(builder.gep(a_column, [constant(i)], inbounds=True), align=4)
+            value = builder.load(builder.gep(a_column, [builder.mul(constant(i), a_row_value)],
+                                             inbounds=True), align=4)
             lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
                                            ir.Constant(ir.IntType(32), 0))
             broadcast = builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
@@ -147,12 +173,6 @@ def mma_tile(typingctx, mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col, acc
                 merged.add_incoming(updated[i][v], body_end)
                 row.append(merged)
             result.append(row)
-        row_stride = builder.sdiv(cgutils.unpack_tuple(builder, c_array.strides, 2)[0],
-                                  constant(4))
-        corner = builder.gep(c_array.data, [builder.add(builder.mul(row_value, row_stride),
-                                                        col_value)], inbounds=True)
-        rows = [builder.gep(corner, [builder.mul(constant(i), row_stride)], inbounds=True)
-                for i in range(mr_value)]
         accumulate_flag = builder.icmp_unsigned("!=", accumulate_value,
                                                 ir.Constant(accumulate_value.type, 0))
         with builder.if_else(accumulate_flag) as (add_to_c, store):
@@ -164,7 +184,7 @@ def mma_tile(typingctx, mr, nr, kc, a, a_start, b, b_start, c, c_row, c_col, acc
                                       pointer, align=4)
             with store:
                 if has_bias:
-                    bias_data = context.make_array(sig.args[11])(context, builder,
+                    bias_data = context.make_array(sig.args[14])(context, builder,
                                                                  bias_value).data
                     bias_at = builder.gep(bias_data, [col_value], inbounds=True)
                     bias_vectors = [builder.load(vector_at(bias_at, v * LANES), align=4)
