@@ -100,7 +100,8 @@ from koschei.files import write_json_atomic
 
 # 4: memory levels from a measured sweep; read, write, copy, triad each
 # 5: the float32 multiply-add peak of the register-tile kernel beside sgemm
-CALIBRATION_FORMAT = 5
+# 6: that peak as the best of many short rounds (the clock of a shared machine wanders)
+CALIBRATION_FORMAT = 6
 MIB = 1024 * 1024
 DEFAULT_ARRAY_MIB = 4096  # the largest working set measured: the sweep may grow to it
 DRAM_MIN_BYTES = 256 * MIB  # DRAM's kernels use at least this working set (if array_mib allows)
@@ -1010,7 +1011,10 @@ def measure_sgemm(*, n: int = DEFAULT_GEMM_N, repeats: int = 3) -> float:
 # the register tile timed by measure_fma_peak (the matmul spec's default tile) and its depth:
 # A's 12 x 256 and B's 256 x 32 floats (44 KiB) stay in L1
 FMA_TILE_ROWS, FMA_TILE_COLS, FMA_TILE_DEPTH = 12, 32, 256
-FMA_TILES_PER_CALL = 4096
+FMA_TILES_PER_CALL = 2048
+# rounds of measure_fma_peak (~2 ms each at 2 threads): the best of many, because on a shared
+# machine the cores' clock moves with the neighbours' load and a ceiling must be the highest
+FMA_REPEATS = 25
 
 
 @njit(parallel=True, cache=True)
@@ -1022,7 +1026,7 @@ def _fma_tiles(panels_a, panels_b, tiles, count):  # pragma: no cover - compiled
                      None)
 
 
-def measure_fma_peak(threads: int, *, repeats: int = 3) -> float:
+def measure_fma_peak(threads: int, *, repeats: int = FMA_REPEATS) -> float:
     """Best float32 multiply-add rate in GFLOP/s of the engine's register-tile kernel
     (koschei.engine._simd.mma_tile) running on ``threads`` threads at once, each on its own
     operands in L1: the compute ceiling no matrix product can beat."""
@@ -1073,7 +1077,7 @@ def measure(threads: int, *, array_mib: int = DEFAULT_ARRAY_MIB, gemm_n: int = D
                                 deadline=started + 0.9 * budget_s)
         del buffer  # before sgemm's matrices
         flops = measure_sgemm(n=gemm_n, repeats=repeats)
-        fma = measure_fma_peak(threads, repeats=repeats)
+        fma = measure_fma_peak(threads)
     return Calibration(
         sgemm_gflops=round(flops, 3),
         fma_gflops=round(fma, 3),

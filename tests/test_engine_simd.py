@@ -161,7 +161,8 @@ def test_the_matmul_kernel_runs_on_vector_fmas():
     module._pack_rows(b, 0, n, panels_b.reshape(-1))
     tiles = njit(cache=False, fastmath=module._FASTMATH)(module._tiles.py_func)
     tile = np.empty((module._MR, module._NR), dtype=np.float32)
-    tiles(panels_a, 0, m, 0, k, panels_b, 0, n, c, False, None, tile)
+    tiles(panels_a, 0, m, 0, k, panels_b.reshape(-1), 0, k * module._NR, c, 0, n, False, None,
+          tile)
     np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
     assembly = next(iter(tiles.inspect_asm().values()))
     assert sum("zmm" in line for line in fma_lines(assembly)) >= module._MR * module._NR // LANES

@@ -255,7 +255,8 @@ def _compute(x, weight, bias, out):
         else:
             _tiled_serial(x, bits, bias, out)
         return
-    widened = np.empty(bits.shape, dtype=np.float32)  # (d_out, d_in)
+    # (d_out, d_in), in this thread's work buffer: no fresh pages to fault in at every call
+    widened = _rt.scratch("bf16_linear.widened", bits.size).reshape(bits.shape)
     if bits.size >= _GEMV_PARALLEL_MIN:
         _widen_parallel(bits, widened)
     else:

@@ -58,16 +58,16 @@ _PARALLEL_MIN_FLOPS = 4000000
 _GEMV_PARALLEL_MIN = 65536
 
 
-# where B comes from: panels packed once for every call (a model's weights), B (k, n) itself,
-# or a weight w (n, k) = B transposed
+# where B comes from: panels packed once for every call (a model's weights), or packed by the
+# tasks from B (k, n) itself or from a weight w (n, k) = B transposed
 _PACKED, _ROWS, _WEIGHT = 0, 1, 2
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _pack_rows(b, j0, cols, panels):
-    """panels[s k nr + p nr + jj] = b[p, j0 + s nr + jj]: cols columns of B (k, n) as panels of
-    nr columns over its whole depth (zeros past the last column). Sixteen rows at a time, so
-    that each panel is written in runs of 16 nr values while B's rows are read in order."""
+    """panels[s d nr + p nr + jj] = b[p, j0 + s nr + jj]: cols columns of b (d, n), rows of B,
+    as panels of nr columns (zeros past the last column). Sixteen rows at a time, so that each
+    panel is written in runs of 16 nr values while b's rows are read in order."""
     depth = b.shape[0]
     full = cols // _NR
     if j0 < 0:  # never: knowing that lets LLVM drop the negative-index checks and vectorize
@@ -91,8 +91,9 @@ def _pack_rows(b, j0, cols, panels):
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _pack_weight(w, j0, cols, panels):
-    """panels[s k nr + p nr + jj] = w[j0 + s nr + jj, p]: the same panels of B = w^T from a
-    weight w (n, k), 16 x 16 blocks transposed in registers (zeros past the last column)."""
+    """panels[s d nr + p nr + jj] = w[j0 + s nr + jj, p]: the same panels of B = w^T from
+    w (n, d), columns of a weight, 16 x 16 blocks transposed in registers (zeros past the last
+    column)."""
     depth = w.shape[1]
     for s in range((cols + _NR - 1) // _NR):
         base = s * depth * _NR
@@ -131,49 +132,34 @@ def _pack_a(a, r0, r1, panels):
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _pack_part(a, b, kind, panels_a, panels_b, part, parts):
-    """Share ``part`` of ``parts`` of the packing: its slice of A's panels and, unless B came
-    packed, its slice of B's (equal slices of each, so that every part has the same work)."""
-    a_count = panels_a.shape[0]
-    _pack_a(a, part * a_count // parts, (part + 1) * a_count // parts, panels_a.reshape(-1))
-    if kind == _PACKED:
-        return
-    b_count = panels_b.shape[0]
-    s0 = part * b_count // parts
-    s1 = (part + 1) * b_count // parts
-    if s1 > s0:
-        width = b.shape[1] if kind == _ROWS else b.shape[0]
-        cols = min(width, s1 * _NR) - s0 * _NR
-        depth = panels_b.shape[1]
-        flat = panels_b.reshape(-1)[s0 * depth * _NR:s1 * depth * _NR]
-        if kind == _ROWS:
-            _pack_rows(b, s0 * _NR, cols, flat)
-        else:
-            _pack_weight(b, s0 * _NR, cols, flat)
+def _pack_a_part(a, panels_a, part, parts):
+    """Part ``part`` of ``parts`` (equal slices) of packing A's panels."""
+    count = panels_a.shape[0]
+    _pack_a(a, part * count // parts, (part + 1) * count // parts, panels_a.reshape(-1))
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _tiles(panels_a, i0, rows, p0, kc, panels_b, j0, cols, c, later, bias, tile):
+def _tiles(panels_a, i0, rows, p0, kc, panels_b, start, stride, c, j0, cols, later, bias, tile):
     """c[i0 : i0 + rows, j0 : j0 + cols] (+)= rows of A times columns of B over the depth
-    p0 .. p0 + kc, one register tile (koschei.engine._simd.mma_tile) at a time from the packed
-    panels (i0 and j0 start panels): stored with the bias (first depth block) or added (later
-    ones). Tiles cut by C's edge run into the scratch tile and are copied; the panels' zero
-    padding makes them exact."""
+    p0 .. p0 + kc, one register tile (koschei.engine._simd.mma_tile) at a time: A from its
+    packed panels (i0 starts one), B from the panels at panels_b[start + s stride:] (s = 0, 1,
+    ...; nr values per step). A tile is stored with the bias (first depth block) or added (later
+    ones); tiles cut by C's edge run into the scratch tile and are copied, the panels' zero
+    padding making them exact."""
     depth = panels_a.shape[1]
     flat_a = panels_a.reshape(-1)
-    flat_b = panels_b.reshape(-1)
     for jr in range(0, cols, _NR):
-        b_start = ((j0 + jr) // _NR) * depth * _NR + p0 * _NR
+        b_start = start + (jr // _NR) * stride
         tile_cols = min(_NR, cols - jr)
         j = j0 + jr
         for ir in range(0, rows, _MR):
             tile_rows = min(_MR, rows - ir)
             a_start = ((i0 + ir) // _MR) * depth * _MR + p0 * _MR
             if tile_rows == _MR and tile_cols == _NR:
-                mma_tile(_MR, _NR, kc, flat_a, a_start, 1, _MR, flat_b, b_start, _NR, c, i0 + ir,
-                         j, later, bias)
+                mma_tile(_MR, _NR, kc, flat_a, a_start, 1, _MR, panels_b, b_start, _NR, c,
+                         i0 + ir, j, later, bias)
                 continue
-            mma_tile(_MR, _NR, kc, flat_a, a_start, 1, _MR, flat_b, b_start, _NR, tile, 0, 0,
+            mma_tile(_MR, _NR, kc, flat_a, a_start, 1, _MR, panels_b, b_start, _NR, tile, 0, 0,
                      False, None)
             for ii in range(tile_rows):
                 target = c[i0 + ir + ii]
@@ -187,37 +173,51 @@ def _tiles(panels_a, i0, rows, p0, kc, panels_b, j0, cols, c, later, bias, tile)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _task(panels_a, panels_b, bias, c, i_begin, i_end, j0, cols):
-    """c[i_begin : i_end, j0 : j0 + cols] = A B (+ bias) from the packed panels: for each depth
-    block of kc (a kc x nr panel of B stays in L1 while the tiles use it), for each mc rows (a
-    block of A's panels that stays in L2), the register tiles."""
+def _task(panels_a, b, kind, packed, bias, c, i_begin, i_end, j0, cols):
+    """c[i_begin : i_end, j0 : j0 + cols] = A B (+ bias), A from its packed panels, B as
+    ``kind`` says (packed: the panels of packed_weight; rows: b is B (k, n); weight: b is
+    w (n, k) = B^T). For each depth block of kc: the task's kc-deep panels of B, packed here
+    (they stay in this core's L2 for all the task's rows) unless they came packed; then for
+    each mc rows (a block of A's panels that stays in L2) the register tiles, each kc x nr
+    panel of B staying in L1 while they use it."""
     depth = panels_a.shape[1]
     tile = np.empty((_MR, _NR), dtype=np.float32)
+    given = packed.reshape(-1)
+    panel_count = (cols + _NR - 1) // _NR
+    own = np.empty(0 if kind == _PACKED else panel_count * min(_KC, depth) * _NR,
+                   dtype=np.float32)
     for p0 in range(0, depth, _KC):
         kc = min(_KC, depth - p0)
+        if kind == _PACKED:
+            panels, start, stride = given, (j0 // _NR) * depth * _NR + p0 * _NR, depth * _NR
+        else:
+            panels, start, stride = own[:panel_count * kc * _NR], 0, kc * _NR
+            if kind == _ROWS:
+                _pack_rows(b[p0:p0 + kc], j0, cols, panels)
+            else:
+                _pack_weight(b[:, p0:p0 + kc], j0, cols, panels)
         for i0 in range(i_begin, i_end, _MC):
-            _tiles(panels_a, i0, min(_MC, i_end - i0), p0, kc, panels_b, j0, cols, c, p0 > 0,
-                   bias, tile)
+            _tiles(panels_a, i0, min(_MC, i_end - i0), p0, kc, panels, start, stride, c, j0,
+                   cols, p0 > 0, bias, tile)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _gemm_serial(a, b, kind, panels_a, panels_b, bias, c):
-    """c = a B (+ bias) on this thread: A (and B unless it came packed) packed, then one task
-    per nc columns."""
-    _pack_part(a, b, kind, panels_a, panels_b, 0, 1)
+def _gemm_serial(a, b, kind, packed, panels_a, bias, c):
+    """c = a B (+ bias) on this thread: A packed, then one task per nc columns."""
+    _pack_a_part(a, panels_a, 0, 1)
     width = c.shape[1]
     for j0 in range(0, width, _NC):
-        _task(panels_a, panels_b, bias, c, 0, a.shape[0], j0, min(_NC, width - j0))
+        _task(panels_a, b, kind, packed, bias, c, 0, a.shape[0], j0, min(_NC, width - j0))
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
-def _gemm_parallel(a, b, kind, panels_a, panels_b, bias, c, threads):
-    """c = a B (+ bias) on every thread. First the packing, in equal parts; then tasks of at most
-    nc columns (narrower, to give each thread two), each over all rows, which reuses its panels
-    of B for every row; when C has too few columns for that, the rows are split too."""
+def _gemm_parallel(a, b, kind, packed, panels_a, bias, c, threads):
+    """c = a B (+ bias) on every thread. First A's packing, in equal parts; then tasks of at
+    most nc columns (narrower, to give each thread two), each over all rows, which reuses its
+    panels of B for every row; when C has too few columns for that, the rows are split too."""
     parts = 2 * threads
     for part in prange(parts):
-        _pack_part(a, b, kind, panels_a, panels_b, part, parts)
+        _pack_a_part(a, panels_a, part, parts)
     rows = a.shape[0]
     width = c.shape[1]
     col_panels = (width + _NR - 1) // _NR
@@ -230,7 +230,7 @@ def _gemm_parallel(a, b, kind, panels_a, panels_b, bias, c, threads):
     for task in prange(row_groups * col_blocks):
         i0 = (task % row_groups) * group_rows
         j0 = (task // row_groups) * block_cols
-        _task(panels_a, panels_b, bias, c, i0, min(i0 + group_rows, rows), j0,
+        _task(panels_a, b, kind, packed, bias, c, i0, min(i0 + group_rows, rows), j0,
               min(block_cols, width - j0))
 
 
@@ -276,6 +276,9 @@ def _pack_all(w, packed):
     _pack_weight(w, 0, w.shape[0], packed.reshape(-1))
 
 
+_NO_PANELS = np.empty((0, 0, _NR), dtype=np.float32)
+
+
 def packed_weight(w):
     """A weight in PyTorch's Linear layout, w (n, k) float32 with c = a w^T, as the panels of
     B = w^T, (ceil(n / nr), k, nr) float32: packed once, then gemm(a, packed, bias, c) for every
@@ -286,14 +289,13 @@ def packed_weight(w):
     return packed
 
 
-def _run(a, b, kind, panels_b, bias, c):
-    """c = a B (+ bias) with B as ``kind`` says; panels_b is B packed (kind _PACKED) or the
-    buffer to pack it into."""
+def _run(a, b, kind, packed, bias, c):
+    """c = a B (+ bias) with B as ``kind`` says (packed: the panels of packed_weight)."""
     panels_a = _panels("matmul.a", (a.shape[0] + _MR - 1) // _MR, a.shape[1], _MR)
     if a.shape[0] * a.shape[1] * c.shape[1] >= _PARALLEL_MIN_FLOPS:
-        _gemm_parallel(a, b, kind, panels_a, panels_b, bias, c, _rt.get_threads())
+        _gemm_parallel(a, b, kind, packed, panels_a, bias, c, _rt.get_threads())
         return
-    _gemm_serial(a, b, kind, panels_a, panels_b, bias, c)
+    _gemm_serial(a, b, kind, packed, panels_a, bias, c)
 
 
 def _panels(key, count, depth, width):
@@ -318,14 +320,12 @@ def gemm(a, packed, bias, c):
 def gemm_weight(a, w, bias, c):
     """c (m, n) = a (m, k) w^T (+ bias), w (n, k) in PyTorch's Linear layout, packed as part of
     the call. Unchecked, as gemm."""
-    _run(a, w, _WEIGHT, _panels("matmul.b", (w.shape[0] + _NR - 1) // _NR, w.shape[1], _NR),
-         bias, c)
+    _run(a, w, _WEIGHT, _NO_PANELS, bias, c)
 
 
 def _compute(a, b, out):
     """out (m, n) = a (m, k) b (k, n)."""
-    panels = _panels("matmul.b", (b.shape[1] + _NR - 1) // _NR, b.shape[0], _NR)
-    _run(a, b, _ROWS, panels, None, out)
+    _run(a, b, _ROWS, _NO_PANELS, None, out)
 
 
 # --- the public function --------------------------------------------------------------------------

@@ -98,8 +98,9 @@ def _compute(x, w_gate, w_up, w_down, out):
     """x (n, d), w_gate and w_up (f, d), w_down (d, f) -> out (n, d)."""
     rows = x.shape[0]
     hidden = w_gate.shape[0]
-    gate = np.empty((rows, hidden), dtype=np.float32)  # (n, f)
-    up = np.empty((rows, hidden), dtype=np.float32)  # (n, f)
+    # (n, f) each, in this thread's work buffers: no fresh pages to fault in at every call
+    gate = _rt.scratch("swiglu.gate", rows * hidden).reshape((rows, hidden))
+    up = _rt.scratch("swiglu.up", rows * hidden).reshape((rows, hidden))
     _linear(x, w_gate, out=gate)
     _linear(x, w_up, out=up)
     if gate.size >= _PARALLEL_MIN_ELEMENTS:
