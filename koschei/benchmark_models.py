@@ -1,8 +1,9 @@
-"""Model cases of the benchmark: decoding speed of the engine's decoder, fp32 against ternary.
+"""Model cases of the benchmark: decoding speed of the engine's decoder, fp32 against bfloat16
+and ternary weights.
 
 For a decoder config (``igla_v2`` by default, 004's architecture) with random weights
-(``DecoderConfig.random_parameters(seed=0)``), one model with float32 projections and one with
-BitNet b1.58 ternary projections are built from the same parameters. Each gets a prompt of
+(``DecoderConfig.random_parameters(seed=0)``), one model with float32 weights, one with bfloat16
+weights and one with BitNet b1.58 ternary projections are built from the same parameters. Each gets a prompt of
 ``context`` random tokens (its prefill fills the KV cache) and is checked before it is timed:
 the logits of one decoding step after the prompt must equal ``Decoder.reference_logits`` (the
 kernels' NumPy references composed over the whole sequence) within ``LOGIT_TOLERANCE`` of the
@@ -14,7 +15,7 @@ over ``context + 1`` positions. Reported per weights: tokens/s (1 / median step)
 step must read (``Decoder.bytes_per_token``: every weight in its stored form and the KV cache),
 the bandwidth ceiling (those bytes read once, at the read bandwidth of the memory level they are
 served from: ``Calibration.ceiling``, as for the kernel cases) and the fraction of it reached; and
-the paired speedup of ternary over fp32 (the median of per-round ratios). The weights are cold
+the paired speedups of bf16 and ternary over fp32 (medians of per-round ratios). The weights are cold
 when a step's bytes exceed the largest cache the calibration measured (each layer's weights are
 evicted before the next step reads them again: DRAM), as in a real model; a model small enough
 to stay cached is labelled warm and held against that cache. A fraction above 1 is reported as
@@ -36,7 +37,8 @@ engine's) and the same protocol: the same prompt as one prefill, and decoding st
 the cache back to ``context`` positions before each token. The rows (``LLAMA_CPP_ROWS``): F32
 against the fp32 decoder and TQ2_0 (2-bit ternary) against the ternary decoder, with the
 engine's speed over llama.cpp's (medians of per-round ratios, above 1: the engine is faster);
-F16, Q8_0 and Q4_0 as reference figures without a ratio. Each file is checked before it is
+F16 (the bf16 decoder's weights, 2 bytes each as in the engine) against the bf16 decoder;
+Q8_0 and Q4_0 as reference figures without a ratio. Each file is checked before it is
 timed: llama.cpp's logits of the decoding step after the prompt must match its decoder's within
 the row's tolerance of the largest logit, else the row is "wrong" and not timed. Q8_0 and Q4_0
 run through ggml's AMX kernels on a CPU with AMX, whose tile set-up GCC 12 miscompiles (its
@@ -64,15 +66,15 @@ from koschei.errors import UsageError
 
 DEFAULT_CONFIG = "igla_v2"
 # The engine modules the decoder runs on: the workspace's where it has them generated.
-KERNELS = ("attention", "bitnet_linear", "bitnet_quantize", "linear", "matmul", "rmsnorm", "rope",
-           "sample", "silu")
+KERNELS = ("attention", "bf16_linear", "bitnet_linear", "bitnet_quantize", "linear", "matmul",
+           "rmsnorm", "rope", "sample", "silu")
 DEFAULT_CONTEXT = 512
-WEIGHTS = ("fp32", "ternary")
+WEIGHTS = ("fp32", "bf16", "ternary")
 # The largest logit difference from the NumPy reference, as a share of the largest logit. Ternary
 # projections quantize their activations to int8 per token: values that the reference path and
 # the kernels compute a float32 rounding apart can land on neighbouring codes, and 12 layers add
 # those up (about 1.5e-2 on igla_v2 with random weights).
-LOGIT_TOLERANCE = {"fp32": 1e-4, "ternary": 5e-2}
+LOGIT_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-4, "ternary": 5e-2}
 
 LLAMA_CPP_INSTALL = "pip install -e '.[llama]'"
 LLAMA_CPP_NOT_INSTALLED = f"llama.cpp: not installed — {LLAMA_CPP_INSTALL}"
@@ -101,7 +103,7 @@ class LlamaCppRow(NamedTuple):
 LLAMA_CPP_ROWS = (
     LlamaCppRow("F32", "fp32", True, 1e-4),
     LlamaCppRow("TQ2_0", "ternary", True, 5e-2),
-    LlamaCppRow("F16", "fp32", False, 1e-2),
+    LlamaCppRow("F16", "bf16", True, 1e-2),
     LlamaCppRow("Q8_0", "fp32", False, 0.1, probe=True),
     LlamaCppRow("Q4_0", "fp32", False, 0.6, probe=True),
 )
@@ -127,7 +129,7 @@ class LlamaCppResult:
     """One GGUF file in llama.cpp, beside the engine decoder whose weights it holds."""
 
     tensor_type: str  # of the projection matrices: F32, TQ2_0, F16, Q8_0, Q4_0
-    weights: str  # that engine decoder: fp32 or ternary
+    weights: str  # that engine decoder: fp32, bf16 or ternary
     compared: bool  # engine ÷ llama.cpp ratios reported (else a reference figure)
     verdict: str  # ok | wrong | error | crashed | unsupported
     error: str | None = None
@@ -157,6 +159,7 @@ class ModelCaseResult:
     contenders: dict[str, Any] = field(default_factory=dict)  # weights -> ContenderTiming
     weights: dict[str, ModelWeightsResult] = field(default_factory=dict)
     speedup_ternary_vs_fp32: float | None = None
+    speedup_bf16_vs_fp32: float | None = None
     stopped: str | None = None
     # weights -> ContenderTiming of the prefill of the prompt (``context`` tokens)
     prefill: dict[str, Any] = field(default_factory=dict)
@@ -211,8 +214,8 @@ def decoder_module() -> Any:
 def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibration: Any,
                      progress: Any, *, context: int = DEFAULT_CONTEXT,
                      threads: int | None = None) -> ModelCaseResult:
-    """Check, then time, the prefill of a prompt and one decoding step of the fp32 and the
-    ternary decoder of a config, on the kernels of the workspace's engine folder; and llama.cpp
+    """Check, then time, the prefill of a prompt and one decoding step of the fp32, bf16 and
+    ternary decoders of a config, on the kernels of the workspace's engine folder; and llama.cpp
     on the same weights when it is installed (``threads``: its thread count, default all cores).
     """
     from koschei.phases.benchmark import measure_interleaved, paired_speedup
@@ -314,6 +317,7 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
                             f"{ceiling.bandwidth_gbs:.1f} GB/s, {ceiling.level}): the ceiling "
                             "is wrong")
     result.speedup_ternary_vs_fp32 = paired_speedup(timings["fp32"], timings["ternary"])
+    result.speedup_bf16_vs_fp32 = paired_speedup(timings["fp32"], timings["bf16"])
     for row in result.llama_cpp:
         if row.name not in timings:
             continue

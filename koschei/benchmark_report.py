@@ -675,9 +675,12 @@ def _model_lines(models: list[Any]) -> list[str]:
                 f"| {model.label} | {named} | {step} | {entry.tokens_per_s:.1f} | "
                 f"{entry.bytes_per_token / 1e6:.1f} | {entry.ceiling_tokens_per_s:.1f} | "
                 f"{of_ceiling} |")
-        if model.verdict == "ok" and model.speedup_ternary_vs_fp32 is not None:
-            lines.append(f"| {model.label} | ternary ÷ fp32 | | "
-                         f"{format_ratio(model.speedup_ternary_vs_fp32)} | | | |")
+        if model.verdict == "ok":
+            for weights in ("bf16", "ternary"):
+                speedup = getattr(model, f"speedup_{weights}_vs_fp32", None)
+                if speedup is not None:
+                    lines.append(f"| {model.label} | {weights} ÷ fp32 | | "
+                                 f"{format_ratio(speedup)} | | | |")
         if model.verdict != "ok" and model.error:
             notes.append(f"{model.label}: {model.verdict}: {first_line(model.error)}")
     ceilings = sorted({(entry.memory_level, entry.ceiling_gbs) for model in models

@@ -152,7 +152,7 @@ def test_prefill_and_every_decoding_step_match_pytorch(parameters, greedy_tokens
     assert decoder.length == len(PROMPT) + DECODE_STEPS
 
 
-@pytest.mark.parametrize("weights", ["fp32", "ternary"])
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "ternary"])
 def test_the_kernels_references_composed_give_the_logits_of_forward(parameters, weights):
     model = Decoder(CONFIG, parameters, weights=weights, max_len=32)
     ids = np.random.default_rng(5).integers(0, CONFIG.vocab_size, 19)
@@ -295,6 +295,38 @@ def test_the_int8_kv_cache_stays_close_to_the_float32_one(parameters, greedy_tok
                             for i in range(len(PROMPT), len(tokens))])
     error = np.max(np.abs(got - exact)) / np.max(np.abs(exact))
     assert 1e-4 < error <= INT8_KV_LOGITS_ATOL, error  # really quantized, and within its cost
+
+
+# --- bfloat16 weights -----------------------------------------------------------------------------
+
+
+def test_bf16_weights_equal_pytorch_on_the_rounded_weights(greedy_tokens):
+    """weights="bf16" is the float32 model of the same weights rounded to bfloat16 (nearest
+    even, as torch's .to(torch.bfloat16)): every matrix, the tied embedding included."""
+    parameters = draw_parameters(CONFIG, 2)
+    rounded = {name: (torch.from_numpy(value).to(torch.bfloat16).float().numpy()
+                      if value.ndim == 2 else value) for name, value in parameters.items()}
+    tokens = greedy_tokens[:len(PROMPT) + DECODE_STEPS]
+    expected = torch_logits(CONFIG, rounded, tokens)
+    decoder = Decoder(CONFIG, parameters, weights="bf16")
+    got = np.concatenate([decoder.forward(tokens[:len(PROMPT)])]
+                         + [decoder.forward(tokens[i:i + 1])
+                            for i in range(len(PROMPT), len(tokens))])
+    assert_logits_close(got, expected, LOGITS_ATOL, "bf16 weights")
+    float32 = torch_logits(CONFIG, parameters, tokens)  # and it is not the float32 model
+    assert np.max(np.abs(got - float32)) / np.max(np.abs(float32)) > 10 * LOGITS_ATOL
+    first = decoder.generate(PROMPT, 1, temperature=0.0)
+    assert first[0] == np.argmax(expected[len(PROMPT) - 1])
+
+
+def test_bf16_weights_are_stored_in_16_bits():
+    parameters = draw_parameters(CONFIG, 1)
+    decoder = Decoder(CONFIG, parameters, weights="bf16")
+    matrices = sum(rows * columns for rows, columns in
+                   (shape for shape in CONFIG.parameter_shapes().values() if len(shape) == 2))
+    gains = 4 * (CONFIG.num_parameters() - matrices)
+    assert decoder.weight_nbytes == gains + 2 * matrices
+    assert decoder.weight_nbytes < 0.51 * Decoder(CONFIG, parameters).weight_nbytes + gains
 
 
 # --- ternary weights ------------------------------------------------------------------------------
@@ -479,7 +511,7 @@ def test_the_constructor_checks_its_parameters(parameters):
                                          r"expected shape \(160, 64\), got \(64, 160\)"):
         Decoder(CONFIG, wrong_shape)
     with pytest.raises(ValueError, match=r"Decoder: weights: expected one of \('fp32', "
-                                         r"'ternary'\), got 'int4'"):
+                                         r"'bf16', 'ternary'\), got 'int4'"):
         Decoder(CONFIG, parameters, weights="int4")
     with pytest.raises(ValueError, match=r"Decoder: kv_dtype: expected one of"):
         Decoder(CONFIG, parameters, kv_dtype="float16")

@@ -220,3 +220,28 @@ def test_llama_cpp_gives_the_ternary_engines_logits_for_the_tq2_0_file(ternary, 
     # the same ternary weights; llama.cpp quantizes activations to int8 per block of 256 (Q8_K),
     # the engine per token, and its scale is a float16
     assert np.abs(got - expected).max() <= 5e-2 * np.abs(expected).max()
+
+
+def test_a_bf16_decoders_files_hold_its_rounded_weights_and_llama_cpp_matches_it(tmp_path):
+    """A bf16 decoder's F32 file holds its bfloat16 values exactly (the embedding too); its F16
+    file the same values in float16, which llama.cpp runs to the decoder's logits."""
+    decoder = Decoder.random(TINY, seed=6, std=0.2, weights="bf16")
+    parameters = TINY.random_parameters(6, std=0.2)
+    _, tensors = read(write_gguf(decoder, tmp_path / "f32.gguf"))
+    for parameter, name in gguf_tensor_names(TINY.num_layers).items():
+        weight = parameters[parameter]
+        if weight.ndim == 2:
+            weight = weight.astype(np.dtype("bfloat16")).astype(np.float32)
+        if parameter.endswith("q_proj.weight"):
+            weight = rope_pairs_adjacent(weight, TINY.num_heads)
+        elif parameter.endswith("k_proj.weight"):
+            weight = rope_pairs_adjacent(weight, TINY.num_kv_heads)
+        assert np.array_equal(np.asarray(tensors[name].data).reshape(weight.shape), weight), name
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = write_gguf(decoder, tmp_path / "f16.gguf", "F16")
+    ids = np.random.default_rng(2).integers(0, TINY.vocab_size, 10)
+    decoder.reset()
+    expected = decoder.forward(ids)
+    got = llama_logits(llama_cpp, path, ids)
+    # llama.cpp's F16 kernels round the activations to float16 too
+    assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()

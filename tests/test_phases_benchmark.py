@@ -490,14 +490,14 @@ def decoding(tmp_path_factory):
         select=["scale"], models=["tiny"], budget_s=BUDGET, charts=False))
 
 
-def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(decoding):
+def test_a_decoder_is_checked_then_its_fp32_bf16_and_ternary_steps_timed_together(decoding):
     from koschei.engine import Decoder, DecoderConfig
 
     _, result = decoding
     [case] = result.models
     assert case.verdict == "ok", case.error
     assert (case.model, case.config, case.label) == ("decoder", "tiny", "decoder/tiny_decode_63")
-    assert set(case.contenders) == {"fp32", "ternary"}
+    assert set(case.contenders) == {"fp32", "bf16", "ternary"}
     rounds = {timing.rounds for timing in case.contenders.values()}
     assert len(rounds) == 1 and rounds.pop() >= benchmark.MIN_ROUNDS
     config = DecoderConfig.named("tiny")
@@ -520,12 +520,15 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
         assert entry.ceiling_fraction == pytest.approx(
             entry.tokens_per_s / entry.ceiling_tokens_per_s)
         assert 0 <= entry.max_logit_error <= benchmark_models.LOGIT_TOLERANCE[weights]
-    fp32, ternary = case.contenders["fp32"].samples_s, case.contenders["ternary"].samples_s
-    assert case.speedup_ternary_vs_fp32 == pytest.approx(
-        statistics.median(f / t for f, t in zip(fp32, ternary, strict=True)))
+    fp32 = case.contenders["fp32"].samples_s
+    for weights in ("bf16", "ternary"):
+        samples = case.contenders[weights].samples_s
+        assert getattr(case, f"speedup_{weights}_vs_fp32") == pytest.approx(
+            statistics.median(f / t for f, t in zip(fp32, samples, strict=True)))
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["models"][0]["weights"]["ternary"]["bytes_per_token"] < \
-        data["models"][0]["weights"]["fp32"]["bytes_per_token"]
+    stored = data["models"][0]["weights"]
+    assert stored["ternary"]["bytes_per_token"] < stored["bf16"]["bytes_per_token"] < \
+        stored["fp32"]["bytes_per_token"]
     assert result.counts == {"ok": 3}
     from koschei import benchmark_report
 
@@ -538,7 +541,7 @@ def test_a_decoder_is_checked_then_its_fp32_and_ternary_steps_timed_together(dec
 def test_a_decoders_prefill_of_the_prompt_is_timed_in_rounds_of_its_own(decoding):
     _, result = decoding
     [case] = result.models
-    engine = {"fp32", "ternary"}
+    engine = {"fp32", "bf16", "ternary"}
     assert set(case.prefill) == engine
     rounds = {case.prefill[weights].rounds for weights in engine}
     assert len(rounds) == 1 and rounds.pop() >= benchmark.MIN_ROUNDS
@@ -584,9 +587,11 @@ def test_llama_cpp_runs_the_same_weights_in_the_same_rounds_when_installed(decod
         llama / engine for llama, engine in zip(f32.prefill.samples_s,
                                                 case.prefill["fp32"].samples_s, strict=True)))
     assert f32.tokens_per_s == pytest.approx(1 / f32.decode.median_s)
-    f16 = rows["F16"]
-    assert f16.verdict == "ok" and not f16.compared and f16.engine_speedup is None
-    assert f16.decode.median_s > 0
+    f16 = rows["F16"]  # the bf16 decoder's weights, compared with it
+    assert f16.verdict == "ok" and f16.weights == "bf16" and f16.compared
+    assert f16.engine_speedup == pytest.approx(statistics.median(
+        llama / engine for llama, engine in zip(f16.decode.samples_s,
+                                                case.contenders["bf16"].samples_s, strict=True)))
     for name in ("Q8_0", "Q4_0"):  # ok, or crashed in the child process that tried them first
         assert rows[name].verdict in ("ok", "crashed"), rows[name].error
     from koschei import benchmark_report
@@ -595,7 +600,7 @@ def test_llama_cpp_runs_the_same_weights_in_the_same_rounds_when_installed(decod
     assert f"| llama.cpp F32 | {benchmark_report.format_seconds(f32.prefill.median_s)} | " \
         in table
     assert "| llama.cpp TQ2_0 | **unsupported** |" in table
-    assert "| llama.cpp F16 (reference) | " in table
+    assert "| llama.cpp F16 | " in table and "| llama.cpp Q8_0 (reference) | " in table
     assert "- llama.cpp (llama-cpp-python " in table
 
 
@@ -608,7 +613,7 @@ def test_without_llama_cpp_the_decoder_case_says_how_to_install_it(tmp_path, mon
     assert case.verdict == "ok" and result.ok
     assert case.llama_cpp == [] and case.llama_cpp_info == {}
     assert case.llama_cpp_note == "llama.cpp: not installed — pip install -e '.[llama]'"
-    assert set(case.prefill) == {"fp32", "ternary"}
+    assert set(case.prefill) == {"fp32", "bf16", "ternary"}
     from koschei import benchmark_report
 
     table = benchmark_report.readme_table(result, "run", "koschei benchmark --readme")

@@ -141,7 +141,10 @@ def render_models(models: list[Any], console: Console) -> None:
     print_wide(console, table)
     for case in models:
         if case.speedup_ternary_vs_fp32 is not None and case.verdict == "ok":
-            console.print(f"{case.label}: ternary ×{case.speedup_ternary_vs_fp32:.2f} the fp32 "
+            bf16 = getattr(case, "speedup_bf16_vs_fp32", None)
+            console.print(f"{case.label}: "
+                          + (f"bf16 ×{bf16:.2f}, " if bf16 is not None else "")
+                          + f"ternary ×{case.speedup_ternary_vs_fp32:.2f} the fp32 "
                           "tokens/s (paired rounds); ceilings: "
                           + ", ".join(f"{weights} {entry.memory_level} read "
                                       f"{entry.ceiling_gbs:.1f} GB/s"

@@ -19,6 +19,10 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
 - The output projection is the embedding matrix itself (tied): logits = h E^T, E (vocab, d).
 - Weights are in PyTorch's Linear layout (d_out, d_in), named as Hugging Face's Llama
   (``layers.0.self_attn.q_proj.weight``, ...), see :meth:`DecoderConfig.parameter_shapes`.
+- ``weights="bf16"``: every weight matrix, the embedding included, is rounded once to bfloat16
+  (to nearest, ties to even) and kept in 16 bits: the engine's ``bf16_linear`` widens the
+  weights exactly to float32 in registers and sums in float32, so a decoding step reads half
+  the bytes of float32 weights; the RMSNorm gains stay float32.
 - ``weights="ternary"``: every projection matrix (q, k, v, o, gate, up, down) is quantized to
   BitNet b1.58 ternary weights {-1, 0, +1} times one absmean scale (arXiv:2402.17764) and applied
   by the engine's ``bitnet_linear`` (which quantizes the activations per token to int8);
@@ -27,11 +31,11 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
 The kernels: ``rmsnorm``, ``rope``, ``attention``, ``matmul`` (the float32 projections: their
-weights packed once, at load, into the panels of its GEMM), ``linear`` (the logits), ``silu`` (the
-FFN's gate: swiglu's computation in the model's own buffers), ``bitnet_linear`` (ternary
-projections) and ``sample``; the embedding gather and the residual adds are NumPy. Every buffer
-of a decoding step is allocated once per model and reused. A prompt runs in chunks of at most
-``PREFILL_CHUNK`` tokens.
+weights packed once, at load, into the panels of its GEMM), ``linear`` (the float32 logits),
+``silu`` (the FFN's gate: swiglu's computation in the model's own buffers), ``bf16_linear``
+(bfloat16 weights), ``bitnet_linear`` (ternary projections) and ``sample``; the embedding
+gather and the residual adds are NumPy. Every buffer of a decoding step is allocated once per
+model and reused. A prompt runs in chunks of at most ``PREFILL_CHUNK`` tokens.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import numpy as np
 from koschei.engine import _runtime as _rt
 from koschei.engine import (
     attention,
+    bf16_linear,
     bitnet_linear,
     bitnet_quantize,
     linear,
@@ -66,7 +71,8 @@ _matmul = importlib.import_module(matmul.__module__)
 __all__ = ["Decoder", "DecoderConfig"]
 
 _FLOAT32 = np.dtype(np.float32)
-_WEIGHTS = ("fp32", "ternary")
+_BFLOAT16 = np.dtype("bfloat16")  # ml_dtypes' (registered by koschei.engine._runtime)
+_WEIGHTS = ("fp32", "bf16", "ternary")
 _KV_DTYPES = ("float32", "int8")
 # the standard deviation of the random weights (GPT-2's and Llama's initializer range)
 DEFAULT_INIT_STD = 0.02
@@ -229,6 +235,42 @@ class _Float32Projection:
         return _reference("linear")(x, self.weight)
 
 
+class _BFloat16Projection:
+    """y = bf16_linear(x, W) with W (d_out, d_in) rounded once to bfloat16 (to nearest even;
+    kept by reference when it is bfloat16 already): a decoding step reads 2 bytes per weight."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.stored = weight if weight.dtype == _BFLOAT16 else weight.astype(_BFLOAT16)
+
+    @property
+    def nbytes(self) -> int:
+        return self.stored.nbytes
+
+    @property
+    def weight(self) -> np.ndarray:
+        """W (d_out, d_in) as float32 (exactly the bfloat16 values; a new array)."""
+        return self.stored.astype(np.float32)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return bf16_linear(x, self.stored, out=out)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return _reference("bf16_linear")(x, self.stored)
+
+
+class _Float32Output:
+    """logits = h E^T on the float32 embedding E (vocab, d) itself (linear; no packed copy)."""
+
+    def __init__(self, embedding: np.ndarray) -> None:
+        self.stored = embedding
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return linear(x, self.stored, out=out)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return _reference("linear")(x, self.stored)
+
+
 class _TernaryProjection:
     """y = bitnet_linear(x, packed, scale): W ~ scale * ternary(W), activations int8 per token."""
 
@@ -246,7 +288,9 @@ class _TernaryProjection:
         return _reference("bitnet_linear")(x, self.packed, self.scale)
 
 
-_Projection = _Float32Projection | _TernaryProjection
+_Projection = _Float32Projection | _BFloat16Projection | _TernaryProjection
+_PROJECTIONS = {"fp32": _Float32Projection, "bf16": _BFloat16Projection,
+                "ternary": _TernaryProjection}
 
 
 @dataclass
@@ -294,9 +338,10 @@ class Decoder:
     Args:
         config: the sizes.
         parameters: float32 arrays by name and shape as :meth:`DecoderConfig.parameter_shapes`
-            (kept by reference when float32 and C-contiguous; ternary projections are quantized
-            and the float32 matrices not kept).
-        weights: ``"fp32"`` or ``"ternary"`` (BitNet b1.58 projections; embeddings float32).
+            (kept by reference when float32 and C-contiguous; bfloat16 and ternary weights
+            are rounded or quantized and the float32 matrices not kept).
+        weights: ``"fp32"``, ``"bf16"`` (every weight matrix in bfloat16, the embedding
+            included) or ``"ternary"`` (BitNet b1.58 projections; embeddings float32).
         kv_dtype: ``"float32"`` or ``"int8"`` (the KV cache's storage).
         max_len: positions the KV cache holds (default: ``config.max_seq_length``).
 
@@ -321,8 +366,14 @@ class Decoder:
             raise ValueError(f"{function}: max_len: expected <= max_seq_length="
                              f"{config.max_seq_length}, got {max_len}")
         arrays = self._check_parameters(function, parameters)
-        projection = _Float32Projection if self.weights == "fp32" else _TernaryProjection
-        self._embedding = arrays["embed_tokens.weight"]  # (vocab, d), also the output projection
+        projection = _PROJECTIONS[self.weights]
+        # (vocab, d), float32 or bfloat16; also the output projection (tied)
+        if self.weights == "bf16":
+            self._output = _BFloat16Projection(arrays["embed_tokens.weight"])
+            self._embedding = self._output.stored
+        else:
+            self._embedding = arrays["embed_tokens.weight"]
+            self._output = _Float32Output(self._embedding)
         self._final_norm = arrays["norm.weight"]  # (d,)
         self._layers = []
         for index in range(config.num_layers):
@@ -445,7 +496,7 @@ class Decoder:
         rmsnorm_ref, rope_ref = _reference("rmsnorm"), _reference("rope")
         attention_ref, silu_ref = _reference("attention"), _reference("silu")
         positions = np.arange(n, dtype=np.int64)
-        x = self._embedding[ids]  # (n, d)
+        x = self._embedding[ids].astype(np.float32)  # (n, d)
         for layer in self._layers:
             h = rmsnorm_ref(x, layer.attention_norm, eps=eps)
             q = rope_ref(layer.q_proj.reference(h).reshape(n, hq, hd), positions, theta=theta)
@@ -457,7 +508,7 @@ class Decoder:
             hidden = silu_ref(layer.gate_proj.reference(h)) * layer.up_proj.reference(h)
             x = x + layer.down_proj.reference(hidden.astype(np.float32))
         h = rmsnorm_ref(x, self._final_norm, eps=eps)
-        return _reference("linear")(h, self._embedding)  # tied: logits = h E^T
+        return self._output.reference(h)  # tied: logits = h E^T
 
     # --- the computation ----------------------------------------------------------------------
 
@@ -508,7 +559,10 @@ class Decoder:
             b.positions[0] = start
         else:
             b.positions[:] = np.arange(start, start + n)
-        np.take(self._embedding, ids, axis=0, out=b.x)  # (n, d)
+        if self._embedding.dtype == _FLOAT32:
+            np.take(self._embedding, ids, axis=0, out=b.x)  # (n, d)
+        else:
+            b.x[:] = self._embedding[ids]  # widened
         q_heads = b.q.reshape(n, hq, hd)
         k_heads = b.k.reshape(n, hkv, hd)
         v_heads = b.v.reshape(n, hkv, hd)
@@ -532,13 +586,12 @@ class Decoder:
             np.add(b.x, b.projected, out=b.x)
         rows = slice(n - 1, n) if last_only else slice(0, n)
         rmsnorm(b.x[rows], self._final_norm, eps=eps, out=b.h[rows])
-        linear(b.h[rows], self._embedding, out=b.logits)  # tied: logits = h E^T
+        self._output(b.h[rows], b.logits)  # tied: logits = h E^T
         return b.logits
 
     def _feed_forward(self, layer: _Layer, b: _Buffers) -> None:
         """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T: swiglu's computation, in
-        this model's buffers and projections (float32 ones through linear, ternary ones through
-        bitnet_linear)."""
+        this model's buffers and projections."""
         layer.gate_proj(b.h, b.gate)  # (n, f)
         layer.up_proj(b.h, b.up)
         silu(b.gate, out=b.activated)

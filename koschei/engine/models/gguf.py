@@ -32,7 +32,8 @@ Tensor types (``tensor_type``) of the projection matrices (q, k, v, o, gate, up,
 decoder with ``weights="ternary"``; each block's scale is the matrix's absmean scale, so the
 file holds exactly the decoder's ternary weights, the scale rounded to float16), and ``Q8_0`` /
 ``Q4_0`` (llama.cpp's block quantizations, from the decoder's float32 weights, or its ternary
-weights times their scale). The RMSNorm gains are always F32; the embedding (and so the tied
+weights times their scale). A decoder with ``weights="bf16"`` gives its bfloat16 values (exact
+in F32, and in F16 but for magnitudes below float16's normal range, 6.1e-5). The RMSNorm gains are always F32; the embedding (and so the tied
 output projection) is F32 unless ``tensor_type`` is F16, or ``embedding_type`` says otherwise.
 
 The quantized types need every row length (d_in) to be a multiple of their block (TQ2_0: 256,
@@ -111,7 +112,7 @@ def _ternary_weight(projection: Any, d_in: int) -> np.ndarray:
 
 def _check_decoder(decoder: Any) -> None:
     config = getattr(decoder, "config", None)
-    if (getattr(decoder, "weights", None) not in ("fp32", "ternary") or config is None
+    if (getattr(decoder, "weights", None) not in ("fp32", "bf16", "ternary") or config is None
             or not hasattr(decoder, "_layers")):
         raise TypeError(f"{_FUNCTION}: decoder: expected a koschei Decoder, got "
                         f"{type(decoder).__name__}")
