@@ -482,3 +482,21 @@ def test_a_provided_spec_is_measured_through_its_provider(tmp_path):
     (0.25, 0.2525, "confirmed")])
 def test_a_factor_within_the_claims_rounding_confirms_it(claimed, measured, verdict):
     assert pas_analyze.verdict_for(claimed, measured) == verdict
+
+
+def test_tensor_bytes_counts_16_bit_weights_at_two_bytes():
+    from koschei.specs.load import parse_spec
+
+    repo = Path(__file__).resolve().parent.parent
+    loaded = {}
+    for name in ("linear", "bf16_linear", "fp16_linear"):
+        [path] = repo.glob(f"specs/*/{name}.yaml")
+        loaded[name], issues = parse_spec(path.read_bytes(), path, path.name)
+        assert not issues
+    case = next(case for case in loaded["bf16_linear"].spec.bench.cases
+                if case.name == "decode_4096x4096")
+    n, d_in, d_out = case.dims["n"], case.dims["d_in"], case.dims["d_out"]
+    floats = 4 * (n * d_in + d_out + n * d_out)  # x, bias and y stay float32
+    for name in ("bf16_linear", "fp16_linear"):
+        assert pas_analyze.tensor_bytes(loaded[name].spec, case) == floats + 2 * d_out * d_in
+    assert pas_analyze.tensor_bytes(loaded["linear"].spec, case) == floats + 4 * d_out * d_in

@@ -85,8 +85,8 @@ DEFAULT_DECODER_CONFIG = "igla_v2"
 # A baseline written as a figure ("100 ms per inference", "400 MB model"): another setup's.
 ABSOLUTE_FIGURE = re.compile(r"^\d")
 REALIZATION_CLIP = 2.0
-DTYPE_BYTES = {"float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int32": 4, "int64": 8,
-               "bool": 1}
+DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1, "uint8": 1,
+               "int32": 4, "int64": 8, "bool": 1}
 
 
 # --- run history --------------------------------------------------------------------------------
