@@ -446,3 +446,22 @@ def scratch(key: str, count: int, dtype: Any = np.float32) -> np.ndarray:
         buffer = empty_huge(count, dtype)
         buffers[key] = buffer
     return buffer[:count]
+
+
+@intrinsic
+def claim(typingctx, counter):
+    """counter[0] += 1, atomically; returns the value before it: the next task to run.
+
+    Parallel kernels whose tasks differ in cost, or whose threads may share a core with other
+    work, run one worker per thread (a prange over the threads), each claiming tasks from one
+    shared int64 counter until none is left: a thread that the machine runs less takes fewer
+    tasks instead of holding the others at the end of a static split."""
+    if not (isinstance(counter, numba.types.Array) and counter.ndim == 1
+            and counter.dtype == numba.types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return numba.types.int64(counter), codegen

@@ -882,20 +882,6 @@ def _transpose16(typingctx, src, src_at, src_shift, dst, dst_at, dst_shift, coun
     return signature, codegen
 
 
-@intrinsic
-def _claim(typingctx, counter):
-    """counter[0] += 1, atomically; returns the value before: the next task to run."""
-    if not (isinstance(counter, _types.Array) and counter.ndim == 1
-            and counter.dtype == _types.int64):
-        return None
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", data, _ir.Constant(_ir.IntType(64), 1), "monotonic")
-
-    return _types.int64(counter), codegen
-
-
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")  # into the worker: no per-task call
 def _tiled_task(task, q, k, v, causal, window, q_scale, out, slopes, padded, queries, scores,
                 acc, lanes, row_at, lane_at):
@@ -1030,11 +1016,11 @@ def _tiled_worker(counter, q, k, v, causal, window, q_scale, out, slopes, padded
     lanes = np.empty((9, _TILE_ROWS), dtype=np.float32)
     row_at = np.empty(_TILE_ROWS, dtype=np.int64)
     lane_at = np.arange(_LANES) * _TILE_ROWS
-    task = _claim(counter)
+    task = _rt.claim(counter)
     while task < tasks:
         _tiled_task(task, q, k, v, causal, window, q_scale, out, slopes, padded, queries, scores,
                     acc, lanes, row_at, lane_at)
-        task = _claim(counter)
+        task = _rt.claim(counter)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
