@@ -3,8 +3,8 @@
 A run record ``runs/<run-id>/`` holds:
 
 - ``manifest.json``: the run id, the command, when it started, the git sha of HEAD and whether the
-  tree had uncommitted changes, the machine (``koschei.machine.describe()`` and its fingerprint)
-  and the versions of koschei, numpy, numba, torch and Python;
+  tree had uncommitted changes, the machine (``koschei.bench.machine.describe()`` and its
+  fingerprint) and the versions of koschei, numpy, numba, torch and Python;
 - ``<phase>.json``: each phase's result (``Result.to_dict()``);
 - ``written.json``: every workspace-relative file the phases reported writing, with the sha256 of
   its content right after the phase wrote it (git_commit uses it to notice later edits);
@@ -182,7 +182,7 @@ class RunRecord:
     @classmethod
     def create(cls, workspace: Workspace, command: str) -> RunRecord:
         """A new run folder with its manifest (written before the folder is returned)."""
-        from koschei import machine
+        from koschei.bench import machine
 
         workspace.runs_dir.mkdir(parents=True, exist_ok=True)
         while True:

@@ -18,9 +18,11 @@ import yaml
 from typer.testing import CliRunner
 
 import koschei.cli  # noqa: F401  (registers every command)
-from koschei import benchmark_models, calibration
+from koschei.bench import calibration
+from koschei.bench import models as bench_models
+from koschei.bench.timing import MIN_ROUNDS
 from koschei.cli.app import app
-from koschei.phases import benchmark, code_generate
+from koschei.phases import code_generate
 from koschei.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +99,7 @@ def test_json_has_medians_ratios_bandwidth_roofline_and_threads(first_run):
         "speedup_vs_torch_eager" if fastest == "torch" else "speedup_vs_torch_compile"]
     for timing in case["contenders"].values():
         assert timing["median_s"] > 0 and timing["iqr_s"] >= 0
-        assert len(timing["samples_s"]) == timing["rounds"] >= benchmark.MIN_ROUNDS
+        assert len(timing["samples_s"]) == timing["rounds"] >= MIN_ROUNDS
     assert case["speedup_vs_numpy"] > 0 and case["speedup_vs_torch"] > 0
     assert case["bytes"] == 4 * 2 * 64 * 2048
     assert case["gbs"] == pytest.approx(case["bytes"] / case["contenders"]["engine"]["median_s"]
@@ -232,7 +234,7 @@ def test_a_model_is_reported_beside_its_ceiling_and_a_bad_one_leaves_no_record(t
     # the prefill and the step side by side, and llama.cpp beside the engine or why not
     assert "decoder/tiny: prefill of 63 tokens, decoding step at 63" in result.stdout
     assert re.search(r"engine fp32 +\d", result.stdout), result.stdout
-    if benchmark_models.llama_cpp_available():
+    if bench_models.llama_cpp_available():
         assert re.search(r"llama\.cpp F32 .* ok", result.stdout), result.stdout
     else:
         assert "llama.cpp: not installed — pip install -e '.[llama]'" in result.stdout

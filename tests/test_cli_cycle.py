@@ -54,7 +54,7 @@ def environment(tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ, GIT_CONFIG_GLOBAL=str(gitconfig), GIT_CONFIG_NOSYSTEM="1",
                HF_HUB_OFFLINE="1")
     calibration_runs = home / "runs"
-    code = ("import sys; from pathlib import Path; from koschei import calibration as c;"
+    code = ("import sys; from pathlib import Path; from koschei.bench import calibration as c;"
             "c.load_or_measure(Path(sys.argv[1]), c.resolve_threads(None), array_mib=8,"
             " gemm_n=256, repeats=1)")
     subprocess.run([sys.executable, "-c", code, str(calibration_runs)], check=True, env=env)

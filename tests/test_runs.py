@@ -15,7 +15,7 @@ from pathlib import Path
 import git
 import pytest
 
-from koschei import machine
+from koschei.bench import machine
 from koschei.errors import UsageError
 from koschei.files import write_json_atomic
 from koschei.phases.base import Result

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from koschei.benchmark_report import (
+from koschei.bench.report import (
     OVER_CEILING,
     calibration_summary,
     case_title,

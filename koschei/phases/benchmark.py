@@ -30,7 +30,7 @@ OPENBLAS_THREAD_TIMEOUT so that they sleep at once).
 
 Derived figures use the spec's ``bench.bytes`` (of which ``bench.written`` are written, by
 default the outputs' bytes) and ``bench.flops`` formulas and this machine's calibration
-(``koschei.calibration``): GB/s, GFLOP/s, intensity, and the roofline fraction against the
+(``koschei.bench.calibration``): GB/s, GFLOP/s, intensity, and the roofline fraction against the
 case's own ceiling — the bandwidth that the memory level its working set is served from allows
 for its mix of reads and writes, and the cores' multiply-add peak. A case above 100% of its ceiling is
 ``over_ceiling``: a benchmark error reported with its numbers, never a headline. Speedups are
@@ -38,9 +38,9 @@ medians of the per-round time ratios. The spec's ``bench.goals`` are reported as
 how much.
 
 ``Options.contention`` also times the engine beside one other busy process, in alternating
-rounds (``measure_contention``), and reports the slowdown.
+rounds (``koschei.bench.timing.measure_contention``), and reports the slowdown.
 
-Models (``koschei.benchmark_models``): the prefill and decoding speed of the engine's decoder,
+Models (``koschei.bench.models``): the prefill and decoding speed of the engine's decoder,
 on the workspace's kernels, with fp32 and with ternary weights, beside the bandwidth ceiling of
 each, and against llama.cpp on the same weights and thread count when llama-cpp-python is
 installed; by default for ``igla_v2`` when no spec is selected (``Options.models``).
@@ -52,48 +52,63 @@ With ``compare``, each case's engine samples are tested against an earlier run's
 Mann-Whitney U test, both as absolute times and relative to the NumPy reference of the same round
 (which cancels drift of the machine between runs); a regression is slower by more than
 ``fail_on_regression`` percent AND significant at p < 0.01, in both views.
+
+This module runs the phase; the measuring is ``koschei.bench``'s: the inputs and the correctness
+gate (``koschei.bench.check``), interleaved timing and its statistics (``koschei.bench.timing``),
+the derived figures (``koschei.bench.roofline``), the case results (``koschei.bench.results``),
+the charts and the README table (``koschei.bench.report``).
 """
 
 from __future__ import annotations
 
-import gc
-import importlib
 import itertools
 import json
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal, Self
+from typing import Any
 
 import numpy as np
 
-from koschei import benchmark_models, machine
-from koschei import calibration as machine_calibration
-from koschei.benchmark_models import ModelCaseResult
+from koschei.bench import calibration as machine_calibration
+from koschei.bench import machine
+from koschei.bench import models as bench_models
+from koschei.bench.check import (
+    case_params,
+    compare_results,
+    draw_inputs,
+    formula_names,
+    load_engine_module,
+    load_source_function,
+    load_torch_reference,
+    resolve_shape,
+    source_module,
+    torch_available,
+)
+from koschei.bench.models import ModelCaseResult
+from koschei.bench.results import CaseResult
+from koschei.bench.roofline import derive, output_bytes
+from koschei.bench.timing import (
+    BUSY_SHARE,
+    SIGNIFICANCE_P,
+    ContenderTiming,
+    OtherWork,
+    mann_whitney_p,
+    measure_contention,
+    measure_interleaved,
+    paired_speedup,
+)
 from koschei.errors import UsageError
 from koschei.phases.base import Progress, Result, SilentProgress
 from koschei.specs.validate import case_label
 from koschei.workspace import Workspace
 
-Verdict = Literal["ok", "wrong", "error", "regression", "over_ceiling"]
-
-SAMPLE_MIN_S = 1e-3  # a timed sample (a batch of calls) lasts at least this long
-WARM_UP_S = 5e-3  # each contender is called for this long before timing (at least once)
-MIN_ROUNDS = 5  # even past the budget: a median, and a U test that can reach p < 0.01
-STABLE_ROUNDS = 10  # rounds before a stable median may end the case early
-STABLE_RELATIVE_IQR = 0.02  # a median is stable when IQR / median is at most this
-MAX_ROUNDS = 2000
-MAX_BATCH = 100_000
-SIGNIFICANCE_P = 0.01
 DEFAULT_CHANGE_THRESHOLD_PCT = 5.0  # labels faster/slower when no regression gate is given
-FLOAT_DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -107,73 +122,11 @@ class Options:
     fail_on_regression: float | None = None  # percent
     charts: bool = True  # roofline.png and speedup.png into record_dir (needs matplotlib)
     readme: bool = False  # rewrite the benchmark block of the workspace's README.md
-    # decoder configs whose decoding speed is measured (koschei.benchmark_models); None: igla_v2
+    # decoder configs whose decoding speed is measured (koschei.bench.models); None: igla_v2
     # when no spec is selected, none otherwise
     models: list[str] | None = None
     torch_compile: bool = True  # also time each PyTorch contender compiled by torch.compile
     contention: bool = False  # also time the engine beside one other busy process
-
-
-@dataclass
-class ContenderTiming:
-    median_s: float
-    iqr_s: float
-    rounds: int
-    batch: int  # calls per sample
-    min_s: float
-    samples_s: list[float]  # one per round: seconds per call, averaged over the batch
-
-    @property
-    def relative_iqr(self) -> float:
-        return self.iqr_s / self.median_s if self.median_s > 0 else math.inf
-
-
-@dataclass
-class CaseResult:
-    spec: str
-    case: str
-    verdict: Verdict
-    error: str | None = None
-    dims: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    contenders: dict[str, ContenderTiming] = field(default_factory=dict)
-    stopped: str | None = None  # "stable" | "budget" | "max_rounds"
-    max_abs_error: float | None = None  # engine vs reference, on the measured inputs
-    bytes: float | None = None  # read_bytes + written_bytes
-    read_bytes: float | None = None
-    written_bytes: float | None = None
-    flops: float | None = None
-    gbs: float | None = None
-    gflops: float | None = None
-    intensity: float | None = None  # FLOP per byte
-    bound: Literal["memory", "compute"] | None = None
-    # where the working set is served from: a cache level it fits in (as measured), or "DRAM"
-    memory_level: str | None = None
-    # the bandwidth that level allows for this case's own mix of reads and writes, and how
-    ceiling_gbs: float | None = None
-    ceiling_model: str | None = None
-    attainable_gflops: float | None = None  # min(peak, intensity * ceiling)
-    roofline_fraction: float | None = None  # achieved / attainable; above 1: a benchmark error
-    # inputs rotated through copies so that none is cached when used again (bench case "cold")
-    cold_inputs: list[str] = field(default_factory=list)
-    cold_copies: int | None = None
-    goals: list[dict[str, Any]] = field(default_factory=list)  # bench.goals of this case
-    # share of the machine's cores that other processes used while this case was timed
-    other_work_share: float | None = None
-    speedup_vs_numpy: float | None = None
-    # against the fastest PyTorch variant of the same rounds ("torch" eager, "torch_compile")
-    speedup_vs_torch: float | None = None
-    torch_fastest: str | None = None
-    speedup_vs_torch_eager: float | None = None
-    speedup_vs_torch_compile: float | None = None
-    torch_compile_s: float | None = None  # seconds torch.compile took (first call, not timed)
-    # the engine on warm copies of the cold inputs over the engine on cold ones (same rounds)
-    warm_speedup: float | None = None
-    speedup_vs_baselines: dict[str, float | None] = field(default_factory=dict)
-    # the engine beside one other busy process, in alternating rounds (--contention)
-    contention: dict[str, Any] | None = None
-    compare: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -206,406 +159,7 @@ class BenchmarkResult(Result):
         return counts
 
 
-# --- inputs -------------------------------------------------------------------------------------
-
-
-def formula_names(case: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Names a ``bench.bytes`` / ``bench.flops`` formula or a shape expression may use.
-
-    The case's named dimensions, its parameters, and for leading ``"..."`` dimensions ``rows``
-    (their product) and ``lead`` (how many there are).
-    """
-    names: dict[str, Any] = {}
-    for key, value in case.dims.items():
-        if key == "...":
-            leading = list(value) if isinstance(value, list) else [value]
-            names["rows"] = int(np.prod(leading)) if leading else 1
-            names["lead"] = len(leading)
-        else:
-            names[key] = value
-    for key, value in params.items():
-        if isinstance(value, (bool, int, float)):
-            names[key] = value
-    return names
-
-
-def _evaluate(expression: str, names: dict[str, Any]) -> int | float:
-    from koschei.specs.expr import evaluate
-
-    return evaluate(expression, names)
-
-
-def resolve_shape(shape: list[Any], case: Any, names: dict[str, Any]) -> tuple[int, ...]:
-    sizes: list[int] = []
-    for dim in shape:
-        if isinstance(dim, int):
-            sizes.append(dim)
-        elif dim == "...":
-            leading = case.dims.get("...", [])
-            sizes.extend(int(v) for v in (leading if isinstance(leading, list) else [leading]))
-        elif dim in case.dims:
-            sizes.append(int(case.dims[dim]))
-        else:
-            sizes.append(int(_evaluate(str(dim), names)))
-    return tuple(sizes)
-
-
-def case_params(spec: Any, case: Any) -> dict[str, Any]:
-    """The case's parameters over the spec's defaults (unset optional parameters are left out,
-    unset generators seeded from the case)."""
-    params: dict[str, Any] = {}
-    for param in spec.signature.params:
-        if param.name in case.params:
-            params[param.name] = case.params[param.name]
-        elif param.type == "generator":  # seeded, so that engine and reference draw alike
-            params[param.name] = case_seed(spec.name, case_label(case))
-        elif param.default is not None:
-            params[param.name] = param.default
-    unknown = sorted(set(case.params) - {p.name for p in spec.signature.params})
-    if unknown:
-        raise ValueError(f"bench case sets unknown parameters: {', '.join(unknown)}")
-    return params
-
-
-def draw_inputs(spec: Any, case: Any, params: dict[str, Any], names: dict[str, Any],
-                origin: str) -> dict[str, np.ndarray | None]:
-    """The case's inputs by name, drawn as the generated tests draw them: every input from one
-    generator seeded by the case (koschei.engine._runtime.draw_array), then the spec's
-    ``draw(rng, dims, params)``; optional inputs not in the case's ``with_inputs`` are None."""
-    from koschei.engine import _runtime
-
-    rng = np.random.default_rng(case_seed(spec.name, case_label(case)))
-    inputs: dict[str, np.ndarray | None] = {
-        arg.name: _runtime.draw_array(rng, arg.dtype, resolve_shape(arg.shape, case, names),
-                                      arg.range)
-        for arg in spec.signature.inputs}
-    if spec.draw:
-        dims = {key: tuple(value) if key == "..." else value for key, value in case.dims.items()}
-        defaults = {param.name: param.default for param in spec.signature.params}
-        inputs.update(load_source_function(spec.draw, "draw", origin)(
-            rng, dims, {**defaults, **params}))
-    for arg in spec.signature.inputs:
-        if arg.optional and arg.name not in case.with_inputs:
-            inputs[arg.name] = None
-    return inputs
-
-
-def case_seed(spec_name: str, label: str) -> int:
-    return zlib.crc32(f"{spec_name}/{label}".encode())
-
-
-# --- contenders ---------------------------------------------------------------------------------
-
-
-_loaded_stamps: dict[Path, int] = {}  # engine module file -> mtime_ns when it was imported
-
-
-def load_engine_module(workspace: Workspace, name: str) -> ModuleType:
-    """The workspace's ``koschei/engine/<name>.py``, imported as ``koschei.engine.<name>``.
-
-    The workspace's engine folder is put first on the engine package's path (so a workspace made
-    by ``koschei init`` measures its own modules), and a module whose file changed since it was
-    imported (a cycle regenerates modules between benchmarks) is imported again.
-    """
-    import koschei.engine
-
-    path = (workspace.engine_dir / f"{name}.py").resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"{workspace.relative(path)} does not exist: "
-                                "run `koschei code-generate` first")
-    koschei.engine.use_workspace(workspace.root)
-    module = importlib.import_module(f"koschei.engine.{name}")
-    origin = Path(getattr(module, "__file__", "") or "").resolve()
-    if origin != path:
-        raise ImportError(f"koschei.engine.{name} was imported from {origin}, not {path}")
-    stamp = path.stat().st_mtime_ns
-    if _loaded_stamps.setdefault(path, stamp) != stamp:
-        module = importlib.reload(module)
-        _loaded_stamps[path] = stamp
-    return module
-
-
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def source_module(source: str, origin: str, **names: Any) -> ModuleType:
-    """A spec's Python source run as a module of its own, registered in ``sys.modules`` (so that
-    ``torch.compile`` can trace its functions); it sees NumPy as ``np`` and the given names."""
-    import sys
-
-    module = ModuleType(f"koschei_spec_source_{zlib.crc32(origin.encode()):08x}")
-    module.__dict__.update({"np": np, **names})
-    sys.modules[module.__name__] = module
-    exec(compile(source, f"<{origin}>", "exec"), module.__dict__)  # noqa: S102 - own spec
-    return module
-
-
-def load_source_function(source: str, name: str, origin: str,
-                         **names: Any) -> Callable[..., Any]:
-    """The function ``name`` that a spec's Python source defines; the source sees NumPy as
-    ``np`` and the given ``names`` (e.g. ``torch``)."""
-    namespace = source_module(source, f"{origin}: {name}", **names).__dict__
-    function = namespace.get(name)
-    if not callable(function):
-        raise TypeError(f"{origin}: the source does not define {name}(...)")
-    return function
-
-
-def load_torch_reference(source: str, origin: str) -> Callable[..., Any]:
-    import torch
-
-    return load_source_function(source, "torch_reference", origin, torch=torch)
-
-
-def compare_outputs(actual: Any, expected: Any, rtol: float, atol: float,
-                    ) -> tuple[bool, float | None, str]:
-    """Whether ``actual`` matches ``expected`` within tolerance, the largest finite absolute
-    error (None when there is none to measure), and the reason when it does not match."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    if actual.shape != expected.shape:
-        return False, None, f"shape {actual.shape} != reference shape {expected.shape}"
-    if actual.size == 0:
-        return True, 0.0, ""
-    difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    finite = difference[np.isfinite(difference)]
-    max_abs_error = float(finite.max()) if finite.size else None
-    close = np.isclose(actual.astype(np.float64), expected.astype(np.float64), rtol=rtol,
-                       atol=atol, equal_nan=True)
-    if close.all():
-        return True, max_abs_error, ""
-    bad = int((~close).sum())
-    first = tuple(int(i) for i in np.argwhere(~close)[0])
-    return False, max_abs_error, (
-        f"{bad} of {close.size} elements differ beyond rtol={rtol}, atol={atol} "
-        f"(max abs error {max_abs_error if max_abs_error is None else f'{max_abs_error:.3g}'}; first at {first}: "
-        f"{float(actual[first]):.6g} vs {float(expected[first]):.6g})")
-
-
-def tolerance_for(spec: Any, dtype: str) -> tuple[float, float]:
-    chosen = spec.tests.tolerance.get(dtype)
-    if chosen is None:
-        return 0.0, 0.0
-    return chosen.rtol, chosen.atol
-
-
-def compare_results(spec: Any, actual: Any, expected: Any) -> tuple[bool, float | None, str]:
-    """``compare_outputs`` for each of the spec's outputs (a tuple when there are several), at
-    the tolerance of its dtype; the largest error over all, the first reason."""
-    results = spec.signature.results
-    actual = actual if isinstance(actual, tuple) else (actual,)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    if len(actual) != len(results) or len(expected) != len(results):
-        return False, None, (f"{len(actual)} result(s) and {len(expected)} from the reference, "
-                             f"expected {len(results)}")
-    errors: list[float] = []
-    for result, got, wanted in zip(results, actual, expected, strict=True):
-        matches, error, reason = compare_outputs(got, wanted, *tolerance_for(spec, result.dtype))
-        if error is not None:
-            errors.append(error)
-        if not matches:
-            prefix = f"{result.name}: " if len(results) > 1 else ""
-            return False, max(errors, default=None), prefix + reason
-    return True, max(errors, default=None), ""
-
-
-# --- timing -------------------------------------------------------------------------------------
-
-
-def _time_batch(call: Callable[[], Any], batch: int) -> float:
-    start = time.perf_counter_ns()
-    for _ in range(batch):
-        call()
-    return (time.perf_counter_ns() - start) / 1e9 / batch
-
-
-def _warm_up(call: Callable[[], Any]) -> None:
-    """Call until WARM_UP_S has passed (at least once): caches, thread pools, lazy set-up."""
-    deadline = time.perf_counter() + WARM_UP_S
-    call()
-    while time.perf_counter() < deadline:
-        call()
-
-
-def _batch_size(call: Callable[[], Any]) -> int:
-    """Calls per sample so that one sample lasts at least SAMPLE_MIN_S: grown like timeit's
-    autorange, each size judged by the fastest of three timings (one preempted call must not
-    leave the samples too short) unless a single timing is already far beyond the minimum."""
-    batch = 1
-    while True:
-        per_call = _time_batch(call, batch)
-        if per_call * batch < 20 * SAMPLE_MIN_S:
-            per_call = min(per_call, _time_batch(call, batch), _time_batch(call, batch))
-        if per_call * batch >= SAMPLE_MIN_S or batch >= MAX_BATCH:
-            break
-        grow = SAMPLE_MIN_S / max(per_call * batch, 1e-9)
-        batch = min(MAX_BATCH, max(batch * 2, math.ceil(batch * min(grow * 1.1, 100))))
-    return int(min(MAX_BATCH, max(batch, math.ceil(SAMPLE_MIN_S / max(per_call, 1e-9)))))
-
-
-def _relative_iqr(samples: list[float]) -> float:
-    q25, median, q75 = np.percentile(samples, [25, 50, 75])
-    return float((q75 - q25) / median) if median > 0 else math.inf
-
-
-def _summarize(samples: list[float], batch: int) -> ContenderTiming:
-    values = np.asarray(samples)
-    q25, median, q75 = np.percentile(values, [25, 50, 75])
-    return ContenderTiming(median_s=float(median), iqr_s=float(q75 - q25), rounds=len(samples),
-                           batch=batch, min_s=float(values.min()),
-                           samples_s=[float(v) for v in samples])
-
-
-def measure_interleaved(contenders: dict[str, Callable[[], Any]], budget_s: float,
-                        ) -> tuple[dict[str, ContenderTiming], str]:
-    """Warm up, then time the contenders round by round (rotating order) until the budget is spent
-    or every median is stable. Returns the timings and why it stopped."""
-    names = list(contenders)
-    started = time.perf_counter()
-    for name in names:
-        _warm_up(contenders[name])
-    batches = {name: _batch_size(contenders[name]) for name in names}
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        rounds = 0
-        while True:
-            shift = rounds % len(names)
-            for name in names[shift:] + names[:shift]:
-                samples[name].append(_time_batch(contenders[name], batches[name]))
-            rounds += 1
-            if rounds >= STABLE_ROUNDS and all(
-                    _relative_iqr(samples[n]) <= STABLE_RELATIVE_IQR for n in names):
-                stopped = "stable"
-                break
-            if rounds >= MIN_ROUNDS and time.perf_counter() - started >= budget_s:
-                stopped = "budget"
-                break
-            if rounds >= MAX_ROUNDS:
-                stopped = "max_rounds"
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {name: _summarize(samples[name], batches[name]) for name in names}, stopped
-
-
-def paired_speedup(baseline: ContenderTiming, engine: ContenderTiming) -> float | None:
-    """Median over rounds of baseline time / engine time (both ran in the same round)."""
-    ratios = [b / e for b, e in zip(baseline.samples_s, engine.samples_s, strict=True) if e > 0]
-    return float(np.median(ratios)) if ratios else None
-
-
-BUSY_SHARE = 0.1  # other processes using this share of the cores make a case's note
-
-
-def _cpu_seconds() -> tuple[float, float] | None:
-    """(CPU seconds every process has used, CPU seconds this process has used) so far, from
-    Linux's /proc/stat; None where it is not available."""
-    try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = handle.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
-    values = [int(v) for v in fields[1:9]]
-    busy = sum(values) - values[3] - values[4]
-    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
-
-
-class OtherWork:
-    """Measures, over a ``with`` block, the share of the machine's cores that processes other
-    than this one kept busy (``share``; None where the system does not say)."""
-
-    def __enter__(self) -> Self:
-        self.share: float | None = None
-        self._start = _cpu_seconds(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        end, started = _cpu_seconds(), self._start[0]
-        wall = time.perf_counter() - self._start[1]
-        if end is None or started is None or wall <= 0:
-            return
-        others = (end[0] - started[0]) - (end[1] - started[1])
-        self.share = round(min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1)))), 3)
-
-
-@contextmanager
-def _no_autograd(use_torch: bool) -> Iterator[None]:
-    """PyTorch without autograd bookkeeping for the whole timing (it is inference)."""
-    if not use_torch:
-        yield
-        return
-    import torch
-
-    with torch.inference_mode():
-        yield
-
-
-# --- one case -----------------------------------------------------------------------------------
-
-
-def _roofline_fraction(moved: float, operations: float, seconds: float, bandwidth: float,
-                       peak: float) -> tuple[Literal["memory", "compute"], float]:
-    """The bound and achieved / attainable, attainable = min(peak, intensity * bandwidth)."""
-    if moved > 0 and operations / moved * bandwidth < peak:
-        # attainable = intensity * bandwidth, so achieved/attainable is achieved bytes/s over
-        # bandwidth (which also holds for kernels that do no floating-point work)
-        return "memory", moved / seconds / bandwidth
-    return "compute", operations / seconds / peak
-
-
-def derive(result: CaseResult, bench: Any, names: dict[str, Any],
-           calibration: machine_calibration.Calibration, output_nbytes: float) -> None:
-    """Bytes (read and written), FLOPs, GB/s, GFLOP/s and intensity from the engine median, and
-    the roofline fraction against this case's own ceiling: the bandwidth that the memory level
-    its working set is served from allows for its mix of reads and writes (``Calibration.
-    ceiling``; DRAM for cold inputs), and the multiply-add peak. A fraction above 1 means the ceiling
-    or the spec's formulas are wrong: the case becomes ``over_ceiling``, never a headline."""
-    seconds = result.contenders["engine"].median_s
-    moved = float(_evaluate(bench.bytes, names))
-    written = (float(_evaluate(bench.written, names)) if bench.written is not None
-               else min(output_nbytes, moved))
-    operations = float(_evaluate(bench.flops, names))
-    result.bytes, result.written_bytes, result.read_bytes = moved, written, max(moved - written, 0)
-    result.flops = operations
-    result.gbs = moved / seconds / 1e9
-    result.gflops = operations / seconds / 1e9
-    result.intensity = operations / moved if moved > 0 else None
-    working_set = max(moved, calibration.cold_bytes) if result.cold_inputs else moved
-    ceiling = calibration.ceiling(result.read_bytes, written, working_set)
-    result.memory_level, result.ceiling_gbs = ceiling.level, ceiling.bandwidth_gbs
-    result.ceiling_model = ceiling.model
-    peak = calibration.peak_flops_per_s
-    bandwidth = ceiling.bandwidth_gbs * 1e9
-    result.bound, result.roofline_fraction = _roofline_fraction(moved, operations, seconds,
-                                                                bandwidth, peak)
-    attainable = peak if moved <= 0 else min(peak, operations / moved * bandwidth)
-    result.attainable_gflops = attainable / 1e9
-    if result.roofline_fraction > 1:
-        achieved = (f"{result.gbs:.1f} GB/s against a {ceiling.level} ceiling of "
-                    f"{ceiling.bandwidth_gbs:.1f} GB/s ({ceiling.model})"
-                    if result.bound == "memory" else
-                    f"{result.gflops:.1f} GFLOP/s against the multiply-add peak's {peak / 1e9:.1f}")
-        result.verdict = "over_ceiling"
-        result.error = (f"measured {result.roofline_fraction:.0%} of its ceiling: {achieved}. A "
-                        "kernel cannot beat the machine: the spec's bytes/flops formulas count "
-                        "more than the kernel moves, or the calibration is low (koschei "
-                        "benchmark --recalibrate)")
-
-
-def output_bytes(outputs: Any) -> float:
-    """The bytes of an output array, or of a tuple of them (what a kernel writes)."""
-    arrays = outputs if isinstance(outputs, tuple) else (outputs,)
-    return float(sum(np.asarray(array).nbytes for array in arrays))
+# --- goals --------------------------------------------------------------------------------------
 
 
 CONTENDER_NAMES = {"numpy": "NumPy", "torch": "PyTorch", "torch_compile": "torch.compile"}
@@ -758,51 +312,16 @@ def join_if_correct(contenders: dict[str, Callable[[], Any]], result: CaseResult
     return True
 
 
-# --- contention ---------------------------------------------------------------------------------
+@contextmanager
+def _no_autograd(use_torch: bool) -> Iterator[None]:
+    """PyTorch without autograd bookkeeping for the whole timing (it is inference)."""
+    if not use_torch:
+        yield
+        return
+    import torch
 
-
-CONTENTION_SETTLE_S = 2e-3  # after a busy process is resumed, before the engine is timed
-
-
-def measure_contention(call: Callable[[], Any], budget_s: float, threads: int = 1,
-                       ) -> dict[str, Any]:
-    """The engine alone and beside other work, two ways:
-
-    - beside one other busy process (a spinning interpreter), in alternating rounds: the process
-      is stopped (SIGSTOP) for the quiet sample and resumed (SIGCONT) for the busy one, so both
-      sides see the same machine. ``slowdown`` is the median of the per-round ratios busy /
-      quiet; with T engine threads on T cores and one of the cores shared, a fair share is ~2x;
-    - right after a NumPy GEMV on ``threads`` BLAS threads (OpenBLAS's pool keeps spinning for
-      a while after a call): one call timed just after the GEMV against one timed just after
-      another engine call, paired per round (``after_blas_slowdown``).
-    """
-    import signal
-    import subprocess
-    import sys
-
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        os.kill(busy.pid, signal.SIGSTOP)
-        _warm_up(call)
-        batch = _batch_size(call)
-        quiet: list[float] = []
-        loaded: list[float] = []
-        started = time.perf_counter()
-        while len(quiet) < MIN_ROUNDS or (time.perf_counter() - started < budget_s
-                                          and len(quiet) < MAX_ROUNDS):
-            os.kill(busy.pid, signal.SIGSTOP)
-            quiet.append(_time_batch(call, batch))
-            os.kill(busy.pid, signal.SIGCONT)
-            time.sleep(CONTENTION_SETTLE_S)
-            loaded.append(_time_batch(call, batch))
-    finally:
-        busy.kill()
-        busy.wait()
-    ratios = [b / q for q, b in zip(quiet, loaded, strict=True) if q > 0]
-    return {"quiet_median_s": float(np.median(quiet)), "busy_median_s": float(np.median(loaded)),
-            "slowdown": float(np.median(ratios)), "rounds": len(quiet), "batch": batch,
-            "busy": "one spinning Python process",
-            **machine_calibration.after_blas(call, threads)}
+    with torch.inference_mode():
+        yield
 
 
 # --- one case -----------------------------------------------------------------------------------
@@ -1006,15 +525,6 @@ def load_baseline(workspace: Workspace, compare: str, exclude: Path | None,
                      hint="pass --compare latest or one of the run ids above")
 
 
-def mann_whitney_p(samples: list[float], baseline: list[float], alternative: str) -> float:
-    try:
-        from scipy.stats import mannwhitneyu
-    except ImportError:
-        raise UsageError("--compare needs scipy for its significance test (Mann-Whitney U), "
-                         "and scipy is not installed", hint="pip install scipy") from None
-    return float(mannwhitneyu(samples, baseline, alternative=alternative).pvalue)
-
-
 def _change(now: list[float], before: list[float], threshold_pct: float) -> dict[str, Any]:
     """How ``now`` differs from ``before``: ratio of medians, percent change, one-sided
     Mann-Whitney p-value in the direction of the change, and the direction when it is both
@@ -1170,22 +680,22 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
     if options.fail_on_regression is not None and options.compare is None:
         raise UsageError("--fail-on-regression needs --compare (latest or a run id)")
     if options.readme:
-        from koschei import benchmark_report
+        from koschei.bench import report
 
-        problem = benchmark_report.readme_problem(workspace.root / "README.md")
+        problem = report.readme_problem(workspace.root / "README.md")
         if problem:
             raise UsageError(f"--readme: {problem}", hint=(
-                f"add a line {benchmark_report.README_BEGIN} and a line "
-                f"{benchmark_report.README_END} where the table goes"))
+                f"add a line {report.README_BEGIN} and a line "
+                f"{report.README_END} where the table goes"))
     chosen = select_specs(load_specs(workspace), options.select)
     models = options.models
     if models is None:
-        models = [] if options.select else [benchmark_models.DEFAULT_CONFIG]
+        models = [] if options.select else [bench_models.DEFAULT_CONFIG]
     check_generated(workspace, [loaded.spec.name for loaded in chosen])
     import koschei.engine
 
     koschei.engine.use_workspace(workspace.root)  # kernels and models run the workspace's modules
-    benchmark_models.check_configs(models)
+    bench_models.check_configs(models)
     threads = machine_calibration.resolve_threads(options.threads)
     started_at = datetime.now(UTC).isoformat(timespec="microseconds")
     baseline = None
@@ -1230,8 +740,8 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                 cases.append(run_case(workspace, loaded, case, options, calibration, use_torch,
                                       progress))
                 progress.advance()
-        model_cases = [benchmark_models.run_decoder_case(workspace, name, options.budget_s,
-                                                         calibration, progress, threads=threads)
+        model_cases = [bench_models.run_decoder_case(workspace, name, options.budget_s,
+                                                     calibration, progress, threads=threads)
                        for name in models]
 
     result = BenchmarkResult(
@@ -1264,10 +774,10 @@ def readme_command(options: Options) -> str:
 
 def write_reports(workspace: Workspace, options: Options, result: BenchmarkResult) -> None:
     """The charts beside the run record, and with ``options.readme`` the README's table."""
-    from koschei import benchmark_report
+    from koschei.bench import report
 
     if options.charts and options.record_dir is not None:
-        written, note = benchmark_report.write_charts(result, options.record_dir)
+        written, note = report.write_charts(result, options.record_dir)
         result.charts = [workspace.relative(path) for path in written]
         if note:
             result.notes.append(note)
@@ -1275,11 +785,11 @@ def write_reports(workspace: Workspace, options: Options, result: BenchmarkResul
         readme = workspace.root / "README.md"
         run_id = options.record_dir.name if options.record_dir is not None else "not recorded"
         try:
-            changed = benchmark_report.update_readme(
-                readme, benchmark_report.readme_table(result, run_id, readme_command(options)))
+            changed = report.update_readme(
+                readme, report.readme_table(result, run_id, readme_command(options)))
         except (OSError, ValueError) as error:
             raise UsageError(f"--readme: {error}", hint=(
-                f"add a line {benchmark_report.README_BEGIN} and a line "
-                f"{benchmark_report.README_END} where the table goes")) from None
+                f"add a line {report.README_BEGIN} and a line "
+                f"{report.README_END} where the table goes")) from None
         result.notes.append(f"{workspace.relative(readme)}: benchmark table "
                             f"{'rewritten' if changed else 'unchanged'} from run {run_id}")

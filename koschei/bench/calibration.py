@@ -92,7 +92,7 @@ from numba import njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from koschei import machine
+from koschei.bench import machine
 from koschei.engine import _runtime as _rt  # Numba's cache folder, set before any kernel
 from koschei.engine._simd import mma_tile
 from koschei.errors import UsageError

@@ -13,8 +13,8 @@ import numba
 import numpy as np
 import pytest
 
-from koschei import calibration, machine
-from koschei.calibration import KERNEL_ARRAYS, MIB, Calibration
+from koschei.bench import calibration, machine
+from koschei.bench.calibration import KERNEL_ARRAYS, MIB, Calibration
 from koschei.errors import UsageError
 
 # a quick real calibration: sweep up to 8 MiB, every figure the best of 3 calls

@@ -10,9 +10,11 @@ import re
 
 import pytest
 
-from koschei import benchmark_report
-from koschei.benchmark_models import LlamaCppResult, ModelCaseResult, ModelWeightsResult
-from koschei.phases.benchmark import BenchmarkResult, CaseResult, ContenderTiming
+from koschei.bench import report
+from koschei.bench.models import LlamaCppResult, ModelCaseResult, ModelWeightsResult
+from koschei.bench.results import CaseResult
+from koschei.bench.timing import ContenderTiming
+from koschei.phases.benchmark import BenchmarkResult
 
 CALIBRATION = {
     "threads": 2, "measured_at": "2026-12-01T12:29:29+00:00", "load_average": 0.62,
@@ -134,12 +136,12 @@ def header(table: str) -> list[str]:
 
 @pytest.fixture
 def table() -> str:
-    return benchmark_report.readme_table(sample_result(), "20261201-1", "koschei benchmark")
+    return report.readme_table(sample_result(), "20261201-1", "koschei benchmark")
 
 
 def test_the_readme_table_has_every_contender_the_ratios_and_the_ceiling(table):
-    assert table.startswith(benchmark_report.README_BEGIN + "\n")
-    assert table.endswith(benchmark_report.README_END + "\n")
+    assert table.startswith(report.README_BEGIN + "\n")
+    assert table.endswith(report.README_END + "\n")
     assert header(table) == ["case", "engine", "NumPy", "PyTorch eager", "torch.compile",
                              "×NumPy", "×PyTorch", "GB/s", "of its ceiling", "goals"]
     cells = dict(zip(header(table), row(table, "softmax/64x2048"), strict=True))
@@ -205,7 +207,7 @@ def test_compile_seconds_contention_and_models_are_reported(table):
     result = sample_result()
     result.cases[0].contention = {"quiet_median_s": 40e-6, "busy_median_s": 80e-6,
                                   "slowdown": 1.96, "rounds": 12, "after_blas_slowdown": 5.1}
-    busy = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    busy = report.readme_table(result, "run", "koschei benchmark")
     assert column in header(busy)
     cells = dict(zip(header(busy), row(busy, "softmax/64x2048"), strict=True))
     assert cells[column] == "1.96× / 5.10×"
@@ -220,7 +222,7 @@ def test_a_model_over_its_ceiling_is_an_error():
     model.verdict = "over_ceiling"
     model.weights["ternary"].ceiling_fraction = 1.3
     model.error = "ternary: 2000.0 tokens/s is 130% of the bandwidth ceiling"
-    table = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    table = report.readme_table(result, "run", "koschei benchmark")
     assert "| decoder/tiny_decode_63 | ternary (warm) | 500 µs | 2000.0 | 5.0 | 8020.0 | " \
            "**error**: over its ceiling |" in table
     assert "ternary ÷ fp32" not in table
@@ -243,7 +245,7 @@ def test_the_prefill_and_llama_cpp_rows_follow_the_decoding_table():
                        decode=timing(1e-3), prefill=timing(0.05)),
         LlamaCppResult(tensor_type="Q8_0", weights="fp32", compared=False, verdict="crashed",
                        error="llama.cpp died of SIGSEGV at its first evaluation")]
-    table = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    table = report.readme_table(result, "run", "koschei benchmark")
     lines = table.splitlines()
     start = lines.index("| decoder/tiny: prefill of 63 tokens, decoding step at 63 | prefill | "
                         "prompt tokens/s | step | tokens/s | engine ÷ llama.cpp: prefill | "
@@ -262,7 +264,7 @@ def test_the_prefill_and_llama_cpp_rows_follow_the_decoding_table():
             "evaluation") in table
     model.llama_cpp, model.llama_cpp_info = [], {}
     model.llama_cpp_note = "llama.cpp: not installed — pip install -e '.[llama]'"
-    table = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    table = report.readme_table(result, "run", "koschei benchmark")
     assert "- llama.cpp: not installed — pip install -e '.[llama]'" in table
     assert "| engine ternary | 21 ms | 3000 | 500 µs | 2000.0 |  |  |" in table
 
@@ -270,19 +272,19 @@ def test_the_prefill_and_llama_cpp_rows_follow_the_decoding_table():
 def test_missing_calibration_keys_are_tolerated():
     result = sample_result()
     result.calibration = {}
-    table = benchmark_report.readme_table(result, "run", "koschei benchmark")
+    table = report.readme_table(result, "run", "koschei benchmark")
     assert "no memory levels" in table.splitlines()[1]
-    assert benchmark_report.calibration_summary({"levels": {"DRAM": {"read_gbs": 40.0}}}) == \
+    assert report.calibration_summary({"levels": {"DRAM": {"read_gbs": 40.0}}}) == \
         "GB/s read/write/copy/triad: DRAM 40.0/—/—/—"
 
 
 def test_shares_below_one_percent_keep_a_digit():
-    assert benchmark_report.format_fraction(0.004) == "0.4%"
-    assert benchmark_report.format_fraction(0.83) == "83%"
-    assert benchmark_report.access_mix(100, 0) == "read-only"
-    assert benchmark_report.access_mix(90, 10) == "read-mostly"
-    assert benchmark_report.access_mix(50, 50) == "read+write"
-    assert benchmark_report.access_mix(10, 90) == "write-mostly"
+    assert report.format_fraction(0.004) == "0.4%"
+    assert report.format_fraction(0.83) == "83%"
+    assert report.access_mix(100, 0) == "read-only"
+    assert report.access_mix(90, 10) == "read-mostly"
+    assert report.access_mix(50, 50) == "read+write"
+    assert report.access_mix(10, 90) == "write-mostly"
 
 
 # --- charts -------------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ def test_shares_below_one_percent_keep_a_digit():
 
 def test_charts_are_written(tmp_path):
     pytest.importorskip("matplotlib")
-    written, note = benchmark_report.write_charts(sample_result(), tmp_path)
+    written, note = report.write_charts(sample_result(), tmp_path)
     assert note is None
     assert [path.name for path in written] == ["roofline.png", "speedup.png"]
     for path in written:
@@ -301,11 +303,11 @@ def test_charts_are_written(tmp_path):
 def test_the_roofline_has_one_panel_per_spec_with_each_case_numbered():
     pytest.importorskip("matplotlib")
     result = sample_result()
-    figure = benchmark_report.roofline_figure(result)
+    figure = report.roofline_figure(result)
     panels = {axes.get_title(loc="left"): axes for axes in figure.axes}
     assert list(panels) == ["softmax", "linear", "gelu"]  # the wrong rope case has no figures
     legend = [text.get_text() for text in panels["linear"].get_legend().get_texts()]
-    assert "1  decode_4096x4096 (cold): " + benchmark_report.ceiling_text(
+    assert "1  decode_4096x4096 (cold): " + report.ceiling_text(
         result.cases[2], CALIBRATION) in legend
     assert any(label.startswith("2  prefill_512x768x2048: ") for label in legend)
     assert "DRAM read-mostly 40.1 GB/s" in legend and "compute peak 194 GFLOP/s" in legend
@@ -317,7 +319,7 @@ def test_the_roofline_has_one_panel_per_spec_with_each_case_numbered():
 
 def test_the_speedup_chart_leaves_out_a_case_over_its_ceiling():
     pytest.importorskip("matplotlib")
-    figure = benchmark_report.speedup_figure(sample_result())
+    figure = report.speedup_figure(sample_result())
     numpy_panel, torch_panel = figure.axes
     labels = [tick.get_text() for tick in numpy_panel.get_yticklabels()]
     assert "gelu/tanh_4096x4096" not in labels and "rope/decode" not in labels
@@ -333,8 +335,8 @@ def test_the_speedup_chart_leaves_out_a_case_over_its_ceiling():
 
 def test_point_numbers_do_not_cover_each_other_in_a_cluster():
     points = [(100.0, 100.0 + 3 * i) for i in range(6)] + [(100.0, 100.0)]
-    offsets = benchmark_report._place_labels(points)
-    width, height = benchmark_report.LABEL_BOX
+    offsets = report._place_labels(points)
+    width, height = report.LABEL_BOX
     boxes = [(x + dx, y + dy, x + dx + width, y + dy + height)
              for (x, y), (dx, dy) in zip(points, offsets, strict=True)]
     for i, a in enumerate(boxes):

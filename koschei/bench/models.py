@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from koschei.bench.timing import measure_interleaved, paired_speedup
 from koschei.errors import UsageError
 
 DEFAULT_CONFIG = "igla_v2"
@@ -218,8 +219,6 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
     ternary decoders of a config, on the kernels of the workspace's engine folder; and llama.cpp
     on the same weights when it is installed (``threads``: its thread count, default all cores).
     """
-    from koschei.phases.benchmark import measure_interleaved, paired_speedup
-
     decoder = decoder_module()
     Decoder, DecoderConfig = decoder.Decoder, decoder.DecoderConfig
     config = DecoderConfig.named(config_name)
