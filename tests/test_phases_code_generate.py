@@ -208,6 +208,54 @@ def test_tunables_choose_the_numba_flags(tmp_path):
     assert "sum_squares = np.float64(0.0)" in text
 
 
+def test_this_machines_tuned_values_replace_the_defaults_and_another_machines_do_not(tmp_path):
+    from koschei.bench import machine
+    from koschei.tuning import values
+
+    workspace = make_workspace(tmp_path, ("rmsnorm", "softmax"))
+    values.record(tmp_path, "0000000000000000", {}, "rmsnorm",  # another machine's
+                  {"parallel_min_elements": 4096}, {"case": "4096x4096"})
+    run(workspace)
+    text = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    assert "_PARALLEL_MIN_ELEMENTS = 32768" in text and "tuned for this machine" not in text
+    source = f"tuning/{machine.fingerprint()}.json"
+    values.record(tmp_path, machine.fingerprint(), machine.describe(), "rmsnorm",
+                  {"parallel_min_elements": 8192, "accumulate": "float64"},
+                  {"case": "4096x4096", "gain": 0.05})
+    result = run(workspace)
+    actions = {file.path: file.action for file in result.files}
+    assert actions["koschei/engine/rmsnorm.py"] == "update"
+    assert actions["koschei/engine/softmax.py"] == "identical"  # no tuned values: the defaults
+    text = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    assert "_PARALLEL_MIN_ELEMENTS = 8192" in text and "sum_squares = np.float64(0.0)" in text
+    assert f"# (tuned for this machine: {source})" in text
+    assert run(workspace).files and all(  # deterministic given the specs, templates and file
+        file.action == "identical" for file in run(workspace).files)
+    values.forget(tmp_path, machine.fingerprint(), "rmsnorm")
+    run(workspace)
+    text = (tmp_path / "koschei/engine/rmsnorm.py").read_text(encoding="utf-8")
+    assert "_PARALLEL_MIN_ELEMENTS = 32768" in text
+
+
+def test_tuned_values_that_the_spec_does_not_allow_are_refused_with_the_file_named(tmp_path):
+    from koschei.bench import machine
+    from koschei.tuning import values
+
+    workspace = make_workspace(tmp_path, ("rmsnorm",))
+    source = f"tuning/{machine.fingerprint()}.json"
+    values.record(tmp_path, machine.fingerprint(), {}, "rmsnorm",
+                  {"parallel_min_elements": 1000}, {})
+    with pytest.raises(UsageError) as caught:
+        run(workspace)
+    assert str(caught.value).splitlines()[0] == (
+        f"{source}: rmsnorm: tunable parallel_min_elements: 1000 is not one of its choices "
+        "[4096, 8192, 16384, 32768, 65536]")
+    assert generated_files(tmp_path) == []  # nothing written
+    (tmp_path / source).write_text("{not json", encoding="utf-8")
+    with pytest.raises(UsageError, match=rf"{source} is not a tuning file of format 1"):
+        run(workspace)
+
+
 def test_generated_modules_whose_spec_is_gone_are_reported(tmp_path):
     workspace = make_workspace(tmp_path)
     run(workspace)

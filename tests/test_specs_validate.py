@@ -385,6 +385,21 @@ def test_a_tunable_default_must_be_a_choice(tmp_path):
         "[8, 16]")]
 
 
+def test_tunable_constraints_are_expressions_over_the_tunables_that_the_defaults_satisfy(
+        tmp_path):
+    block = "block: {choices: [8, 16], default: 8}"
+    found = scale_problems(tmp_path, (block, block + """
+tunable_constraints:
+  - {check: "block * width <= 64", message: "a tile fits"}
+  - {check: "block >= 16", message: "at least 16 lanes"}
+  - {check: "block <= 16", message: "no more than 16"}"""))
+    assert found == [
+        ("specs/foundation/scale.yaml:49: tunable_constraints[0].check: 'block * width <= 64': "
+         "unknown name width (known: block, parallel)"),
+        ("specs/foundation/scale.yaml:50: tunable_constraints[1].check: the defaults break it "
+         "(at least 16 lanes): block=8")]
+
+
 def test_tests_without_a_signature(tmp_path):
     workspace = make_workspace(tmp_path, {"foundation/alpha.yaml": planned("alpha") + dedent(
         """\

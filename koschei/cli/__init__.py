@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "code_generate",
     "test_run",
     "benchmark",
+    "evolve",
     "git_commit",
     "cycle",
 )

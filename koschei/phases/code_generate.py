@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -588,10 +588,15 @@ def context_for_tests(loaded: LoadedSpec, plan: SignaturePlan) -> dict[str, Any]
     }
 
 
-def template_context(loaded: LoadedSpec, templates_folder: Path) -> dict[str, Any]:
+def template_context(loaded: LoadedSpec, templates_folder: Path,
+                     tuned: Mapping[str, Any] | None = None,
+                     tuned_from: str | None = None) -> dict[str, Any]:
+    """What the templates are given; ``tuned``: tunable values that replace the defaults
+    (checked: see tuned_tunables), read from the file ``tuned_from`` (named in the header)."""
     spec = loaded.spec
     assert spec.kernel is not None and spec.signature is not None
     tunables = {name: tunable.default for name, tunable in spec.tunables.items()}
+    tunables.update(tuned or {})
     plan = plan_signature(loaded)
     family = spec.kernel.family
     family_tests = f"families/{family}.tests.py.j2"
@@ -604,6 +609,7 @@ def template_context(loaded: LoadedSpec, templates_folder: Path) -> dict[str, An
         "params": dict(spec.kernel.params),
         "family": family,
         "tunables": tunables,
+        "tuned_from": tuned_from if tuned else None,
         "jit": jit_options(tunables),
         "jit_serial": jit_options(tunables, parallel=False),
         "fastmath_flags": FASTMATH_FLAGS,
@@ -672,12 +678,37 @@ def _compiles(text: str, relpath: str, loaded: LoadedSpec | None) -> None:
             from None
 
 
-def render_spec(env: jinja2.Environment, loaded: LoadedSpec) -> list[RenderedFile]:
-    """The engine module and test module of one implemented spec, rendered and compiled."""
+def tuned_tunables(loaded: LoadedSpec, tuned: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``tuned`` checked against the spec: every name a tunable, every value one of its choices,
+    the whole configuration within the spec's tunable_constraints; else a UsageError that names
+    ``source`` (the tuning file) and what to do."""
+    from koschei.tuning.space import SearchSpace
+
+    space = SearchSpace.of(loaded.spec)
+    hint = (f"fix the values, or remove {loaded.name} from {source} to render with the spec's "
+            "defaults")
+    try:
+        config = space.complete(tuned)
+    except ValueError as error:
+        raise UsageError(f"{source}: {loaded.name}: {error}", hint=hint) from None
+    broken = space.why_invalid(config)
+    if broken is not None:
+        raise UsageError(f"{source}: {loaded.name}: the tuned values break a constraint: "
+                         f"{broken}", hint=hint)
+    return dict(tuned)
+
+
+def render_spec(env: jinja2.Environment, loaded: LoadedSpec,
+                tuned: Mapping[str, Any] | None = None,
+                tuned_from: str | None = None) -> list[RenderedFile]:
+    """The engine module and test module of one implemented spec, rendered and compiled, with
+    ``tuned`` tunable values (from the file ``tuned_from``) instead of the defaults."""
     spec = loaded.spec
     if spec.kernel is None:
         raise UsageError(f"{spec.name} is a planned spec (no kernel): there is nothing to render")
-    context = template_context(loaded, Path(_templates_root(env)))
+    if tuned:
+        tuned = tuned_tunables(loaded, tuned, tuned_from or "tuned values")
+    context = template_context(loaded, Path(_templates_root(env)), tuned, tuned_from)
     files = [
         RenderedFile(f"koschei/engine/{spec.name}.py", spec.name, ENGINE_TEMPLATE,
                      _render(env, ENGINE_TEMPLATE, context, loaded)),
@@ -717,14 +748,31 @@ def choose(spec_set: Any, only: Sequence[str] | None) -> list[LoadedSpec]:
     return [loaded for loaded in implemented if loaded.name in wanted]
 
 
+def machine_tuning(workspace: Workspace) -> tuple[dict[str, dict[str, Any]], str]:
+    """This machine's tuned values in the workspace (spec name -> values; {} without a file)
+    and the file's path relative to the workspace."""
+    from koschei.bench import machine
+    from koschei.tuning import values
+
+    fingerprint = machine.fingerprint()
+    source = workspace.relative(values.path_for(workspace.root, fingerprint))
+    return values.tunables_for(workspace.root, fingerprint), source
+
+
 def render_all(workspace: Workspace, specs: Iterable[LoadedSpec],
                progress: Progress | None = None) -> list[RenderedFile]:
+    """Every file of ``specs``, each with this machine's tuned values when the workspace has
+    them (koschei.tuning.values), else with the specs' defaults."""
     progress = progress or SilentProgress()
     env = environment(workspace.templates_dir)
+    tuned, source = machine_tuning(workspace)
     files: list[RenderedFile] = []
     for loaded in specs:
-        progress.step(f"rendering {loaded.name} ({loaded.spec.kernel.family})")  # type: ignore[union-attr]
-        files.extend(render_spec(env, loaded))
+        family = loaded.spec.kernel.family  # type: ignore[union-attr]
+        chosen = tuned.get(loaded.name)
+        progress.step(f"rendering {loaded.name} ({family})"
+                      + (f" with the tuned values of {source}" if chosen else ""))
+        files.extend(render_spec(env, loaded, chosen, source))
     files.append(render_conftest(env))
     return files
 

@@ -273,6 +273,10 @@ class Spec(Strict):
     # ``dims`` has the case's sizes ("..." a tuple), ``params`` its parameters with defaults.
     draw: str | None = None
     tunables: dict[Identifier, Tunable] = {}
+    # Relations between tunable values that every configuration must satisfy, over the tunables'
+    # names (e.g. "mr * (nr // 16) <= 28": a register tile that fits): a search never tries a
+    # configuration that breaks one.
+    tunable_constraints: list[Constraint] = []
     tests: Tests | None = None
     bench: Bench | None = None
 

@@ -50,7 +50,7 @@ FLOAT_DTYPES = ("float32", "float64")
 # Tunables the renderer turns into numba.njit keywords; they can only be on or off.
 BOOLEAN_TUNABLES = ("parallel", "fastmath")
 # Names a bench formula may use besides dimensions and parameters: the product of the leading
-# "..." dimensions and how many there are (see koschei.phases.benchmark.formula_names).
+# "..." dimensions and how many there are (see koschei.bench.check.formula_names).
 LEADING_NAMES = ("rows", "lead")
 ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z][a-z.-]*(\.[A-Z]{2})?/\d{7})(v\d+)?$")
 # What an invariant may read besides the function's arguments and result (see schema.Invariant).
@@ -442,6 +442,20 @@ class _SpecChecker:
             if tunable is not None and not all(isinstance(c, bool) for c in tunable.choices):
                 self.add(("tunables", name), f"expected a list of booleans as choices (it becomes "
                          f"numba's {name}= flag), got {show(tunable.choices)}")
+        defaults = {name: tunable.default for name, tunable in self.spec.tunables.items()}
+        for index, constraint in enumerate(self.spec.tunable_constraints):
+            path: FieldPath = ("tunable_constraints", index, "check")
+            if not self.expression(constraint.check, defaults, path):
+                continue
+            try:
+                holds = expr.evaluate(constraint.check, defaults)
+            except (expr.ExpressionError, ArithmeticError) as error:
+                self.add(path, f"cannot be evaluated at the defaults: {error}")
+                continue
+            if not holds:
+                self.add(path, f"the defaults break it ({constraint.message}): "
+                         + ", ".join(f"{name}={value!r}" for name, value in defaults.items()
+                                     if name in expr.names_in(constraint.check)))
 
     # tests and bench -----------------------------------------------------------------------
 

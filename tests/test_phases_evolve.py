@@ -1,0 +1,178 @@
+"""koschei.phases.evolve: a search over a toy family whose tunable picks a right, a slow, a wrong,
+a crashing and a hanging kernel. The bad ones are recorded with their reason and never chosen;
+a search killed with SIGKILL and started again measures nothing twice; the winner is kept in
+the machine's tuning file only when significant, and its generated tests run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from koschei.bench import machine
+from koschei.errors import UsageError
+from koschei.phases import evolve
+from koschei.tuning import values
+from koschei.tuning.cache import CacheLog
+from koschei.workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+
+MODES_FAMILY = """\
+{{ kernel_params_allowed([]) }}
+{% set mode = tunables.get("mode", "slow") %}
+
+
+@njit(cache=True)
+def _double(x, out):
+    for i in range(x.shape[0]):
+        out[i] = x[i] * np.float32(2.0)
+
+
+def _compute(x, out):
+    \"\"\"out = 2 x, the {{ mode }} way.\"\"\"
+{% if mode == "right" %}
+    _double(x, out)
+{% elif mode == "slow" %}
+    for _ in range(30):
+        _double(x, out)
+{% elif mode == "wrong" %}
+    _double(x, out)
+    out[0] += np.float32(1.0)
+{% elif mode == "crash" %}
+    import os, signal
+    os.kill(os.getpid(), signal.SIGSEGV)
+{% elif mode == "hang" %}
+    import time
+    time.sleep(3600)
+{% endif %}
+"""
+
+DOUBLE_SPEC = """\
+name: double
+title: Twice the input
+tier: foundation
+summary: y = 2 x, with a tunable that picks how.
+kernel:
+  family: modes
+signature:
+  inputs:
+    - {name: x, dtype: float32, shape: [n]}
+  output: {name: y, dtype: float32, shape: [n]}
+reference: |
+  def reference(x):
+      return (x * 2).astype(np.float32)
+tunables:
+  mode: {choices: [slow, right, wrong, crash, hang], default: slow}
+tests:
+  cases:
+    - dims: {n: 1}
+    - dims: {n: 1000}
+  tolerance:
+    float32: {rtol: 1.0e-6, atol: 1.0e-6}
+bench:
+  cases:
+    - {name: long, dims: {n: 200000}}
+  bytes: "8 * n"
+  flops: "n"
+"""
+
+
+@pytest.fixture()
+def workspace(tmp_path) -> Workspace:
+    shutil.copytree(REPO / "templates", tmp_path / "templates")
+    (tmp_path / "templates" / "families" / "modes.py.j2").write_text(MODES_FAMILY)
+    (tmp_path / "specs" / "foundation").mkdir(parents=True)
+    (tmp_path / "specs" / "foundation" / "double.yaml").write_text(DOUBLE_SPEC)
+    (tmp_path / "koschei.toml").write_text("")
+    return Workspace.find(tmp_path)
+
+
+def evolve_command(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "koschei", "evolve", "double", "--root", str(root),
+            "--timeout", "15", "--json", *extra]
+
+
+def test_bad_candidates_are_recorded_never_chosen_and_a_killed_search_resumes(workspace):
+    log_path = workspace.runs_dir / "tuning" / machine.fingerprint() / "double.jsonl"
+    # first run: killed with SIGKILL once two results are in the log
+    first = subprocess.Popen(evolve_command(workspace.root), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if log_path.exists() and log_path.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.1)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = len(CacheLog(log_path))
+    assert before >= 2
+    # second run: every configuration, the ones logged before not measured again
+    second = subprocess.run(evolve_command(workspace.root), capture_output=True, text=True,
+                            cwd=REPO, timeout=600, check=False)
+    assert second.returncode == 0, second.stderr
+    result = json.loads(second.stdout)
+    assert result["strategy"] == "exhaustive" and len(result["evaluations"]) == 5
+    assert result["cache_hits"] == before and result["measured"] == 5 - before
+    verdicts = {record["tunables"]["mode"]: record for record in result["evaluations"]}
+    assert verdicts["wrong"]["verdict"] == "wrong"
+    assert "elements differ beyond" in verdicts["wrong"]["reason"]
+    assert verdicts["crash"]["verdict"] == "crashed"
+    assert "SIGSEGV" in verdicts["crash"]["reason"]
+    assert verdicts["hang"]["verdict"] == "timeout"
+    assert verdicts["slow"]["verdict"] == verdicts["right"]["verdict"] == "ok"
+    assert verdicts["right"]["ratio"] < 0.5  # against the defaults (slow), same rounds
+    # the winner: right, confirmed beside the incumbent (slow), kept, its tests run
+    assert result["best"]["tunables"] == {"mode": "right"}
+    assert result["verdict"] == "improved", result["reason"]
+    confirmation = result["confirmation"]
+    assert confirmation["gain"] > 1 and confirmation["p_value"] < 0.002
+    assert confirmation["samples"] >= evolve.MIN_SAMPLES
+    assert values.tunables_for(workspace.root, machine.fingerprint()) == {
+        "double": {"mode": "right"}}
+    assert result["tests"].startswith("3/3 tests passed") or "passed" in result["tests"]
+    module = (workspace.engine_dir / "double.py").read_text()
+    assert "the right way" in module and "tuned for this machine" in module
+    # a third run knows everything: nothing measured, and the current one is now the best
+    third = json.loads(subprocess.run(evolve_command(workspace.root), capture_output=True,
+                                      text=True, cwd=REPO, timeout=600, check=True).stdout)
+    assert third["measured"] == 0 and third["cache_hits"] == 5
+    assert third["incumbent"] == {"mode": "right"}
+    assert third["verdict"] == "no_significant_gain"
+
+
+def test_bad_requests_are_usage_errors(workspace):
+    for options, message in [
+            (evolve.Options(spec="triple"), "no spec named 'triple'"),
+            (evolve.Options(spec="double", case="short"), "double has no bench case 'short'"),
+            (evolve.Options(spec="double", only=["depth"]), "double has no tunable 'depth'"),
+            (evolve.Options(spec="double", strategy="annealing"), "--strategy annealing")]:
+        with pytest.raises(UsageError, match=message):
+            evolve.run(workspace, options)
+
+
+def test_a_search_starts_from_what_won_for_specs_of_the_same_family():
+    from koschei.specs import load_specs
+    from koschei.tuning.space import SearchSpace
+
+    spec_set = load_specs(Workspace.find(REPO))
+    rmsnorm = spec_set["rmsnorm"]
+    space = SearchSpace.of(rmsnorm.spec)
+    incumbent = dict(space.defaults)
+    tuned = {"layernorm": {"parallel_min_elements": 8192, "accumulate": "float64"},
+             "softmax": {"parallel_min_elements": 8192, "accumulate": "float64"},  # the same
+             "linear": {"gemm_min_rows": 32},  # another family
+             "rmsnorm": {"parallel_min_elements": 4096}}  # itself: that is the incumbent
+    learned = evolve.similar_winners(spec_set, rmsnorm, space, incumbent, tuned)
+    assert learned == [("layernorm", {**incumbent, "parallel_min_elements": 8192,
+                                      "accumulate": "float64"})]
+    only = SearchSpace.of(rmsnorm.spec, only=["accumulate"])
+    assert evolve.similar_winners(spec_set, rmsnorm, only, incumbent, tuned) == [
+        ("layernorm", {**incumbent, "accumulate": "float64"})]

@@ -1,0 +1,87 @@
+"""koschei.tuning.evaluate: a candidate rendered, checked against the reference and timed in a
+child process; a wrong, crashing, hanging or broken candidate is a verdict with its reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from koschei.specs import load_specs
+from koschei.tuning.evaluate import CANDIDATE_PREFIX, RenderError, evaluate, render_candidate
+from koschei.workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("workspace")
+    (root / "specs" / "foundation").mkdir(parents=True)
+    (root / "koschei.toml").write_text("", encoding="utf-8")
+    shutil.copy(REPO / "specs" / "foundation" / "rmsnorm.yaml", root / "specs" / "foundation")
+    return Workspace.find(root)
+
+
+@pytest.fixture(scope="module")
+def rmsnorm(workspace):
+    return load_specs(workspace)["rmsnorm"]
+
+
+def request(workspace, candidate: Path, incumbent: Path) -> dict:
+    return {"root": str(workspace.root), "spec": "rmsnorm", "candidate": str(candidate),
+            "incumbent": str(incumbent), "case": "4096x4096", "threads": 2,
+            "budget_s": BUDGET_S}
+
+
+def test_a_candidate_is_one_file_per_configuration(workspace, rmsnorm, tmp_path):
+    first = render_candidate(workspace, rmsnorm, {"parallel_min_elements": 4096}, tmp_path)
+    again = render_candidate(workspace, rmsnorm, {"parallel_min_elements": 4096}, tmp_path)
+    other = render_candidate(workspace, rmsnorm, {"parallel_min_elements": 8192}, tmp_path)
+    assert first == again != other and first.name.startswith(CANDIDATE_PREFIX + "rmsnorm_")
+    assert "_PARALLEL_MIN_ELEMENTS = 4096" in first.read_text(encoding="utf-8")
+    with pytest.raises(RenderError, match="parallel_min_elements: 1000 is not one of its choices"):
+        render_candidate(workspace, rmsnorm, {"parallel_min_elements": 1000}, tmp_path)
+
+
+def test_a_right_candidate_is_timed_beside_the_incumbent(workspace, rmsnorm, tmp_path):
+    incumbent = render_candidate(workspace, rmsnorm, {}, tmp_path)
+    candidate = render_candidate(workspace, rmsnorm, {"accumulate": "float64"}, tmp_path)
+    outcome = evaluate(request(workspace, candidate, incumbent), timeout_s=120)
+    assert outcome["verdict"] == "ok", outcome
+    samples, beside = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
+    assert len(samples) == len(beside) >= 5 and min(samples) > 0
+    assert 0.2 < outcome["ratio"] < 5 and outcome["max_abs_error"] < 1e-3
+
+
+# appended to a right candidate's module: each breaks it in one way
+BROKEN = {
+    "wrong": (("_right = rmsnorm\n\n\ndef rmsnorm(*args, **kwargs):\n"
+               "    result = _right(*args, **kwargs)\n    result *= 1.01\n    return result\n"),
+              "wrong", "elements differ beyond"),
+    "crash": (("def rmsnorm(*args, **kwargs):\n    import os, signal\n"
+               "    os.kill(os.getpid(), signal.SIGSEGV)\n"), "crashed", "died of SIGSEGV"),
+    "hang": ("def rmsnorm(*args, **kwargs):\n    import time\n    time.sleep(3600)\n",
+             "timeout", "no result in 20 s (killed)"),
+    "typing": (("@njit\ndef _broken(x):\n    return x.no_such_attribute\n\n\n"
+                "_right = rmsnorm\n\n\ndef rmsnorm(*args, **kwargs):\n"
+                "    _broken(next(iter(kwargs.values())))\n"
+                "    return _right(*args, **kwargs)\n"), "compile_error", "TypingError"),
+    "import": ("import koschei_has_no_such_module  # noqa\n", "compile_error",
+               "ModuleNotFoundError"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_a_broken_candidate_is_a_verdict_with_its_reason(kind, workspace, rmsnorm, tmp_path):
+    incumbent = render_candidate(workspace, rmsnorm, {}, tmp_path)
+    right = render_candidate(workspace, rmsnorm, {"parallel_min_elements": 8192}, tmp_path)
+    code, verdict, reason = BROKEN[kind]
+    broken = tmp_path / f"{CANDIDATE_PREFIX}rmsnorm_{kind}.py"
+    broken.write_text(right.read_text(encoding="utf-8") + "\n\n" + code, encoding="utf-8")
+    outcome = evaluate(request(workspace, broken, incumbent), timeout_s=20)
+    assert outcome["verdict"] == verdict, outcome
+    assert reason in outcome["reason"], outcome
+    assert "candidate_samples_s" not in outcome  # nothing timed
