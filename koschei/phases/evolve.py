@@ -103,6 +103,7 @@ class EvolveResult(Result):
     verdict: str = ""  # improved | no_significant_gain | no_valid_candidate | tests_failed
     reason: str = ""
     tuned_values_file: str | None = None
+    kept: bool = False  # an improvement written to the tuning file (not with apply=False)
     cache_file: str = ""
     tests: str | None = None  # the winner's test_run summary
 
@@ -115,7 +116,8 @@ class EvolveResult(Result):
             return (f"{self.spec}/{self.case}: {self.confirmation['gain']:+.1%} "
                     f"(p={self.confirmation['p_value']:.2g}) with "
                     + ", ".join(f"{k}={v}" for k, v in self.best["tunables"].items()
-                                if self.incumbent.get(k) != v))
+                                if self.incumbent.get(k) != v)
+                    + ("" if self.kept else " (not kept: a dry run)"))
         return f"{self.spec}/{self.case}: {self.verdict.replace('_', ' ')}" + (
             f" ({self.reason})" if self.reason else "")
 
@@ -345,6 +347,7 @@ def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Pr
     tests = test_run.run(workspace, test_run.Options(select=[result.spec]), progress)
     result.tests = tests.summary()
     if tests.ok:
+        result.kept = True
         return
     result.verdict = "tests_failed"
     result.reason = f"the winner's generated tests failed ({tests.summary()}): values taken back"
