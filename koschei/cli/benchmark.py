@@ -34,6 +34,7 @@ from koschei.cli.common import (
     RootOption,
     finish,
     handle_errors,
+    split_names,
     workspace,
 )
 
@@ -94,10 +95,9 @@ def benchmark(
         from koschei.phases import benchmark as phase
         from koschei.runs import RunRecord
 
-        names = [name.strip() for item in select or [] for name in item.split(",") if name.strip()]
+        names = split_names(select)
         models = None if model is None else \
-            [name.strip() for item in model for name in item.split(",")
-             if name.strip() and name.strip() != "none"]
+            [name for name in split_names(model) if name != "none"]
         root_workspace = workspace(root)
         with RunRecord.recording(root_workspace, "benchmark") as record:
             options = phase.Options(select=names or None, threads=threads, budget_s=budget,

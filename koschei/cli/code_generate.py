@@ -16,6 +16,7 @@ from koschei.cli.common import (
     RootOption,
     finish,
     handle_errors,
+    split_names,
     workspace,
 )
 
@@ -41,7 +42,7 @@ def code_generate(
     with handle_errors():
         from koschei.phases import code_generate as phase
 
-        names = [name.strip() for item in only or [] for name in item.split(",") if name.strip()]
+        names = split_names(only)
         result = phase.run(workspace(root), phase.Options(check=check, only=names or None),
                            RichProgress())
         finish(result, json_output, render)

@@ -81,6 +81,12 @@ def finish(result: Any, json_output: bool, render: Callable[[Any, Console], None
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
+def split_names(items: list[str] | None) -> list[str]:
+    """The names of a repeatable option that also takes comma-separated lists: ``-k a,b -k c``
+    gives ["a", "b", "c"] (blanks dropped)."""
+    return [name.strip() for item in items or [] for name in item.split(",") if name.strip()]
+
+
 def workspace(root: Path | None):
     from koschei.workspace import Workspace
 
@@ -89,5 +95,5 @@ def workspace(root: Path | None):
 
 __all__ = [
     "EXIT_USAGE", "JsonOption", "RichProgress", "RootOption", "finish", "handle_errors",
-    "print_json", "stderr", "stdout", "workspace",
+    "print_json", "split_names", "stderr", "stdout", "workspace",
 ]

@@ -16,6 +16,7 @@ from koschei.cli.common import (
     RootOption,
     finish,
     handle_errors,
+    split_names,
     stderr,
     workspace,
 )
@@ -78,7 +79,7 @@ def cycle(
     with handle_errors():
         from koschei.phases import cycle as phase
 
-        names = [name.strip() for item in select or [] for name in item.split(",") if name.strip()]
+        names = split_names(select)
         if max_iterations is None:
             max_iterations = phase.DEFAULT_LOOP_ITERATIONS if loop else 1
         options = phase.Options(resume=resume, loop=loop, max_iterations=max_iterations,

@@ -17,6 +17,7 @@ from koschei.cli.common import (
     RootOption,
     finish,
     handle_errors,
+    split_names,
     workspace,
 )
 
@@ -68,7 +69,7 @@ def evolve(
     with handle_errors():
         from koschei.phases import evolve as phase
 
-        names = [name.strip() for item in only or [] for name in item.split(",") if name.strip()]
+        names = split_names(only)
         options = phase.Options(spec=spec, case=case, strategy=strategy,
                                 max_evaluations=max_evaluations, budget_s=budget, seed=seed,
                                 only=names or None, threads=threads, min_gain=min_gain,

@@ -17,6 +17,7 @@ from koschei.cli.common import (
     RootOption,
     finish,
     handle_errors,
+    split_names,
     workspace,
 )
 
@@ -42,7 +43,7 @@ def test_run(
         from koschei.phases import test_run as phase
         from koschei.runs import RunRecord
 
-        names = [name.strip() for item in select or [] for name in item.split(",") if name.strip()]
+        names = split_names(select)
         root_workspace = workspace(root)
         with RunRecord.recording(root_workspace, "test-run") as record:
             options = phase.Options(select=names or None, junit_xml=junit_xml,
