@@ -95,6 +95,14 @@ def workspace(tmp_path) -> Workspace:
     return Workspace.find(tmp_path)
 
 
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def evolve_command(root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "koschei", "evolve", "double", "--root", str(root),
             "--timeout", "15", "--json", *extra]
@@ -138,6 +146,9 @@ def test_bad_candidates_are_recorded_never_chosen_and_a_killed_search_resumes(wo
     assert result["kept"] and values.tunables_for(workspace.root, machine.fingerprint()) == {
         "double": {"mode": "right"}}
     assert result["tests"].startswith("3/3 tests passed") or "passed" in result["tests"]
+    if result["chart"] is not None or _has_matplotlib():  # beside the run record
+        assert result["chart"].endswith("/search.png")
+        assert (workspace.root / result["chart"]).stat().st_size > 0
     module = (workspace.engine_dir / "double.py").read_text()
     assert "the right way" in module and "tuned for this machine" in module
     # a third run knows everything: nothing measured, and the current one is now the best

@@ -70,11 +70,16 @@ def evolve(
         from koschei.phases import evolve as phase
 
         names = split_names(only)
-        options = phase.Options(spec=spec, case=case, strategy=strategy,
-                                max_evaluations=max_evaluations, budget_s=budget, seed=seed,
-                                only=names or None, threads=threads, min_gain=min_gain,
-                                timeout_s=timeout, apply=not dry_run)
-        result = phase.run(workspace(root), options, RichProgress())
+        from koschei.runs import RunRecord
+
+        root_workspace = workspace(root)
+        with RunRecord.recording(root_workspace, "evolve") as record:
+            options = phase.Options(spec=spec, case=case, strategy=strategy,
+                                    max_evaluations=max_evaluations, budget_s=budget, seed=seed,
+                                    only=names or None, threads=threads, min_gain=min_gain,
+                                    timeout_s=timeout, apply=not dry_run, record_dir=record.dir)
+            result = phase.run(root_workspace, options, RichProgress())
+            record.save_phase("evolve", result)
         finish(result, json_output, render)
 
 
@@ -114,6 +119,8 @@ def render(result: Any, console: Console) -> None:
                       f"{after:.3f} ms ({c['gain']:+.1%}), p = {c['p_value']:.2g} over "
                       f"{c['samples']} samples each", highlight=False)
     console.print(Text(result.summary(), style=VERDICT_STYLES.get(result.verdict, "")))
+    if result.chart:
+        console.print(f"chart: {result.chart}", highlight=False)
     if result.tuned_values_file:
         console.print(f"kept in {result.tuned_values_file}; tests: {result.tests}",
                       highlight=False)

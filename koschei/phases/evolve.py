@@ -21,7 +21,8 @@ For one spec and one of its bench cases (``Options.case``; default: its first):
 4. The best configuration is a winner only if a fresh re-measurement beside the incumbent, in a
    new child, shows it faster by at least ``min_gain`` with a one-sided Mann-Whitney U test at
    p < ``significance_p`` over at least ``MIN_SAMPLES`` interleaved samples of each.
-5. A winner is written to ``tuning/<fingerprint>.json`` with its evidence, the spec is rendered
+5. The search's chart (each evaluation's ratio and the best so far) goes beside the run record
+   (koschei.tuning.chart). A winner is written to ``tuning/<fingerprint>.json`` with its evidence, the spec is rendered
    again (code_generate) and its generated tests run (test_run); if they fail, the tuned values
    are taken back and the modules rendered as before (``tests_failed``).
 
@@ -69,6 +70,7 @@ class Options:
     min_gain: float = MIN_GAIN
     significance_p: float = SIGNIFICANCE_P
     apply: bool = True  # write a winner to the tuning file and regenerate
+    record_dir: Path | None = None  # the run record: the search's chart (search.png) goes there
 
 
 @dataclass
@@ -106,6 +108,7 @@ class EvolveResult(Result):
     kept: bool = False  # an improvement written to the tuning file (not with apply=False)
     cache_file: str = ""
     tests: str | None = None  # the winner's test_run summary
+    chart: str | None = None  # search.png beside the run record (needs matplotlib)
 
     @property
     def ok(self) -> bool:
@@ -243,7 +246,10 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
             result.cache_hits += 1
             record = EvaluationRecord(config, known.verdict, _ratio(known), known.reason, True)
         else:
-            progress.step(f"evolve {spec.name}/{case}: candidate {len(result.evaluations) + 1}: "
+            ratios = [r.ratio for r in result.evaluations if r.ratio is not None]
+            best_so_far = f" (best so far ×{min(ratios):.3f})" if ratios else ""
+            progress.step(f"evolve {spec.name}/{case}: candidate {len(result.evaluations) + 1}"
+                          f"{best_so_far}: "
                           + ", ".join(f"{k}={v}" for k, v in config.items()
                                       if k in space.searched))
             try:
@@ -277,6 +283,11 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                    max_evaluations=options.max_evaluations, budget_s=options.budget_s,
                    start=[incumbent, *(config for _, config in learned)])
     result.stopped = found.stopped
+    if options.record_dir is not None:
+        from koschei.tuning.chart import write_search_chart
+
+        chart = write_search_chart(result, Path(options.record_dir) / "search.png")
+        result.chart = workspace.relative(chart) if chart else None
     best = found.best
     if best is None:
         result.verdict, result.reason = "no_valid_candidate", "every candidate failed"
