@@ -293,6 +293,11 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         result.verdict, result.reason = "no_valid_candidate", "every candidate failed"
         return result
     result.best = {"tunables": best.config, "ratio": best.objective}
+    if found.stopped == "interrupted":
+        result.verdict = "no_significant_gain"
+        result.reason = ("interrupted before the confirmation: run the same command again to "
+                         "go on (nothing already measured is measured again)")
+        return result
     if best.config == incumbent:
         result.verdict = "no_significant_gain"
         result.reason = "the current configuration was the fastest found"
