@@ -143,7 +143,8 @@ def test_bad_candidates_are_recorded_never_chosen_and_a_killed_search_resumes(wo
     confirmation = result["confirmation"]
     assert confirmation["gain"] > 1 and confirmation["p_value"] < 0.002
     assert confirmation["samples"] >= evolve.MIN_SAMPLES
-    assert result["kept"] and values.tunables_for(workspace.root, machine.fingerprint()) == {
+    assert result["tuned_values_file"] == f"tuning/{machine.fingerprint()}.json"
+    assert values.tunables_for(workspace.root, machine.fingerprint()) == {
         "double": {"mode": "right"}}
     assert result["tests"].startswith("3/3 tests passed") or "passed" in result["tests"]
     if result["chart"] is not None or _has_matplotlib():  # beside the run record

@@ -111,6 +111,30 @@ def draw_inputs(spec: Any, case: Any, params: dict[str, Any], names: dict[str, A
     return inputs
 
 
+def output_buffer(spec: Any, case: Any, names: dict[str, Any]) -> np.ndarray | None:
+    """The out= buffer of a spec with one output, at the case's sizes; None for several outputs
+    (the function returns new arrays)."""
+    output = spec.signature.output
+    if output is None:
+        return None
+    return np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
+
+
+def kernel_call(function: Callable[..., Any], inputs: dict[str, Any], params: dict[str, Any],
+                out: np.ndarray | None) -> Callable[[], Any]:
+    """A call of an engine function on ``inputs``: into ``out`` (then returned) when the spec
+    has one output (``output_buffer``), else returning its new arrays."""
+    if out is not None:
+        def call() -> Any:
+            function(**inputs, out=out, **params)
+            return out
+        return call
+
+    def call_returning() -> Any:
+        return function(**inputs, **params)
+    return call_returning
+
+
 def case_seed(spec_name: str, label: str) -> int:
     return zlib.crc32(f"{spec_name}/{label}".encode())
 

@@ -132,10 +132,16 @@ def measure_interleaved(contenders: dict[str, Callable[[], Any]], budget_s: floa
     return {name: _summarize(samples[name], batches[name]) for name in names}, stopped
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float | None:
+    """The median over rounds of numerator time / denominator time (both timed in the same
+    round, the samples in round order); None without a round to compare."""
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d > 0]
+    return float(np.median(ratios)) if ratios else None
+
+
 def paired_speedup(baseline: ContenderTiming, engine: ContenderTiming) -> float | None:
     """Median over rounds of baseline time / engine time (both ran in the same round)."""
-    ratios = [b / e for b, e in zip(baseline.samples_s, engine.samples_s, strict=True) if e > 0]
-    return float(np.median(ratios)) if ratios else None
+    return median_ratio(baseline.samples_s, engine.samples_s)
 
 
 def mann_whitney_p(samples: list[float], baseline: list[float], alternative: str) -> float:

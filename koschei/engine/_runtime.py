@@ -425,7 +425,7 @@ def empty_huge(count: int, dtype: Any = np.float32) -> np.ndarray:
     start = (-raw.ctypes.data) % HUGE_PAGE
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
-            memory.madvise(mmap.MADV_HUGEPAGE, start, size - size % HUGE_PAGE or HUGE_PAGE)
+            memory.madvise(mmap.MADV_HUGEPAGE, start, size)
         except OSError:
             pass
     return raw[start:start + size].view(dtype)

@@ -244,13 +244,12 @@ def _gemm_parallel(a, b, kind, packed, panels_a, bias, c, threads):
     for that, the rows are split too. The workers claim parts and tasks from counters: one that
     the machine runs less (another process on its core) does fewer of them, and the others do
     not wait for it."""
-    parts = _TASKS_PER_THREAD * threads
+    wanted = _TASKS_PER_THREAD * threads  # parts of A's packing, and tasks
     packing = np.zeros(1, dtype=np.int64)
     for _ in prange(threads):
-        _pack_worker(packing, a, panels_a, parts)
+        _pack_worker(packing, a, panels_a, wanted)
     rows = a.shape[0]
     width = c.shape[1]
-    wanted = _TASKS_PER_THREAD * threads
     col_panels = (width + _NR - 1) // _NR
     col_blocks = min(col_panels, max((width + _NC - 1) // _NC, wanted))
     block_cols = ((col_panels + col_blocks - 1) // col_blocks) * _NR

@@ -83,10 +83,11 @@ from koschei.bench.check import (
     compare_results,
     draw_inputs,
     formula_names,
+    kernel_call,
     load_engine_module,
     load_source_function,
     load_torch_reference,
-    resolve_shape,
+    output_buffer,
     source_module,
     torch_available,
 )
@@ -347,22 +348,11 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, options: Options,
         input_sets = cold_input_sets(inputs, list(case.cold), calibration.cold_bytes)
         if case.cold:
             result.cold_copies = len(input_sets)
-        if spec.signature.output is not None:  # one output: the engine writes into out=
-            output = spec.signature.output
-            out = np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
-
-            def engine_on(given: dict[str, Any]) -> Callable[[], Any]:
-                def call() -> Any:
-                    engine(**given, out=out, **params)
-                    return out
-                return call
-        else:  # several outputs: new arrays each call (part of what is measured)
-            def engine_on(given: dict[str, Any]) -> Callable[[], Any]:
-                def call() -> Any:
-                    return engine(**given, **params)
-                return call
-        run_engine = rotating([engine_on(given) for given in input_sets])
-        run_engine_warm = engine_on(inputs)
+        # one output: every call writes into one out=; several: new arrays each call (part of
+        # what is measured)
+        out = output_buffer(spec, case, names)
+        run_engine = rotating([kernel_call(engine, given, params, out) for given in input_sets])
+        run_engine_warm = kernel_call(engine, inputs, params, out)
     except Exception as error:  # noqa: BLE001 - reported per case, the run goes on
         result.error = f"{type(error).__name__}: {error}"
         return result

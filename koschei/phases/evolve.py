@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,8 +105,7 @@ class EvolveResult(Result):
     confirmation: dict[str, Any] | None = None  # medians, gain, p_value, samples
     verdict: str = ""  # improved | no_significant_gain | no_valid_candidate | tests_failed
     reason: str = ""
-    tuned_values_file: str | None = None
-    kept: bool = False  # an improvement written to the tuning file (not with apply=False)
+    tuned_values_file: str | None = None  # where an improvement was kept (its tests passed)
     cache_file: str = ""
     tests: str | None = None  # the winner's test_run summary
     chart: str | None = None  # search.png beside the run record (needs matplotlib)
@@ -120,7 +120,7 @@ class EvolveResult(Result):
                     f"(p={self.confirmation['p_value']:.2g}) with "
                     + ", ".join(f"{k}={v}" for k, v in self.best["tunables"].items()
                                 if self.incumbent.get(k) != v)
-                    + ("" if self.kept else " (not kept: a dry run)"))
+                    + ("" if self.tuned_values_file else " (not kept: a dry run)"))
         return f"{self.spec}/{self.case}: {self.verdict.replace('_', ' ')}" + (
             f" ({self.reason})" if self.reason else "")
 
@@ -212,7 +212,8 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
     fingerprint = machine.fingerprint()
     threads = options.threads or os.cpu_count() or 1
     tuned = values.tunables_for(workspace.root, fingerprint).get(spec.name, {})
-    incumbent = SearchSpace.of(spec).complete(tuned)
+    whole = SearchSpace.of(spec)
+    incumbent = whole.complete(tuned)
     if options.only is not None:  # the tunables not searched stay as they are now
         space = SearchSpace({name: (choices if name in options.only else (incumbent[name],))
                              for name, choices in space.choices.items()},
@@ -230,7 +231,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
     key_fields = {"spec": spec.name, "spec_sha256": loaded.sha256,
                   "templates_sha256": templates_digest(workspace, loaded), "case": case,
                   "fingerprint": fingerprint}
-    defaults = SearchSpace.of(spec).defaults
+    defaults = whole.defaults
     progress.step(f"evolve {spec.name}/{case}: rendering the default configuration")
     baseline = render_candidate(workspace, loaded, defaults, candidates_dir)
 
@@ -312,7 +313,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         result.reason = f"the confirmation failed: {outcome['verdict']}: {outcome.get('reason')}"
         return result
     mine, theirs = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
-    median_mine, median_theirs = _median(mine), _median(theirs)
+    median_mine, median_theirs = statistics.median(mine), statistics.median(theirs)
     gain = median_theirs / median_mine - 1.0
     p_value = mann_whitney_p(mine, theirs, "less") if min(len(mine), len(theirs)) > 1 else 1.0
     result.confirmation = {"candidate_median_s": median_mine, "incumbent_median_s": median_theirs,
@@ -357,13 +358,12 @@ def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Pr
                 "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}
     path = values.record(workspace.root, fingerprint, machine.describe(), result.spec,
                          result.best["tunables"], evidence)
-    result.tuned_values_file = workspace.relative(path)
     progress.step(f"evolve {result.spec}: rendering with the tuned values and running its tests")
     code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
     tests = test_run.run(workspace, test_run.Options(select=[result.spec]), progress)
     result.tests = tests.summary()
     if tests.ok:
-        result.kept = True
+        result.tuned_values_file = workspace.relative(path)
         return
     result.verdict = "tests_failed"
     result.reason = f"the winner's generated tests failed ({tests.summary()}): values taken back"
@@ -375,20 +375,14 @@ def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Pr
     code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
 
 
-def _median(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
 def _ratio(result: Any) -> float | None:
-    """The median of per-round ratios of a result's samples over its baseline's, or None."""
+    """A measured result's time over its baseline's (the defaults'), the median of per-round
+    ratios; None for a failure."""
+    from koschei.bench.timing import median_ratio
+
     if not result.ok or not result.samples_s or not result.incumbent:
         return None
-    beside = result.incumbent.get("samples_s") or []
-    if len(beside) != len(result.samples_s):
-        return None
-    return _median([mine / theirs for mine, theirs in zip(result.samples_s, beside, strict=True)])
+    return median_ratio(result.samples_s, result.incumbent.get("samples_s") or [])
 
 
 __all__ = ["EvolveResult", "Options", "run"]

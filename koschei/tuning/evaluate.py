@@ -13,7 +13,7 @@ reference (koschei.bench.check, at the spec's tolerances), and only then times c
 incumbent interleaved, round by round (koschei.bench.timing.measure_interleaved), on the bench
 case's inputs. It prints one JSON line. The parent turns what happened into a verdict:
 
-- ``ok``: the samples of both (seconds per call) and the median of per-round ratios;
+- ``ok``: the samples of both, seconds per call, round by round;
 - ``render_error`` (the templates refused the values), ``compile_error`` (the module did not
   import or the kernel did not compile: Numba's typing errors), ``wrong`` (a result differs from
   the reference: which case, by how much), ``crashed`` (the child died of a signal, e.g. a
@@ -66,7 +66,8 @@ def render_candidate(workspace: Any, loaded: Any, tunables: dict[str, Any], fold
 
 def evaluate(request: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Run the child on ``request`` (see ``child_main``); the outcome as a dict with
-    ``verdict`` and, when ok, ``candidate_samples_s``, ``incumbent_samples_s``, ``ratio``."""
+    ``verdict`` and, when ok, ``candidate_samples_s`` and ``incumbent_samples_s`` (round by
+    round) and ``candidate_median_s``."""
     started = time.monotonic()
     command = [sys.executable, "-m", "koschei.tuning.evaluate"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -114,27 +115,6 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def _caller(function: Any, spec: Any, case: Any, names: dict[str, Any],
-            inputs: dict[str, Any], params: dict[str, Any]) -> Any:
-    """A call of ``function`` on the case's inputs (into one out= buffer for a single output)."""
-    import numpy as np
-
-    from koschei.bench.check import resolve_shape
-
-    if spec.signature.output is not None:
-        output = spec.signature.output
-        out = np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
-
-        def call() -> Any:
-            function(**inputs, out=out, **params)
-            return out
-        return call
-
-    def call_several() -> Any:
-        return function(**inputs, **params)
-    return call_several
-
-
 def check_and_time(request: dict[str, Any]) -> dict[str, Any]:
     """The child's work (module docstring); raises on what the parent reports as an error."""
     from koschei.bench import check
@@ -164,7 +144,8 @@ def check_and_time(request: dict[str, Any]) -> dict[str, Any]:
         names = check.formula_names(case, params)
         inputs = check.draw_inputs(spec, case, params, names, loaded.relpath)
         try:
-            got = _caller(candidate, spec, case, names, inputs, params)()
+            got = check.kernel_call(candidate, inputs, params,
+                                    check.output_buffer(spec, case, names))()
         except Exception as error:  # noqa: BLE001
             kind = type(error).__name__
             verdict = "compile_error" if "Typing" in kind or "Lowering" in kind else "error"
@@ -179,18 +160,16 @@ def check_and_time(request: dict[str, Any]) -> dict[str, Any]:
     names = check.formula_names(bench_case, params)
     inputs = check.draw_inputs(spec, bench_case, params, names, loaded.relpath)
     contenders = {
-        "candidate": _caller(candidate, spec, bench_case, names, inputs, params),
-        "incumbent": _caller(getattr(incumbent_module, spec.name), spec, bench_case, names,
-                             inputs, params),
+        "candidate": check.kernel_call(candidate, inputs, params,
+                                       check.output_buffer(spec, bench_case, names)),
+        "incumbent": check.kernel_call(getattr(incumbent_module, spec.name), inputs, params,
+                                       check.output_buffer(spec, bench_case, names)),
     }
     timings, stopped = measure_interleaved(contenders, float(request["budget_s"]))
-    ratios = sorted(c / i for c, i in zip(timings["candidate"].samples_s,
-                                          timings["incumbent"].samples_s, strict=True))
     return {"verdict": "ok", "max_abs_error": max_error, "stopped": stopped,
             "candidate_samples_s": timings["candidate"].samples_s,
             "incumbent_samples_s": timings["incumbent"].samples_s,
-            "candidate_median_s": timings["candidate"].median_s,
-            "ratio": ratios[len(ratios) // 2]}
+            "candidate_median_s": timings["candidate"].median_s}
 
 
 def child_main() -> None:

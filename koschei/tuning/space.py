@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from koschei.specs import expr
@@ -98,4 +99,11 @@ class SearchSpace:
                 yield config
 
     def valid_count(self) -> int:
+        """Valid configurations: the size without constraints, else counted (once)."""
+        if not self.constraints:
+            return self.size
+        return self._counted
+
+    @cached_property
+    def _counted(self) -> int:
         return sum(1 for _ in self.configurations())
