@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from evolve_toy import toy_workspace
 
 from koschei.bench import machine
 from koschei.errors import UsageError
@@ -25,74 +25,10 @@ from koschei.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
 
-MODES_FAMILY = """\
-{{ kernel_params_allowed([]) }}
-{% set mode = tunables.get("mode", "slow") %}
-
-
-@njit(cache=True)
-def _double(x, out):
-    for i in range(x.shape[0]):
-        out[i] = x[i] * np.float32(2.0)
-
-
-def _compute(x, out):
-    \"\"\"out = 2 x, the {{ mode }} way.\"\"\"
-{% if mode == "right" %}
-    _double(x, out)
-{% elif mode == "slow" %}
-    for _ in range(30):
-        _double(x, out)
-{% elif mode == "wrong" %}
-    _double(x, out)
-    out[0] += np.float32(1.0)
-{% elif mode == "crash" %}
-    import os, signal
-    os.kill(os.getpid(), signal.SIGSEGV)
-{% elif mode == "hang" %}
-    import time
-    time.sleep(3600)
-{% endif %}
-"""
-
-DOUBLE_SPEC = """\
-name: double
-title: Twice the input
-tier: foundation
-summary: y = 2 x, with a tunable that picks how.
-kernel:
-  family: modes
-signature:
-  inputs:
-    - {name: x, dtype: float32, shape: [n]}
-  output: {name: y, dtype: float32, shape: [n]}
-reference: |
-  def reference(x):
-      return (x * 2).astype(np.float32)
-tunables:
-  mode: {choices: [slow, right, wrong, crash, hang], default: slow}
-tests:
-  cases:
-    - dims: {n: 1}
-    - dims: {n: 1000}
-  tolerance:
-    float32: {rtol: 1.0e-6, atol: 1.0e-6}
-bench:
-  cases:
-    - {name: long, dims: {n: 200000}}
-  bytes: "8 * n"
-  flops: "n"
-"""
-
 
 @pytest.fixture()
 def workspace(tmp_path) -> Workspace:
-    shutil.copytree(REPO / "templates", tmp_path / "templates")
-    (tmp_path / "templates" / "families" / "modes.py.j2").write_text(MODES_FAMILY)
-    (tmp_path / "specs" / "foundation").mkdir(parents=True)
-    (tmp_path / "specs" / "foundation" / "double.yaml").write_text(DOUBLE_SPEC)
-    (tmp_path / "koschei.toml").write_text("")
-    return Workspace.find(tmp_path)
+    return toy_workspace(tmp_path)
 
 
 def _has_matplotlib() -> bool:
@@ -188,3 +124,37 @@ def test_a_search_starts_from_what_won_for_specs_of_the_same_family():
     only = SearchSpace.of(rmsnorm.spec, only=["accumulate"])
     assert evolve.similar_winners(spec_set, rmsnorm, only, incumbent, tuned) == [
         ("layernorm", {**incumbent, "accumulate": "float64"})]
+
+
+def test_a_replay_needs_a_complete_log_and_measures_nothing(workspace):
+    from koschei.bench.machine import fingerprint
+    from koschei.phases.evolve import _log
+    from koschei.specs import load_specs
+    from koschei.tuning.cache import CandidateKey, CandidateResult
+
+    options = evolve.Options(spec="double")
+    loaded = load_specs(workspace)["double"]
+    log, key_fields = _log(workspace, loaded, "long", fingerprint())
+    times = {"slow": 3.0, "right": 0.1, "wrong": None, "crash": None}
+    for mode, seconds in times.items():
+        key = CandidateKey.of(tunables={"mode": mode}, **key_fields)
+        log.record(CandidateResult(key, "ok", samples_s=[seconds] * 3,
+                                   incumbent={"tunables": {"mode": "slow"},
+                                              "samples_s": [3.0] * 3})
+                   if seconds else CandidateResult(key, "wrong", "case n=1: off by one"))
+    with pytest.raises(UsageError, match=r"1 of 5 valid configurations have no result in the "
+                                         r"log \(e\.g\. mode=hang\)") as refused:
+        evolve.replay(workspace, options)
+    assert "--strategy exhaustive --max-evaluations 5 --dry-run" in refused.value.hint
+
+    log.record(CandidateResult(CandidateKey.of(tunables={"mode": "hang"}, **key_fields),
+                               "timeout", "no result in 15 s (killed)"))
+    before = len(log)
+    result = evolve.replay(workspace, options, seeds=(0, 1))
+    study = result.study
+    assert (study.configurations, study.failures) == (5, 3)
+    assert study.optimum_config == {"mode": "right"} and study.optimum == pytest.approx(1 / 30)
+    assert study.default_objective == pytest.approx(1.0)
+    for row in study.strategies:  # 5 configurations: every strategy gets there
+        assert all(1 <= count <= 5 for count in row.to_optimum)
+    assert len(log) == before and not (workspace.runs_dir / "tuning" / "candidates").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from koschei.errors import SpecError
-from koschei.specs import LoadedSpec, load_spec_file, load_specs
+from koschei.specs import LoadedSpec, load_spec_file, load_spec_text, load_specs
 from koschei.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,6 +313,23 @@ def test_load_spec_file_raises_for_one_file(tmp_path):
     assert [str(issue) for issue in caught.value.issues] == [
         "specs/foundation/alpha.yaml:1: title: required field is missing"]
     assert caught.value.exit_code == 2
+
+
+def test_a_spec_from_its_text_loads_as_its_file_does():
+    """What a candidate's evaluation on another machine relies on: the same spec, the same
+    sha256, and the same problems named after the same path."""
+    workspace = Workspace(REPO)
+    path = workspace.specs_dir / "foundation" / "rmsnorm.yaml"
+    from_file = load_spec_file(path, workspace)
+    from_text = load_spec_text(path.read_bytes().decode("utf-8"), from_file.relpath)
+    assert from_text.spec == from_file.spec and from_text.sha256 == from_file.sha256
+    assert from_text.relpath == "specs/foundation/rmsnorm.yaml"
+    with pytest.raises(SpecError) as caught:
+        load_spec_text("name: alpha\ntier: x\n", "specs/foundation/alpha.yaml")
+    assert [str(issue) for issue in caught.value.issues] == [
+        "specs/foundation/alpha.yaml:1: title: required field is missing"]
+    with pytest.raises(SpecError, match="the file is in specs/model/"):
+        load_spec_text(path.read_text(encoding="utf-8"), "specs/model/rmsnorm.yaml")
 
 
 def test_the_repository_specs_load_without_problems():

@@ -1,5 +1,6 @@
 """koschei.tuning.evaluate: a candidate rendered, checked against the reference and timed in a
-child process; a wrong, crashing, hanging or broken candidate is a verdict with its reason."""
+child process that gets everything as text (the spec, the modules); a wrong, crashing, hanging
+or broken candidate is a verdict with its reason."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from koschei.bench import machine
 from koschei.bench.timing import median_ratio
 from koschei.specs import load_specs
-from koschei.tuning.evaluate import CANDIDATE_PREFIX, RenderError, evaluate, render_candidate
+from koschei.tuning.evaluate import (
+    CANDIDATE_PREFIX,
+    RenderError,
+    evaluate,
+    make_request,
+    render_candidate,
+    write_module,
+)
 from koschei.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,10 +40,9 @@ def rmsnorm(workspace):
     return load_specs(workspace)["rmsnorm"]
 
 
-def request(workspace, candidate: Path, incumbent: Path) -> dict:
-    return {"root": str(workspace.root), "spec": "rmsnorm", "candidate": str(candidate),
-            "incumbent": str(incumbent), "case": "4096x4096", "threads": 2,
-            "budget_s": BUDGET_S}
+def request(rmsnorm, candidate: Path, incumbent: Path, folder: Path) -> dict:
+    return make_request(rmsnorm, "4096x4096", candidate, incumbent, threads=2,
+                        budget_s=BUDGET_S, folder=folder)
 
 
 def test_a_candidate_is_one_file_per_configuration(workspace, rmsnorm, tmp_path):
@@ -50,8 +58,12 @@ def test_a_candidate_is_one_file_per_configuration(workspace, rmsnorm, tmp_path)
 def test_a_right_candidate_is_timed_beside_the_incumbent(workspace, rmsnorm, tmp_path):
     incumbent = render_candidate(workspace, rmsnorm, {}, tmp_path)
     candidate = render_candidate(workspace, rmsnorm, {"accumulate": "float64"}, tmp_path)
-    outcome = evaluate(request(workspace, candidate, incumbent), timeout_s=120)
+    elsewhere = tmp_path / "elsewhere"  # as on a machine without the workspace's files
+    outcome = evaluate(request(rmsnorm, candidate, incumbent, elsewhere), timeout_s=120)
     assert outcome["verdict"] == "ok", outcome
+    assert outcome["fingerprint"] == machine.fingerprint() and outcome["helpers"]
+    assert (elsewhere / candidate.name).read_bytes() == candidate.read_bytes()
+    assert (elsewhere / incumbent.name).read_bytes() == incumbent.read_bytes()
     samples, beside = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
     assert len(samples) == len(beside) >= 5 and min(samples) > 0
     assert 0.2 < median_ratio(samples, beside) < 5 and outcome["max_abs_error"] < 1e-3
@@ -82,7 +94,18 @@ def test_a_broken_candidate_is_a_verdict_with_its_reason(kind, workspace, rmsnor
     code, verdict, reason = BROKEN[kind]
     broken = tmp_path / f"{CANDIDATE_PREFIX}rmsnorm_{kind}.py"
     broken.write_text(right.read_text(encoding="utf-8") + "\n\n" + code, encoding="utf-8")
-    outcome = evaluate(request(workspace, broken, incumbent), timeout_s=20)
+    outcome = evaluate(request(rmsnorm, broken, incumbent, tmp_path), timeout_s=20)
     assert outcome["verdict"] == verdict, outcome
     assert reason in outcome["reason"], outcome
     assert "candidate_samples_s" not in outcome  # nothing timed
+
+
+def test_a_module_file_name_stays_inside_its_folder(tmp_path):
+    module = {"name": f"{CANDIDATE_PREFIX}rmsnorm_0123.py", "text": "X = 1\n"}
+    path = write_module(tmp_path, module)
+    assert path == tmp_path / module["name"] and path.read_text() == "X = 1\n"
+    stamp = path.stat().st_mtime_ns
+    assert write_module(tmp_path, module).stat().st_mtime_ns == stamp  # unchanged: not rewritten
+    for name in ("../escape.py", "/tmp/escape.py", "not-a-module.py", "module.txt"):
+        with pytest.raises(ValueError, match="plain name.py"):
+            write_module(tmp_path, {"name": name, "text": ""})

@@ -104,3 +104,12 @@ def test_a_small_space_is_exhausted_without_repeats():
     small = SearchSpace.of(BlockSpec(), only=["rows"])
     result = search(small, objective, strategy="tpe", seed=0, max_evaluations=100)
     assert len(result.evaluations) == 4 and result.stopped == "exhausted"
+
+
+def test_an_exhaustive_search_whose_budget_is_the_space_says_exhausted():
+    result = search(SPACE, objective, strategy="exhaustive",
+                    max_evaluations=SPACE.valid_count())
+    assert result.stopped == "exhausted" and len(result.evaluations) == SPACE.valid_count()
+    short = search(SPACE, objective, strategy="exhaustive",
+                   max_evaluations=SPACE.valid_count() - 1)
+    assert short.stopped == "budget"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import typer
 from rich.console import Console
@@ -33,17 +33,49 @@ stderr = Console(stderr=True)
 
 
 class RichProgress:
-    """Phase progress on stderr: one dim line per step (quiet when stderr is not a terminal
-    unless verbose)."""
+    """Phase progress on stderr: one dim line per step, and a bar (done / total, elapsed time,
+    a detail such as the best so far) for a phase that counts its work with a total. The bar
+    is drawn only on a terminal; use the progress as a context manager so that it is cleared
+    before the result is printed."""
 
     def __init__(self, console: Console = stderr):
         self.console = console
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def step(self, message: str) -> None:
         self.console.print(f"[dim]· {message}[/dim]", highlight=False)
 
-    def advance(self, total: int | None = None) -> None:
-        pass
+    def advance(self, total: int | None = None, detail: str | None = None) -> None:
+        if total is None:
+            return
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[detail]}"), console=self.console,
+                                 transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total, detail="")
+        self._bar.update(self._task, advance=1, total=total, detail=detail or "")
+
+    def close(self) -> None:
+        """Clear the bar (the next phase starts its own)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
 
 
 def print_json(data: Any) -> None:

@@ -65,6 +65,20 @@ def evolve(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Search and confirm, but keep nothing (no tuning file, no "
                           "regeneration).")] = False,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", metavar="ADDRESS",
+        help="Evaluate the candidates on the workers of this Dask scheduler "
+             "(tcp://HOST:8786), one per worker at a time; the workers must be of one kind of "
+             "machine, whose fingerprint keys the results and the tuning file. Needs "
+             "pip install 'koschei[distributed]' here and on the workers.",
+        show_default=False)] = None,
+    replay: Annotated[bool, typer.Option(
+        "--replay", help="Measure nothing: replay the random, genetic and tpe strategies, "
+                         "--seeds of each, on this machine's log of a complete exhaustive "
+                         "search of the space (same --case and --only), and report after how "
+                         "many evaluations each was within 5% of the optimum and at it.")] = False,
+    seeds: Annotated[int, typer.Option(
+        "--seeds", min=1, help="How many seeds --replay runs per strategy.")] = 5,
 ) -> None:
     with handle_errors():
         from koschei.phases import evolve as phase
@@ -73,14 +87,54 @@ def evolve(
         from koschei.runs import RunRecord
 
         root_workspace = workspace(root)
+        if replay:
+            options = phase.Options(spec=spec, case=case, only=names or None)
+            finish(phase.replay(root_workspace, options, tuple(range(seeds))), json_output,
+                   render_replay)
+            return
         with RunRecord.recording(root_workspace, "evolve") as record:
             options = phase.Options(spec=spec, case=case, strategy=strategy,
                                     max_evaluations=max_evaluations, budget_s=budget, seed=seed,
                                     only=names or None, threads=threads, min_gain=min_gain,
-                                    timeout_s=timeout, apply=not dry_run, record_dir=record.dir)
-            result = phase.run(root_workspace, options, RichProgress())
+                                    timeout_s=timeout, apply=not dry_run, record_dir=record.dir,
+                                    scheduler=scheduler)
+            with RichProgress() as progress:
+                result = phase.run(root_workspace, options, progress)
             record.save_phase("evolve", result)
         finish(result, json_output, render)
+
+
+def render_replay(result: Any, console: Console) -> None:
+    study = result.study
+    optimum = ", ".join(f"{name}={study.optimum_config[name]}" for name in result.searched)
+    default = (f"×{study.default_objective:.3f}" if study.default_objective is not None
+               else "failed")
+    console.print(f"replay of {result.spec}/{result.case} over {', '.join(result.searched)}: "
+                  f"{study.configurations} configurations ({study.failures} failed) from "
+                  f"{result.cache_file}, measured nothing", highlight=False)
+    console.print(f"optimum ×{study.optimum:.3f} of the defaults' time with {optimum}; the "
+                  f"defaults {default}", highlight=False)
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("strategy")
+    table.add_column(f"evaluations to within {study.tolerance:.0%} (median)", justify="right")
+    table.add_column("share of the exhaustive search", justify="right")
+    table.add_column("to the optimum (median)", justify="right")
+    table.add_column("per seed: within / optimum")
+
+    def count(value: float | None) -> str:
+        return "never" if value is None else f"{value:g}"
+
+    for row in study.strategies:
+        share = (f"{row.fraction_to_within:.0%}" if row.fraction_to_within is not None
+                 else "—")
+        seeds = "  ".join(f"{count(a)}/{count(b)}"
+                          for a, b in zip(row.to_within, row.to_optimum, strict=True))
+        table.add_row(row.strategy, count(row.median_to_within), share,
+                      count(row.median_to_optimum), seeds)
+    console.print(table)
+    console.print(f"[dim]seeds {', '.join(map(str, study.seeds))}; each replay may use up to "
+                  f"{study.max_evaluations} evaluations; 'never': not within that[/dim]",
+                  highlight=False)
 
 
 def _values(config: dict[str, Any], searched: list[str]) -> str:
@@ -90,8 +144,9 @@ def _values(config: dict[str, Any], searched: list[str]) -> str:
 def render(result: Any, console: Console) -> None:
     console.print(f"evolve {result.spec}/{result.case} · {result.strategy} (seed {result.seed}) "
                   f"over {', '.join(result.searched) or 'nothing'} · {result.space_size} "
-                  f"configuration(s) · {result.threads} thread(s) · machine {result.fingerprint}",
-                  highlight=False)
+                  f"configuration(s) · {result.threads} thread(s) · machine {result.fingerprint}"
+                  + (f" · {len(result.workers)} worker(s) of {result.scheduler}"
+                     if result.scheduler else ""), highlight=False)
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("tunables")

@@ -13,14 +13,16 @@ class Progress(Protocol):
 
     def step(self, message: str) -> None: ...
 
-    def advance(self, total: int | None = None) -> None: ...
+    def advance(self, total: int | None = None, detail: str | None = None) -> None:
+        """One more unit of ``total`` done (a bar where the renderer draws one); ``detail``:
+        what to show beside it (e.g. the best so far)."""
 
 
 class SilentProgress:
     def step(self, message: str) -> None:
         pass
 
-    def advance(self, total: int | None = None) -> None:
+    def advance(self, total: int | None = None, detail: str | None = None) -> None:
         pass
 
 

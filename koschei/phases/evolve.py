@@ -26,6 +26,13 @@ For one spec and one of its bench cases (``Options.case``; default: its first):
    again (code_generate) and its generated tests run (test_run); if they fail, the tuned values
    are taken back and the modules rendered as before (``tests_failed``).
 
+With ``Options.scheduler`` (``--scheduler ADDRESS``), the candidates and the confirmation are
+evaluated on the workers of that Dask cluster (koschei.tuning.distributed), one per worker at a
+time: the search asks as many configurations at once as there are workers. The workers must all
+be of one machine fingerprint, and it is theirs that keys the log, the incumbent's tuned values
+and the winner's tuning file. When it is not this machine's, the winner is written to that
+machine's tuning file only: nothing is rendered or tested here (the result's reason says so).
+
 The verdict: ``improved``, ``no_significant_gain`` (with the numbers that fell short),
 ``no_valid_candidate`` or ``tests_failed``. A search that finds nothing is not a failed check:
 the phase's exit code is 0 unless the winner's tests failed.
@@ -36,6 +43,8 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +81,10 @@ class Options:
     significance_p: float = SIGNIFICANCE_P
     apply: bool = True  # write a winner to the tuning file and regenerate
     record_dir: Path | None = None  # the run record: the search's chart (search.png) goes there
+    # asked after each candidate: true stops the search there (the cycle's Ctrl-C)
+    should_stop: Callable[[], bool] | None = None
+    # a Dask scheduler (tcp://host:8786): evaluate on its workers instead of here
+    scheduler: str | None = None
 
 
 @dataclass
@@ -90,6 +103,9 @@ class EvolveResult(Result):
     strategy: str = ""
     seed: int = 0
     fingerprint: str = ""
+    # what the candidates' code came from: results of other digests tell nothing about it
+    spec_sha256: str = ""
+    templates_sha256: str = ""
     threads: int = 0
     searched: list[str] = field(default_factory=list)
     space_size: int = 0  # configurations in the product of the choices
@@ -109,6 +125,9 @@ class EvolveResult(Result):
     cache_file: str = ""
     tests: str | None = None  # the winner's test_run summary
     chart: str | None = None  # search.png beside the run record (needs matplotlib)
+    scheduler: str | None = None  # the Dask scheduler the candidates were evaluated through
+    workers: list[str] = field(default_factory=list)  # its workers that evaluated them
+    written: list[str] = field(default_factory=list)  # the tuning file, the re-rendered files
 
     @property
     def ok(self) -> bool:
@@ -120,7 +139,8 @@ class EvolveResult(Result):
                     f"(p={self.confirmation['p_value']:.2g}) with "
                     + ", ".join(f"{k}={v}" for k, v in self.best["tunables"].items()
                                 if self.incumbent.get(k) != v)
-                    + ("" if self.tuned_values_file else " (not kept: a dry run)"))
+                    + ("" if self.tuned_values_file else " (not kept: a dry run)")
+                    + (f" ({self.reason})" if self.reason else ""))
         return f"{self.spec}/{self.case}: {self.verdict.replace('_', ' ')}" + (
             f" ({self.reason})" if self.reason else "")
 
@@ -177,18 +197,11 @@ def _choose_case(loaded: Any, wanted: str | None) -> str:
     return wanted
 
 
-def run(workspace: Workspace, options: Options, progress: Progress | None = None,
-        ) -> EvolveResult:
-    from koschei.bench import machine
-    from koschei.bench.timing import mann_whitney_p
+def _target(workspace: Workspace, options: Options) -> tuple[Any, Any, str]:
+    """(the spec set, the spec to tune, the bench case's label), or a UsageError saying why
+    the spec cannot be searched."""
     from koschei.specs import load_specs
-    from koschei.tuning import values
-    from koschei.tuning.cache import OK, CacheLog, CandidateKey, CandidateResult
-    from koschei.tuning.evaluate import RenderError, evaluate, render_candidate
-    from koschei.tuning.search import STRATEGIES, search
-    from koschei.tuning.space import SearchSpace
 
-    progress = progress or SilentProgress()
     spec_set = load_specs(workspace)
     loaded = spec_set.get(options.spec)
     if loaded is None:
@@ -200,89 +213,235 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
     if not spec.tunables:
         raise UsageError(f"{spec.name} has no tunables: nothing to search",
                          hint=f"add tunables to {loaded.relpath}")
+    return spec_set, loaded, _choose_case(loaded, options.case)
+
+
+def _space(workspace: Workspace, loaded: Any, only: list[str] | None,
+           fingerprint: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(the whole space, the space searched, the current configuration): ``only`` searches
+    some tunables, the others staying as they are now (the machine's tuned values over the
+    defaults)."""
+    from koschei.tuning import values
+    from koschei.tuning.space import SearchSpace
+
+    spec = loaded.spec
+    try:
+        space = SearchSpace.of(spec, only=only)
+    except ValueError as error:
+        raise UsageError(f"--only: {error}") from None
+    tuned = values.tunables_for(workspace.root, fingerprint).get(spec.name, {})
+    whole = SearchSpace.of(spec)
+    incumbent = whole.complete(tuned)
+    if only is not None:
+        space = SearchSpace({name: (choices if name in only else (incumbent[name],))
+                             for name, choices in space.choices.items()},
+                            space.defaults, space.constraints)
+    return whole, space, incumbent
+
+
+def _log(workspace: Workspace, loaded: Any, case: str, fingerprint: str,
+         ) -> tuple[Any, dict[str, Any]]:
+    """The spec's result log on machine ``fingerprint``, and the key fields of this case's
+    results in it (all but the tunables)."""
+    from koschei.tuning.cache import CacheLog
+
+    log = CacheLog(workspace.runs_dir / "tuning" / fingerprint / f"{loaded.name}.jsonl")
+    return log, {"spec": loaded.name, "spec_sha256": loaded.sha256,
+                 "templates_sha256": templates_digest(workspace, loaded), "case": case,
+                 "fingerprint": fingerprint}
+
+
+@dataclass
+class ReplayResult(Result):
+    """``replay``: the strategies replayed on a complete exhaustive search of one case."""
+
+    spec: str
+    case: str
+    fingerprint: str
+    searched: list[str]
+    cache_file: str
+    study: Any = None  # koschei.tuning.replay.ReplayStudy
+
+    def summary(self) -> str:
+        rows = ", ".join(f"{row.strategy} {row.median_to_within:g}" if row.median_to_within
+                         else f"{row.strategy} never" for row in self.study.strategies)
+        return (f"{self.spec}/{self.case}: {self.study.configurations} configurations; median "
+                f"evaluations to within {self.study.tolerance:.0%} of the optimum: {rows}")
+
+
+def replay(workspace: Workspace, options: Options, seeds: tuple[int, ...] | None = None,
+           tolerance: float | None = None) -> ReplayResult:
+    """How fast each strategy would have found the best configuration of ``options``' space,
+    replayed on this machine's log of a complete exhaustive search of it (koschei.tuning.replay):
+    nothing is rendered or measured. A log that lacks some configurations is a UsageError
+    saying how many and the command that completes it."""
+    from koschei.bench import machine
+    from koschei.tuning import replay as replaying
+    from koschei.tuning.cache import CandidateKey
+
+    _, loaded, case = _target(workspace, options)
+    fingerprint = machine.fingerprint()
+    _, space, _ = _space(workspace, loaded, options.only, fingerprint)
+    log, key_fields = _log(workspace, loaded, case, fingerprint)
+
+    def objective_of(config: dict[str, Any]) -> Any:
+        known = log.get(CandidateKey.of(tunables=config, **key_fields))
+        return ... if known is None else _ratio(known)
+
+    try:
+        landscape = replaying.landscape(space, objective_of)
+    except replaying.IncompleteLandscape as error:
+        only = f" --only {','.join(options.only)}" if options.only else ""
+        raise UsageError(f"{loaded.name}/{case}: {error}: a replay needs an exhaustive search "
+                         "of the space first",
+                         hint=f"koschei evolve {loaded.name} --case {case}{only} --strategy "
+                              f"exhaustive --max-evaluations {space.valid_count()} "
+                              "--dry-run") from None
+    study = replaying.study(space, landscape, seeds=seeds or replaying.SEEDS,
+                            tolerance=replaying.TOLERANCE if tolerance is None else tolerance)
+    return ReplayResult(spec=loaded.name, case=case, fingerprint=fingerprint,
+                        searched=space.searched, cache_file=workspace.relative(log.path),
+                        study=study)
+
+
+def run(workspace: Workspace, options: Options, progress: Progress | None = None,
+        ) -> EvolveResult:
+    """The search of the module docstring; a cluster (``Options.scheduler``) stays connected
+    for its duration."""
+    with ExitStack() as stack:
+        return _run(workspace, options, progress, stack)
+
+
+def _run(workspace: Workspace, options: Options, progress: Progress | None,
+         stack: ExitStack) -> EvolveResult:
+    from koschei.bench import machine
+    from koschei.bench.timing import mann_whitney_p
+    from koschei.tuning import values
+    from koschei.tuning.cache import OK, CandidateKey, CandidateResult
+    from koschei.tuning.evaluate import (
+        RenderError,
+        evaluate,
+        make_request,
+        render_candidate,
+        spec_text,
+    )
+    from koschei.tuning.search import STRATEGIES, search
+
+    progress = progress or SilentProgress()
+    spec_set, loaded, case = _target(workspace, options)
+    spec = loaded.spec
     strategy = options.strategy
     if strategy not in (DEFAULT_STRATEGY, *STRATEGIES):
         raise UsageError(f"--strategy {strategy}: expected one of "
                          f"{', '.join((DEFAULT_STRATEGY, *STRATEGIES))}")
-    case = _choose_case(loaded, options.case)
-    try:
-        space = SearchSpace.of(spec, only=options.only)
-    except ValueError as error:
-        raise UsageError(f"--only: {error}") from None
     fingerprint = machine.fingerprint()
-    threads = options.threads or os.cpu_count() or 1
-    tuned = values.tunables_for(workspace.root, fingerprint).get(spec.name, {})
-    whole = SearchSpace.of(spec)
-    incumbent = whole.complete(tuned)
-    if options.only is not None:  # the tunables not searched stay as they are now
-        space = SearchSpace({name: (choices if name in options.only else (incumbent[name],))
-                             for name, choices in space.choices.items()},
-                            space.defaults, space.constraints)
+    cluster = None
+    if options.scheduler is not None:
+        from koschei.tuning.distributed import Cluster
+
+        progress.step(f"evolve {spec.name}/{case}: connecting to the Dask scheduler at "
+                      f"{options.scheduler}")
+        cluster = stack.enter_context(Cluster.connect(options.scheduler))
+        fingerprint = cluster.fingerprint  # the search's machine is the workers'
+    threads = options.threads or (cluster.cores if cluster else os.cpu_count()) or 1
+    whole, space, incumbent = _space(workspace, loaded, options.only, fingerprint)
     if strategy == DEFAULT_STRATEGY:
         fits = options.max_evaluations is None or space.valid_count() <= options.max_evaluations
         strategy = "exhaustive" if fits else "tpe"
     result = EvolveResult(spec=spec.name, case=case, strategy=strategy, seed=options.seed,
                           fingerprint=fingerprint, threads=threads, searched=space.searched,
                           space_size=space.size, incumbent=incumbent)
-    tuning_dir = workspace.runs_dir / "tuning"
-    candidates_dir = tuning_dir / "candidates"
-    log = CacheLog(tuning_dir / fingerprint / f"{spec.name}.jsonl")
+    if cluster is not None:
+        result.scheduler, result.workers = cluster.address, cluster.workers
+    candidates_dir = workspace.runs_dir / "tuning" / "candidates"
+    log, key_fields = _log(workspace, loaded, case, fingerprint)
     result.cache_file = workspace.relative(log.path)
-    key_fields = {"spec": spec.name, "spec_sha256": loaded.sha256,
-                  "templates_sha256": templates_digest(workspace, loaded), "case": case,
-                  "fingerprint": fingerprint}
+    result.spec_sha256 = key_fields["spec_sha256"]
+    result.templates_sha256 = key_fields["templates_sha256"]
     defaults = whole.defaults
     progress.step(f"evolve {spec.name}/{case}: rendering the default configuration")
     baseline = render_candidate(workspace, loaded, defaults, candidates_dir)
 
-    def request(candidate: Path, beside: Path, budget_s: float) -> dict[str, Any]:
-        return {"root": str(workspace.root), "spec": spec.name, "candidate": str(candidate),
-                "incumbent": str(beside), "case": case, "threads": threads,
-                "budget_s": budget_s}
+    spec_yaml = spec_text(loaded)
 
-    def evaluate_config(config: dict[str, Any]) -> float | None:
-        key = CandidateKey.of(tunables=config, **key_fields)
-        known = log.get(key)
-        if known is not None:
-            result.cache_hits += 1
-            record = EvaluationRecord(config, known.verdict, _ratio(known), known.reason, True)
-        else:
+    def request(candidate: Path, beside: Path, budget_s: float) -> dict[str, Any]:
+        return make_request(loaded, case, candidate, beside, threads=threads, budget_s=budget_s,
+                            folder=candidates_dir, spec_yaml=spec_yaml)
+
+    def run_requests(requests: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The outcomes of ``requests``, in order: each in a child process here, one after the
+        other, or on the cluster's workers, one per worker at a time."""
+        if cluster is not None:
+            yield from cluster.evaluate_many(requests, options.timeout_s)
+            return
+        for one in requests:
+            yield evaluate(one, options.timeout_s)
+
+    def keep(key: Any, config: dict[str, Any], outcome: dict[str, Any]) -> EvaluationRecord:
+        """A measured outcome, written to the log (a ``transient`` one, the cluster's failure
+        rather than the candidate's, is not: the next search tries it again)."""
+        known = CandidateResult(
+            key, outcome["verdict"], outcome.get("reason"),
+            median_s=outcome.get("candidate_median_s"),
+            samples_s=outcome.get("candidate_samples_s") or [],
+            incumbent=({"tunables": defaults,
+                        "samples_s": outcome.get("incumbent_samples_s") or []}
+                       if outcome["verdict"] == OK else None),
+            max_abs_error=outcome.get("max_abs_error"), seconds=outcome.get("seconds"),
+            recorded_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        if not outcome.get("transient"):
+            log.record(known)
+        result.measured += 1
+        return EvaluationRecord(config, known.verdict, _ratio(known), known.reason)
+
+    def evaluate_configs(configs: list[dict[str, Any]]) -> list[float | None]:
+        """The objectives of a batch of configurations (one here; one per worker on a
+        cluster): the log's where it knows them, else measured (all at once on a cluster)."""
+        records: list[EvaluationRecord | None] = [None] * len(configs)
+        pending: list[tuple[int, Any, dict[str, Any], dict[str, Any]]] = []
+        for position, config in enumerate(configs):
+            key = CandidateKey.of(tunables=config, **key_fields)
+            known = log.get(key)
+            if known is not None:
+                result.cache_hits += 1
+                records[position] = EvaluationRecord(config, known.verdict, _ratio(known),
+                                                     known.reason, True)
+                continue
             ratios = [r.ratio for r in result.evaluations if r.ratio is not None]
             best_so_far = f" (best so far ×{min(ratios):.3f})" if ratios else ""
-            progress.step(f"evolve {spec.name}/{case}: candidate {len(result.evaluations) + 1}"
-                          f"{best_so_far}: "
+            progress.step(f"evolve {spec.name}/{case}: candidate "
+                          f"{len(result.evaluations) + position + 1}{best_so_far}: "
                           + ", ".join(f"{k}={v}" for k, v in config.items()
                                       if k in space.searched))
             try:
                 path = render_candidate(workspace, loaded, config, candidates_dir)
-                outcome = evaluate(request(path, baseline, options.candidate_budget_s),
-                                   options.timeout_s)
             except RenderError as error:
-                outcome = {"verdict": "render_error", "reason": str(error)}
-            known = CandidateResult(
-                key, outcome["verdict"], outcome.get("reason"),
-                median_s=outcome.get("candidate_median_s"),
-                samples_s=outcome.get("candidate_samples_s") or [],
-                incumbent=({"tunables": defaults,
-                            "samples_s": outcome.get("incumbent_samples_s") or []}
-                           if outcome["verdict"] == OK else None),
-                max_abs_error=outcome.get("max_abs_error"), seconds=outcome.get("seconds"),
-                recorded_at=datetime.now(UTC).isoformat(timespec="seconds"))
-            log.record(known)
-            result.measured += 1
-            record = EvaluationRecord(config, known.verdict, _ratio(known), known.reason)
-        result.evaluations.append(record)
-        if record.verdict != OK:
-            result.failures[record.verdict] = result.failures.get(record.verdict, 0) + 1
-        progress.advance(options.max_evaluations)
-        return record.ratio
+                records[position] = keep(key, config,
+                                         {"verdict": "render_error", "reason": str(error)})
+                continue
+            pending.append((position, key, config,
+                            request(path, baseline, options.candidate_budget_s)))
+        outcomes = run_requests([entry[3] for entry in pending])
+        for (position, key, config, _), outcome in zip(pending, outcomes, strict=True):
+            records[position] = keep(key, config, outcome)
+        for record in records:
+            result.evaluations.append(record)
+            if record.verdict != OK:
+                result.failures[record.verdict] = result.failures.get(record.verdict, 0) + 1
+            ratios = [r.ratio for r in result.evaluations if r.ratio is not None]
+            progress.advance(options.max_evaluations,
+                             f"best ×{min(ratios):.3f} of the defaults' time" if ratios else
+                             "no valid candidate yet")
+        return [record.ratio for record in records]
 
     learned = similar_winners(spec_set, loaded, space, incumbent,
                               values.tunables_for(workspace.root, fingerprint))
     result.learned_from = [name for name, _ in learned]
-    found = search(space, evaluate_config, strategy=strategy, seed=options.seed,
+    found = search(space, None, strategy=strategy, seed=options.seed,
                    max_evaluations=options.max_evaluations, budget_s=options.budget_s,
-                   start=[incumbent, *(config for _, config in learned)])
+                   start=[incumbent, *(config for _, config in learned)],
+                   should_stop=options.should_stop, evaluate_batch=evaluate_configs,
+                   batch=len(cluster.workers) if cluster is not None else 1)
     result.stopped = found.stopped
     if options.record_dir is not None:
         from koschei.tuning.chart import write_search_chart
@@ -307,7 +466,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                   "configuration")
     current = render_candidate(workspace, loaded, incumbent, candidates_dir)
     winner = render_candidate(workspace, loaded, best.config, candidates_dir)
-    outcome = evaluate(request(winner, current, options.confirm_budget_s), options.timeout_s)
+    [outcome] = run_requests([request(winner, current, options.confirm_budget_s)])
     if outcome["verdict"] != OK:
         result.verdict = "no_significant_gain"
         result.reason = f"the confirmation failed: {outcome['verdict']}: {outcome.get('reason')}"
@@ -332,13 +491,18 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         return result
     result.verdict = "improved"
     if options.apply:
-        _apply(workspace, result, loaded, progress)
+        elsewhere = (cluster.machine if cluster is not None
+                     and fingerprint != machine.fingerprint() else None)
+        _apply(workspace, result, loaded, progress, elsewhere)
     return result
 
 
-def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Progress) -> None:
+def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Progress,
+           elsewhere: dict[str, Any] | None = None) -> None:
     """Write the winner to this machine's tuning file, render the spec again and run its
-    tests; take the values back when the tests fail."""
+    tests; take the values back when the tests fail. ``elsewhere``: the description of the
+    machine the search measured on (a cluster's workers) when it is not this one: the winner
+    goes to that machine's tuning file, and nothing is rendered or tested here."""
     from koschei.bench import machine
     from koschei.phases import code_generate, test_run
     from koschei.tuning import values
@@ -355,11 +519,22 @@ def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Pr
                 "incumbent_median_s": confirmation.get("incumbent_median_s"),
                 "samples": confirmation.get("samples"), "incumbent": result.incumbent,
                 "spec_sha256": loaded.sha256,
+                **({"scheduler": result.scheduler, "workers": result.workers}
+                   if result.scheduler else {}),
                 "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    path = values.record(workspace.root, fingerprint, machine.describe(), result.spec,
-                         result.best["tunables"], evidence)
+    path = values.record(workspace.root, fingerprint, elsewhere or machine.describe(),
+                         result.spec, result.best["tunables"], evidence)
+    result.written.append(workspace.relative(path))
+    if elsewhere is not None:
+        result.tuned_values_file = workspace.relative(path)
+        result.reason = (f"kept for the workers' machine {fingerprint}; not rendered or tested "
+                         f"here, a machine of another kind ({machine.fingerprint()}): "
+                         f"`koschei code-generate --only {result.spec}` and `koschei test-run "
+                         f"--select {result.spec}` on a machine of that kind use it")
+        return
     progress.step(f"evolve {result.spec}: rendering with the tuned values and running its tests")
-    code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
+    generated = code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
+    result.written += [p for p in generated.written if p not in result.written]
     tests = test_run.run(workspace, test_run.Options(select=[result.spec]), progress)
     result.tests = tests.summary()
     if tests.ok:
@@ -372,7 +547,8 @@ def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Pr
     else:
         values.record(workspace.root, fingerprint, machine.describe(), result.spec, previous,
                       previous_evidence)
-    code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
+    generated = code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
+    result.written += [p for p in generated.written if p not in result.written]
 
 
 def _ratio(result: Any) -> float | None:
@@ -385,4 +561,4 @@ def _ratio(result: Any) -> float | None:
     return median_ratio(result.samples_s, result.incumbent.get("samples_s") or [])
 
 
-__all__ = ["EvolveResult", "Options", "run"]
+__all__ = ["EvolveResult", "Options", "ReplayResult", "replay", "run"]

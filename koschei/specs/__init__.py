@@ -5,6 +5,8 @@ file (YAML, schema, checks across fields) and the set (unique names and aliases,
 that exist, no cycles), and returns a :class:`SpecSet` that iterates in topological order —
 requirements first. Any problem in any file raises one :class:`koschei.errors.SpecError` listing
 all of them as ``specs/foundation/rmsnorm.yaml:14: tunables.parallel: expected ...``.
+``load_spec_text(text, relpath)`` validates one spec that travels without its workspace (the
+evaluation of a candidate, possibly on another machine) as ``load_spec_file`` validates a file.
 
 Importing this package is cheap: PyYAML, pydantic and the schema; never Numba.
 """
@@ -12,7 +14,7 @@ Importing this package is cheap: PyYAML, pydantic and the schema; never Numba.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from koschei.errors import SpecError, SpecIssue, UsageError
 from koschei.specs import graph
@@ -30,6 +32,7 @@ __all__ = [
     "find_cycles",
     "graph",
     "load_spec_file",
+    "load_spec_text",
     "load_specs",
     "parse_spec",
     "spec_files",
@@ -144,6 +147,21 @@ def _sorted(issues: list[SpecIssue]) -> list[SpecIssue]:
 def load_spec_file(path: Path, workspace: Workspace) -> LoadedSpec:
     """One spec file, validated on its own (checks across specs need :func:`load_specs`)."""
     loaded, issues = _load_one(Path(path), workspace)
+    if issues or loaded is None:
+        raise SpecError(_sorted(issues))
+    return loaded
+
+
+def load_spec_text(text: str, relpath: str) -> LoadedSpec:
+    """One spec from its YAML ``text``, validated on its own as :func:`load_spec_file` validates
+    a file. ``relpath`` is where the text comes from, workspace-relative
+    (``specs/<tier>/<name>.yaml``): messages name it, and its folders are checked like a file's.
+    The sha256 is that of the text's UTF-8 bytes, the file's when the text is the file's bytes
+    decoded (no newline translation)."""
+    loaded, issues = parse_spec(text.encode("utf-8"), Path(relpath), relpath)
+    if loaded is not None:
+        parts = PurePosixPath(relpath).parts
+        issues = check_spec(loaded, parts[1] if len(parts) == 3 and parts[0] == "specs" else None)
     if issues or loaded is None:
         raise SpecError(_sorted(issues))
     return loaded
