@@ -5,7 +5,8 @@ A new workspace has:
 - ``specs/``: a copy of the bundled specs (``koschei.workspace.bundled_path("specs")``);
 - ``koschei.toml``: the marker by which commands find the workspace from any folder inside it;
 - ``.gitignore``: caches (``__pycache__``, Numba's, hypothesis's, pytest's) and the local state of
-  runs (the cycle's lock, each run's journal and commit result, the per-machine calibration);
+  runs (the cycle's lock, each run's journal and commit result, the per-machine calibration and
+  search logs);
 - ``runs/`` for run records and ``tests/engine/`` for the generated tests;
 - with ``git``: a repository (branch ``main``) and a first commit "koschei: new workspace".
 
@@ -59,6 +60,9 @@ runs/.lock
 runs/*/journal.json
 runs/*/git_commit.json
 runs/calibration/
+# This machine's search logs and candidate modules (koschei evolve): a cache. What a search
+# keeps is tuning/<machine>.json, which is committed.
+runs/tuning/
 """
 
 

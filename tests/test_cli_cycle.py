@@ -179,6 +179,40 @@ def test_kill_9_during_test_run_then_resume_ends_like_a_clean_run(tmp_path, envi
                                                                  "HEAD").splitlines()}
 
 
+def test_the_loop_evolves_and_commits_each_search_with_its_evidence(tmp_path, environment):
+    root = new_workspace(tmp_path, environment)
+    repo = git.Repo(root)
+    head = repo.head.commit.hexsha
+
+    result = koschei(root, environment, *CYCLE, "--loop", "--max-iterations", "2",
+                     "--evaluations", "3")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("▶ evolve") == 2 and "evolve target: softmax/" in result.stderr
+    records = list_runs(Workspace(root))
+    assert len(records) == 2
+    searches = [record.phase("evolve") for record in records]
+    for search in searches:
+        assert search["spec"] == SPEC and len(search["evaluations"]) == 3
+        assert search["verdict"] in ("improved", "no_significant_gain"), search
+    # the second iteration searched another case, or the same one again after a kept gain
+    first, second = searches
+    assert second["case"] != first["case"] or first["tuned_values_file"]
+    commits = list(repo.iter_commits(f"{head}..HEAD"))
+    assert len(commits) == 2
+    for commit, search, record in zip(reversed(commits), searches, records, strict=True):
+        subject = commit.message.splitlines()[0]
+        assert subject.startswith(f"koschei: run {record.id}: {SPEC} {search['case']}")
+        assert "search (seed 0) over parallel, fastmath" in commit.message
+        if search["tuned_values_file"]:
+            assert subject.endswith("tuned") and "p = " in commit.message
+            assert search["tuned_values_file"] in commit.stats.files
+        else:
+            assert subject.endswith("no significant gain")
+        assert f"runs/{record.id}/evolve.json" in commit.stats.files
+    assert repo.git.status("--porcelain", "--untracked-files=all") == ""
+
+
 def break_the_reference(spec_path: Path) -> None:
     """Make the spec's reference raise when its module is imported: the generated tests then
     fail at once (no kernel is compiled), which is all a failed check needs to be."""

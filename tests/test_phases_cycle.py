@@ -22,7 +22,7 @@ import git
 import pytest
 
 from koschei.errors import SpecError, UsageError
-from koschei.phases import PHASES, cycle
+from koschei.phases import LOOP_PHASES, PHASES, cycle
 from koschei.phases import git_commit as real_git_commit
 from koschei.phases.base import Result
 from koschei.runs import RunRecord, list_runs, workspace_lock
@@ -35,6 +35,10 @@ class StandInResult(Result):
     passed: bool = True
     files: list[dict] = field(default_factory=list)
     specs: list[dict] = field(default_factory=list)
+    # what an evolve result says
+    verdict: str = "no_significant_gain"
+    tuned_values_file: str | None = None
+    stopped: str = "budget"
 
     @property
     def ok(self) -> bool:
@@ -48,7 +52,9 @@ class StandIns:
         self.calls: list[tuple[str, object]] = []
         self.actions: dict[str, object] = {}  # phase -> callable(workspace, options) before return
         self.verdicts: dict[str, bool] = {}  # phase -> ok
-        for phase in PHASES:
+        # pas_analyze's ranking of evolve targets, best first
+        self.targets = [("softmax", "1x768"), ("matmul", "square"), ("rope", "decode")]
+        for phase in LOOP_PHASES:
             if phase == "git_commit" and real_git_commit:
                 continue
             monkeypatch.setitem(sys.modules, f"koschei.phases.{phase}", self.module(phase))
@@ -65,6 +71,10 @@ class StandIns:
             run_id: str = "latest"
             force: bool = False
             require_changes: bool = False
+            spec: str | None = None
+            case: str | None = None
+            max_evaluations: int = 40
+            should_stop: object = None
 
         def run(workspace, options, progress=None):
             self.calls.append((phase, options))
@@ -78,7 +88,16 @@ class StandIns:
                                  "ok": result.passed}]
             return result
 
+        def next_evolve_target(workspace, exclude=(), select=None):
+            excluded = {tuple(pair) for pair in exclude}
+            for spec, case in self.targets:
+                if (spec, case) not in excluded and (select is None or spec in select):
+                    return types.SimpleNamespace(spec=spec, case=case, reason="headroom")
+            return None
+
         module.Options, module.run = Options, run
+        if phase == "pas_analyze":
+            module.next_evolve_target = next_evolve_target
         return module
 
     @property
@@ -316,14 +335,75 @@ def test_a_second_cycle_in_the_same_workspace_is_refused(workspace, monkeypatch)
     assert stand_ins.calls == [] and list_runs(workspace) == []
 
 
-def test_the_loop_runs_bounded_iterations_into_their_own_records(workspace, monkeypatch):
+def test_the_loop_evolves_the_ranked_targets_in_turn_until_a_full_pass_finds_nothing(
+        workspace, monkeypatch):
     stand_ins = StandIns(monkeypatch)
-    result = cycle.run(workspace, cycle.Options(loop=True, max_iterations=3))
-    assert result.ok and [run.iteration for run in result.runs] == [1, 2, 3]
-    assert len(set(result.run_ids)) == 3 == len(list_runs(workspace))
+    result = cycle.run(workspace, cycle.Options(loop=True, max_iterations=5, evaluations=7))
+
+    assert result.ok and [run.iteration for run in result.runs] == [1, 2, 3, 4]
+    assert len(set(result.run_ids)) == 4 == len(list_runs(workspace))
+    searches = [options for phase, options in stand_ins.calls if phase == "evolve"]
+    # no search kept a gain: each target once, then the loop ends (a full pass found nothing)
+    assert [(o.spec, o.case) for o in searches] == stand_ins.targets
+    assert {o.max_evaluations for o in searches} == {7} and callable(searches[0].should_stop)
+    assert result.ended.startswith("a full pass found no significant gain")
+    assert [p.status for p in result.runs[-1].phases if p.phase == "evolve"] == ["skipped"]
+    # iterations that searched commit their evidence; the last one only what changed
     commits = [options for phase, options in stand_ins.calls if phase == "git_commit"]
-    assert [options.require_changes for options in commits] == [False, True, True]
-    assert [journal_of(workspace, run_id)["iteration"] for run_id in result.run_ids] == [1, 2, 3]
+    assert [options.require_changes for options in commits] == [False, False, False, True]
+    # after the first iteration only the spec the previous one evolved is generated, tested
+    # and benchmarked again
+    benchmarks = [options.select for phase, options in stand_ins.calls if phase == "benchmark"]
+    assert benchmarks == [None, ["softmax"], ["matmul"], ["rope"]]
+    assert [journal_of(workspace, run_id)["iteration"] for run_id in result.run_ids] == \
+        [1, 2, 3, 4]
+    assert journal_of(workspace)["loop"]["tried"] == [list(t) for t in stand_ins.targets]
+
+
+def test_a_kept_gain_opens_every_target_again(workspace, monkeypatch):
+    stand_ins = StandIns(monkeypatch)
+    searched: list[str] = []
+
+    def gain_on_the_first_search(ws, options, result):
+        searched.append(options.spec)
+        if len(searched) == 1:
+            result.verdict, result.tuned_values_file = "improved", "tuning/x.json"
+
+    stand_ins.actions["evolve"] = gain_on_the_first_search
+    result = cycle.run(workspace, cycle.Options(loop=True, max_iterations=3))
+    assert result.ok and result.ended is None
+    assert searched == ["softmax", "softmax", "matmul"]
+
+
+def test_a_ctrl_c_during_a_search_stops_after_its_candidate_and_resume_goes_on(
+        workspace, monkeypatch):
+    stand_ins = StandIns(monkeypatch)
+    stops: list[bool] = []
+
+    def ctrl_c_then_stop_after_the_candidate(ws, options, result):
+        press_ctrl_c()(ws, options, result)
+        stops.append(options.should_stop())  # what the search asks after each candidate
+        result.stopped = "interrupted"
+
+    stand_ins.actions["evolve"] = ctrl_c_then_stop_after_the_candidate
+    with pytest.raises(KeyboardInterrupt):
+        cycle.run(workspace, cycle.Options(loop=True, max_iterations=2))
+    journal = journal_of(workspace)
+    assert stops == [True] and journal["status"] == "interrupted"
+    assert journal["interrupted_phase"] == "evolve" and journal["loop"]["tried"] == []
+    stand_ins.calls.clear()
+    stand_ins.actions.pop("evolve")
+
+    result = cycle.run(workspace, cycle.Options(resume=True))
+    assert result.ok
+    searches = [(o.spec, o.case) for phase, o in stand_ins.calls if phase == "evolve"]
+    assert searches == [("softmax", "1x768"), ("matmul", "square")]
+
+
+def test_evaluations_need_the_loop(workspace, monkeypatch):
+    StandIns(monkeypatch)
+    with pytest.raises(UsageError, match="--evaluations .* needs --loop"):
+        cycle.run(workspace, cycle.Options(evaluations=3))
 
 
 def test_resuming_a_loop_finishes_its_iteration_and_runs_the_rest(workspace, monkeypatch):
@@ -343,7 +423,7 @@ def test_resuming_a_loop_finishes_its_iteration_and_runs_the_rest(workspace, mon
     result = cycle.run(workspace, cycle.Options(resume=True))
 
     assert result.ok and [run.iteration for run in result.runs] == [2, 3]
-    assert stand_ins.phases_called == ["git_commit", *PHASES]
+    assert stand_ins.phases_called == ["evolve", "git_commit", *LOOP_PHASES]
     assert [journal_of(workspace, r.id)["status"] for r in list_runs(workspace)] == \
         ["finished"] * 3
 

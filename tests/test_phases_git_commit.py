@@ -188,6 +188,56 @@ def test_later_loop_iterations_commit_only_when_something_changed(setup):
     assert repo.head.commit.hexsha == head
 
 
+def evolve_result(verdict: str, kept: bool) -> dict:
+    confirmation = {"candidate_median_s": 0.000571, "incumbent_median_s": 0.000612,
+                    "gain": 0.0718, "p_value": 0.00031, "samples": 9}
+    return {"spec": "softmax", "case": "4096x768", "strategy": "tpe", "seed": 3, "threads": 2,
+            "fingerprint": "aba5a72f6fca1765", "searched": ["fastmath", "parallel_min_elements"],
+            "evaluations": [{}] * 12, "measured": 10, "cache_hits": 2, "stopped": "budget",
+            "failures": {"wrong": 1}, "incumbent": {"fastmath": False, "parallel_min_elements": 4},
+            "best": {"tunables": {"fastmath": True, "parallel_min_elements": 4}, "ratio": 0.93},
+            "confirmation": confirmation, "verdict": verdict,
+            "reason": "" if kept else "gain +7.2% but p=0.0031 >= 0.002",
+            "tuned_values_file": "tuning/aba5a72f6fca1765.json" if kept else None,
+            "tests": "11 passed" if kept else None,
+            "written": ["tuning/aba5a72f6fca1765.json"] if kept else [], "ok": True}
+
+
+def test_a_search_commits_its_tuned_values_with_the_evidence_in_the_message(setup):
+    workspace, repo = setup
+    record = simulate_run(workspace, generate=False, benchmark=True)
+    (workspace.root / "tuning").mkdir()
+    (workspace.root / "tuning" / "aba5a72f6fca1765.json").write_text('{"format": 1}\n')
+    record.save_phase("evolve", evolve_result("improved", kept=True))
+
+    result = git_commit.run(workspace, git_commit.Options(require_changes=True))
+
+    assert result.commit == repo.head.commit.hexsha
+    assert "tuning/aba5a72f6fca1765.json" in committed_files(repo)
+    message = repo.head.commit.message
+    assert message.startswith(f"koschei: run {record.id}: softmax 4096x768 +7.2% (p=0.00031), "
+                              "tuned\n")
+    assert "tpe search (seed 3) over fastmath, parallel_min_elements: 12 candidates, 10 " \
+           "measured, 2 from the cache" in message
+    assert "failed candidates (never chosen): 1 wrong" in message
+    assert "best: x0.930 of the defaults' time with fastmath=True" in message
+    assert "612.0 µs -> 571.0 µs median, gain +7.2%, p = 0.00031 (Mann-Whitney U, 9 samples " \
+           "each)" in message
+    assert "kept in tuning/aba5a72f6fca1765.json; the spec's tests: 11 passed" in message
+
+
+def test_a_search_without_a_significant_gain_is_committed_as_such(setup):
+    workspace, repo = setup
+    record = simulate_run(workspace, generate=False)
+    record.save_phase("evolve", evolve_result("no_significant_gain", kept=False))
+    result = git_commit.run(workspace, git_commit.Options())
+    message = repo.head.commit.message
+    assert result.commit and message.startswith(
+        f"koschei: run {record.id}: softmax 4096x768: no significant gain\n")
+    assert "verdict: no significant gain (gain +7.2% but p=0.0031 >= 0.002)" in message
+    assert committed_files(repo) >= run_files(record, "evolve.json")
+
+
 def test_a_workspace_below_the_repository_root(tmp_path):
     repo = git.Repo.init(tmp_path / "project", initial_branch="main")
     configure_identity(repo)

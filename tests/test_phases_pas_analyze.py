@@ -500,3 +500,78 @@ def test_tensor_bytes_counts_16_bit_weights_at_two_bytes():
     for name in ("bf16_linear", "fp16_linear"):
         assert pas_analyze.tensor_bytes(loaded[name].spec, case) == floats + 2 * d_out * d_in
     assert pas_analyze.tensor_bytes(loaded["linear"].spec, case) == floats + 4 * d_out * d_in
+
+
+# --- evolve targets ------------------------------------------------------------------------------
+
+
+def make_tunable_workspace(root: Path) -> tuple[Workspace, dict[str, str]]:
+    """``fast`` with two tunables, the repository's templates, and a benchmark of its cases."""
+    import shutil
+
+    workspace = make_workspace(root)
+    spec = workspace.root / "specs" / "foundation" / "fast.yaml"
+    spec.write_text(spec.read_text() + (
+        "tunables:\n"
+        "  parallel: {choices: [true, false], default: true, doc: threads}\n"
+        "  fastmath: {choices: [true, false], default: true, doc: reassociation}\n"))
+    shutil.copytree(Path(__file__).resolve().parents[1] / "templates", workspace.root / "templates")
+    write_run(workspace, "benchmark", benchmark([
+        case("fast", "big", 1e-3, roofline_fraction=0.6),
+        case("fast", "small", 1e-5, roofline_fraction=0.2),
+        case("slow", "big", 2e-3, roofline_fraction=0.1),  # no tunables: no target
+    ]))
+    from koschei.phases.evolve import templates_digest
+    from koschei.specs import load_specs
+
+    loaded = load_specs(workspace)["fast"]
+    return workspace, {"spec_sha256": loaded.sha256,
+                       "templates_sha256": templates_digest(workspace, loaded)}
+
+
+def search(digests: dict[str, str], case: str, verdict: str = "no_significant_gain",
+           stopped: str = "budget", kept: bool = False, **changes) -> dict:
+    from koschei.bench.machine import fingerprint
+
+    return {"spec": "fast", "case": case, "fingerprint": fingerprint(), **digests,
+            "searched": ["parallel", "fastmath"], "stopped": stopped, "verdict": verdict,
+            "tuned_values_file": "tuning/x.json" if kept else None, **changes}
+
+
+def targets(workspace: Workspace) -> list[tuple[str, str, float]]:
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+    return [(t.spec, t.case, round(t.score, 3)) for t in result.evolve_targets]
+
+
+def test_evolve_targets_rank_by_headroom_and_drop_after_fruitless_searches(tmp_path):
+    workspace, digests = make_tunable_workspace(tmp_path / "ws")
+    assert targets(workspace) == [("fast", "small", 0.8), ("fast", "big", 0.4)]
+
+    write_run(workspace, "evolve", search(digests, "small"))
+    assert targets(workspace) == [("fast", "small", 0.4), ("fast", "big", 0.4)]
+    write_run(workspace, "evolve", search(digests, "small"))
+    assert targets(workspace) == [("fast", "big", 0.4), ("fast", "small", 0.2)]
+    # an interrupted search is no verdict; one of another machine or another version of the
+    # spec or templates tells nothing about this one
+    write_run(workspace, "evolve", search(digests, "small", stopped="interrupted"))
+    write_run(workspace, "evolve", search(digests, "small", fingerprint="elsewhere"))
+    write_run(workspace, "evolve", search({**digests, "spec_sha256": "old"}, "small"))
+    assert targets(workspace)[-1] == ("fast", "small", 0.2)
+    # a kept gain starts the count again
+    write_run(workspace, "evolve", search(digests, "small", verdict="improved", kept=True))
+    assert targets(workspace)[0] == ("fast", "small", 0.8)
+    # every configuration evaluated: tuned to exhaustion, last, and never the next target
+    write_run(workspace, "evolve", search(digests, "big", stopped="exhausted"))
+    result = pas_analyze.run(workspace, pas_analyze.Options())
+    last = result.evolve_targets[-1]
+    assert (last.case, last.score, last.exhausted) == ("big", 0.0, True)
+    assert "tuned to exhaustion" in last.reason and last.searches == 1
+    assert last.command == "koschei evolve fast --case big"
+    retune = {step.spec: step for step in result.next_steps if step.action == "retune"}
+    assert retune["fast"].command == "koschei evolve fast --case small"
+    assert retune["slow"].command.startswith("try other tunables")  # it has none to search
+
+    chosen = pas_analyze.next_evolve_target(workspace, exclude=[["fast", "small"]])
+    assert chosen is None  # small excluded, big exhausted
+    assert pas_analyze.next_evolve_target(workspace).case == "small"
+    assert pas_analyze.next_evolve_target(workspace, select=["slow"]) is None

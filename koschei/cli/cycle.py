@@ -22,7 +22,7 @@ from koschei.cli.common import (
 )
 
 STATUS_STYLES = {"ok": "green", "done-before": "dim", "failed": "bold red", "error": "bold red",
-                 "interrupted": "yellow", "finished": "green"}
+                 "interrupted": "yellow", "finished": "green", "skipped": "dim"}
 
 
 class CycleProgress(RichProgress):
@@ -34,11 +34,14 @@ class CycleProgress(RichProgress):
         self.console.print(f"[bold]run {run_id}[/bold]{loop}", highlight=False)
 
     def phase_started(self, phase: str, index: int, total: int) -> None:
+        self.close()
         self.console.print(f"[bold cyan]▶ {phase}[/bold cyan] [dim]({index}/{total})[/dim]",
                            highlight=False)
 
     def phase_finished(self, phase: str, status: str, duration_s: float, summary: str) -> None:
-        mark = {"ok": "✓", "failed": "✗", "error": "✗", "interrupted": "■"}.get(status, "·")
+        self.close()
+        mark = {"ok": "✓", "failed": "✗", "error": "✗", "interrupted": "■",
+                "skipped": "–"}.get(status, "·")
         style = STATUS_STYLES.get(status, "")
         text = Text(f"{mark} {phase} {status} in {duration_s:.1f} s", style=style)
         if summary:
@@ -51,8 +54,10 @@ class CycleProgress(RichProgress):
                  "test-run, benchmark, git-commit) into a run record runs/<run-id>/ with a "
                  "journal written after each phase. A failed check stops before git-commit "
                  "(exit 1). Ctrl-C stops after the current phase (twice: at once); --resume "
-                 "continues a run that was stopped or killed. One cycle per workspace at a time.",
-         example="koschei cycle --loop --max-iterations 3")
+                 "continues a run that was stopped or killed. One cycle per workspace at a time. "
+                 "--loop makes each iteration evolve the best target of pas-analyze's ranking "
+                 "and commit the gain, or record that none was significant.",
+         example="koschei cycle --loop --max-iterations 2 --evaluations 30")
 def cycle(
     root: RootOption = None,
     json_output: JsonOption = False,
@@ -60,8 +65,11 @@ def cycle(
         "--resume", help="Continue the latest unfinished run from its first phase not done, "
                          "with the options it was started with.")] = False,
     loop: Annotated[bool, typer.Option(
-        "--loop", help="Run bounded iterations, each a full cycle into its own run record; "
-                       "iterations after the first commit only when something changed.",
+        "--loop", help="Run iterations that make the engine faster: each a cycle into its own "
+                       "run record with an evolve step before git-commit (the target with the "
+                       "most headroom to its roofline that no search of this loop has tried "
+                       "since the last gain). Ends after --max-iterations, when no target is "
+                       "left, or on Ctrl-C after the candidate under way.",
     )] = False,
     max_iterations: Annotated[int | None, typer.Option(
         "--max-iterations", metavar="N",
@@ -72,6 +80,10 @@ def cycle(
     budget: Annotated[float | None, typer.Option(
         "--budget", help="The benchmark's timing budget per case, in seconds (default: the "
                          "benchmark's).", show_default=False)] = None,
+    evaluations: Annotated[int | None, typer.Option(
+        "--evaluations", metavar="N", min=1,
+        help="Candidates each search of --loop evaluates at most (default: koschei evolve's).",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Let git_commit commit even when it would refuse (see koschei "
                         "git-commit --help).")] = False,
@@ -83,8 +95,10 @@ def cycle(
         if max_iterations is None:
             max_iterations = phase.DEFAULT_LOOP_ITERATIONS if loop else 1
         options = phase.Options(resume=resume, loop=loop, max_iterations=max_iterations,
-                                force=force, select=names or None, budget_s=budget)
-        result = phase.run(workspace(root), options, CycleProgress(stderr))
+                                force=force, select=names or None, budget_s=budget,
+                                evaluations=evaluations)
+        with CycleProgress(stderr) as progress:
+            result = phase.run(workspace(root), options, progress)
         finish(result, json_output, render)
 
 
@@ -114,6 +128,8 @@ def render(result: Any, console: Console) -> None:
         if run.commit:
             line.append(f" · commit {run.commit[:12]}")
         console.print(line)
+    if result.ended:
+        console.print(Text(f"the loop ended: {result.ended}", style="yellow"))
     if not result.ok:
         console.print(Text("the cycle stopped on a failed check: nothing after it ran "
                            "(fix it, then koschei cycle --resume or a new koschei cycle)",

@@ -157,6 +157,21 @@ def render(result: Any, console: Console, *, show_all: bool = False, top: int = 
                           highlight=False)
     else:
         console.print("[green]nothing to do: every spec is implemented, tested and measured[/green]")
+    if result.evolve_targets:
+        targets = Table(title="evolve targets (what koschei cycle --loop tunes next)",
+                        title_justify="left", show_edge=False, pad_edge=False,
+                        header_style="bold", title_style="bold")
+        for column in ("spec", "case"):
+            targets.add_column(column, no_wrap=True)
+        targets.add_column("roofline", justify="right", no_wrap=True)
+        targets.add_column("searches", justify="right", no_wrap=True)
+        targets.add_column("score", justify="right", no_wrap=True)
+        targets.add_column("why", ratio=1)
+        for target in result.evolve_targets[:top]:
+            targets.add_row(target.spec, target.case, f"{target.roofline_fraction:.0%}",
+                            str(target.searches), f"{target.score:.2f}",
+                            Text(target.reason, style="dim" if not target.score else ""))
+        console.print(targets)
     runs = result.benchmark_runs
     console.print(f"[dim]benchmark runs read: {len(runs)}"
                   + (f" (latest {runs[-1]})" if runs else "")

@@ -13,3 +13,6 @@ PHASES = (
     "benchmark",
     "git_commit",
 )
+# ``koschei cycle --loop``: each iteration also evolves the best target of pas_analyze's ranking
+# before committing.
+LOOP_PHASES = (*PHASES[:-1], "evolve", PHASES[-1])

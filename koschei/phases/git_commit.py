@@ -279,10 +279,58 @@ def benchmark_lines(benchmark: dict[str, Any]) -> list[str]:
     return lines
 
 
+def evolve_lines(evolve: dict[str, Any]) -> list[str]:
+    """The search's evidence: what it searched, the best it found, the confirmation's medians,
+    gain and p-value, and what was kept."""
+    spec, case = evolve.get("spec"), evolve.get("case")
+    evaluations = evolve.get("evaluations") or []
+    lines = [(f"  {spec} {case}: {evolve.get('strategy')} search (seed {evolve.get('seed')}) "
+              f"over {', '.join(evolve.get('searched') or [])}: {len(evaluations)} candidates, "
+              f"{evolve.get('measured', 0)} measured, {evolve.get('cache_hits', 0)} from the "
+              f"cache; stopped: {evolve.get('stopped')}")]
+    failures = evolve.get("failures") or {}
+    if failures:
+        lines.append("  failed candidates (never chosen): "
+                     + ", ".join(f"{n} {verdict}" for verdict, n in failures.items()))
+    best, incumbent = evolve.get("best") or {}, evolve.get("incumbent") or {}
+    if best.get("tunables"):
+        changed = {k: v for k, v in best["tunables"].items() if incumbent.get(k) != v}
+        lines.append(f"  best: x{best.get('ratio', 0):.3f} of the defaults' time with "
+                     + (", ".join(f"{k}={v}" for k, v in changed.items()) or "the current "
+                        "values"))
+    confirmation = evolve.get("confirmation")
+    if confirmation:
+        lines.append(f"  confirmed beside the current values: "
+                     f"{_seconds(confirmation['incumbent_median_s'])} -> "
+                     f"{_seconds(confirmation['candidate_median_s'])} median, gain "
+                     f"{confirmation['gain']:+.1%}, p = {confirmation['p_value']:.2g} "
+                     f"(Mann-Whitney U, {confirmation['samples']} samples each)")
+    verdict = str(evolve.get("verdict", "")).replace("_", " ")
+    reason = evolve.get("reason")
+    lines.append(f"  verdict: {verdict}" + (f" ({reason})" if reason else ""))
+    if evolve.get("tuned_values_file"):
+        lines.append(f"  kept in {evolve['tuned_values_file']}; the spec's tests: "
+                     f"{evolve.get('tests')}")
+    return lines
+
+
+def _evolve_subject(record: RunRecord, evolve: dict[str, Any]) -> str:
+    target = f"{evolve.get('spec')} {evolve.get('case')}"
+    confirmation = evolve.get("confirmation") or {}
+    if evolve.get("verdict") == "improved" and evolve.get("tuned_values_file"):
+        return (f"koschei: run {record.id}: {target} {confirmation.get('gain', 0):+.1%} "
+                f"(p={confirmation.get('p_value', 1):.2g}), tuned")
+    return (f"koschei: run {record.id}: {target}: "
+            f"{str(evolve.get('verdict', '')).replace('_', ' ')}")
+
+
 def build_message(record: RunRecord, paths: list[str], new_paths: list[str],
                   forced: list[str]) -> str:
     test_run = record.phase("test_run")
-    if test_run is not None:
+    evolve = record.phase("evolve")
+    if evolve is not None:
+        subject = _evolve_subject(record, evolve)
+    elif test_run is not None:
         specs = test_run.get("specs") or []
         passed, total, skipped = _test_totals(test_run)
         subject = f"koschei: run {record.id}: {_plural(len(specs), 'spec')}, tests {passed}/{total}"
@@ -312,6 +360,11 @@ def build_message(record: RunRecord, paths: list[str], new_paths: list[str],
         body += ["", (f"Benchmark (engine medians on {threads} threads; speedups are paired "
                       "ratios within this run):")]
         body += benchmark_lines(benchmark) or ["  no cases"]
+    if evolve is not None:
+        body += ["", (f"Evolve (each candidate checked against the reference, then timed "
+                      f"beside the defaults on {evolve.get('threads')} threads; machine "
+                      f"{evolve.get('fingerprint')}):")]
+        body += evolve_lines(evolve)
     if forced:
         body += ["", "Committed with --force despite:"] + [f"  {reason}" for reason in forced]
     new = set(new_paths)

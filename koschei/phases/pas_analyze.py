@@ -46,8 +46,14 @@ and benchmark implemented specs that lack results; then implement planned specs 
 requirements are all done (implemented, composed or provided) and whose gain is predicted from
 evidence, by predicted gain
 (log of the best predicted factor) times confidence; then re-tune implemented kernels below half
-of the roofline, lowest first (measured headroom); then implement the remaining ready planned
-specs, by how many specs they unlock, then by claimed gain.
+of the roofline, by their best evolve target's score (below); then implement the remaining ready
+planned specs, by how many specs they unlock, then by claimed gain.
+
+**Evolve targets**, ranked (what ``koschei cycle --loop`` evolves next): every measured bench case
+of an implemented kernel with tunables, scored by its headroom to the roofline, halved for each
+search of it on this machine that kept nothing since its last kept gain (the searches' results,
+``runs/<run-id>/evolve.json``), and 0 once a search has evaluated every configuration (tuned to
+exhaustion): a target that keeps yielding nothing drops down the ranking.
 """
 
 from __future__ import annotations
@@ -161,6 +167,23 @@ class NextStep:
 
 
 @dataclass
+class EvolveTarget:
+    """One bench case of a kernel with tunables, as a target of ``koschei evolve``."""
+
+    spec: str
+    case: str
+    run: str  # the benchmark run that measured it
+    roofline_fraction: float
+    # earlier searches of this case on this machine, with the spec and templates as they are now
+    searches: int = 0
+    fruitless: int = 0  # of those, the ones since the last kept gain that kept nothing
+    exhausted: bool = False  # a search evaluated every configuration of the spec's space
+    score: float = 0.0  # headroom, halved per fruitless search; 0 when exhausted
+    reason: str = ""
+    command: str = ""
+
+
+@dataclass
 class PasResult(Result):
     claims: list[ClaimCheck] = field(default_factory=list)
     predictions: list[Prediction] = field(default_factory=list)
@@ -168,6 +191,8 @@ class PasResult(Result):
     benchmark_runs: list[str] = field(default_factory=list)  # runs with benchmark results
     test_run: str | None = None  # the latest run with test results
     evidence: dict[str, Any] = field(default_factory=dict)  # per kind: realizations measured
+    # kernel cases the evolve step could make faster, best first (see evolve_targets)
+    evolve_targets: list[EvolveTarget] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -888,10 +913,86 @@ def _count_unlocked(name: str, dependents: dict[str, list[str]]) -> int:
     return len(seen)
 
 
+def evolve_targets(workspace: Workspace, spec_set: Any, benchmarks: list[PhaseRecord],
+                   searches: list[PhaseRecord], fingerprint: str) -> list[EvolveTarget]:
+    """Every measured bench case of an implemented kernel with tunables, best target first.
+
+    The score is the case's headroom to its roofline (1 - the fraction reached in the latest
+    benchmark of the spec), halved for each search of that case on this machine that kept
+    nothing since the last one that kept a gain, and 0 once a search has evaluated every
+    configuration of the spec's tunables (tuned to exhaustion). Searches count only while the
+    spec and the templates are as they were for them (their digests in ``evolve.json``): a
+    changed kernel is a new target.
+    """
+    from koschei.phases.evolve import templates_digest
+
+    bench = latest_bench_cases(benchmarks)
+    targets: list[EvolveTarget] = []
+    for loaded in spec_set:
+        spec = loaded.spec
+        if spec.status != "implemented" or spec.kernel is None or not spec.tunables \
+                or spec.name not in bench:
+            continue
+        run_id, cases = bench[spec.name]
+        digest = templates_digest(workspace, loaded)
+        tunables = set(spec.tunables)
+        for case in cases:
+            fraction = case.get("roofline_fraction")
+            if case.get("verdict") != "ok" or not isinstance(fraction, (int, float)):
+                continue
+            target = EvolveTarget(spec=spec.name, case=str(case.get("case")), run=run_id,
+                                  roofline_fraction=float(fraction),
+                                  command=f"koschei evolve {spec.name} --case {case.get('case')}")
+            for search in searches:
+                data = search.data
+                if (data.get("spec"), data.get("case"), data.get("fingerprint"),
+                        data.get("spec_sha256"), data.get("templates_sha256")) != (
+                        spec.name, target.case, fingerprint, loaded.sha256, digest):
+                    continue
+                if data.get("stopped") == "interrupted":
+                    continue
+                target.searches += 1
+                if data.get("stopped") == "exhausted" and set(data.get("searched") or ()) \
+                        == tunables:
+                    target.exhausted = True
+                kept = data.get("verdict") == "improved" and data.get("tuned_values_file")
+                target.fruitless = 0 if kept else target.fruitless + 1
+            headroom = max(0.0, 1.0 - target.roofline_fraction)
+            target.score = 0.0 if target.exhausted else headroom * 0.5 ** target.fruitless
+            target.reason = f"reaches {target.roofline_fraction * 100:.0f}% of the roofline"
+            if target.exhausted:
+                target.reason += "; tuned to exhaustion on this machine"
+            elif target.fruitless:
+                target.reason += (f"; {target.fruitless} search(es) here kept nothing since the "
+                                  "last gain")
+            targets.append(target)
+    targets.sort(key=lambda t: (-t.score, t.roofline_fraction, t.spec, t.case))
+    return targets
+
+
+def next_evolve_target(workspace: Workspace, *, exclude: Any = (),
+                       select: list[str] | None = None) -> EvolveTarget | None:
+    """The best evolve target now (``evolve_targets`` over the whole run history), leaving out
+    the (spec, case) pairs in ``exclude``, specs not in ``select``, and targets scored 0 (tuned
+    to exhaustion); None when nothing is left."""
+    from koschei.bench.machine import fingerprint
+    from koschei.specs import load_specs
+
+    excluded = {tuple(pair) for pair in exclude}
+    targets = evolve_targets(workspace, load_specs(workspace),
+                             phase_history(workspace, "benchmark"),
+                             phase_history(workspace, "evolve"), fingerprint())
+    for target in targets:
+        if target.score > 0 and (target.spec, target.case) not in excluded \
+                and (select is None or target.spec in select):
+            return target
+    return None
+
+
 def plan_next_steps(spec_set: Any, claims: list[ClaimCheck], predictions: list[Prediction],
                     benchmarks: list[PhaseRecord], test_runs: list[PhaseRecord],
                     workspace: Workspace, retune_below: float = RETUNE_ROOFLINE,
-                    ) -> list[NextStep]:
+                    targets: list[EvolveTarget] | None = None) -> list[NextStep]:
     steps: list[tuple[str, float, tuple, NextStep]] = []
 
     def add(action: Action, spec: str, reason: str, command: str, score: float = 0.0,
@@ -949,13 +1050,18 @@ def plan_next_steps(spec_set: Any, claims: list[ClaimCheck], predictions: list[P
         worst = min(fractions) if fractions else None
         if worst is not None and worst < retune_below:
             reason = f"reaches {worst * 100:.0f}% of the roofline (run {run_id})"
+            command = f"try other tunables in {loaded.relpath}, then koschei cycle"
+            score = 1.0 - worst
+            mine = [target for target in targets or [] if target.spec == name]
+            if mine:  # searchable: the best target of the spec says how, and how promising
+                best = mine[0]
+                reason = f"{best.case} {best.reason} (run {run_id})"
+                command, score = best.command, best.score
             if refuted:
                 reason += "; " + "; ".join(
                     f"{check.verdict}: ×{check.measured_factor:.2f} vs {check.baseline} "
                     f"(claimed ×{check.claimed_factor:.2f})" for check in refuted)
-            add("retune", name, reason,
-                f"try other tunables in {loaded.relpath}, then koschei cycle",
-                score=1.0 - worst)
+            add("retune", name, reason, command, score=score)
 
     by_spec: dict[str, list[Prediction]] = {}
     for prediction in predictions:
@@ -1029,6 +1135,11 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
             for claim in loaded.spec.claims:
                 result.predictions.append(predict(loaded, claim, evidence, done))
 
+    from koschei.bench.machine import fingerprint
+
+    result.evolve_targets = evolve_targets(workspace, spec_set, benchmarks,
+                                           phase_history(workspace, "evolve"), fingerprint())
     result.next_steps = plan_next_steps(spec_set, result.claims, result.predictions, benchmarks,
-                                        test_runs, workspace, options.retune_below)
+                                        test_runs, workspace, options.retune_below,
+                                        result.evolve_targets)
     return result
