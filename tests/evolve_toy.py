@@ -1,5 +1,6 @@
 """The toy spec of the evolve tests: ``double`` (y = 2 x) over a template family ``modes`` whose
-tunable picks a right, a slow, a wrong, a crashing and a hanging kernel."""
+tunable picks a right, a slow, a wrong, a crashing and a hanging kernel, and one
+(``lopsided``) fast on short inputs and slower than the slow one on long ones."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def _compute(x, out):
     _double(x, out)
 {% elif mode == "slow" %}
     for _ in range(30):
+        _double(x, out)
+{% elif mode == "lopsided" %}
+    for _ in range(1 if x.shape[0] <= 100000 else 60):
         _double(x, out)
 {% elif mode == "wrong" %}
     _double(x, out)
@@ -67,6 +71,7 @@ tests:
 bench:
   cases:
     - {name: long, dims: {n: 200000}}
+    - {name: short, dims: {n: 20000}}
   bytes: "8 * n"
   flops: "n"
 """

@@ -99,7 +99,7 @@ def test_bad_candidates_are_recorded_never_chosen_and_a_killed_search_resumes(wo
 def test_bad_requests_are_usage_errors(workspace):
     for options, message in [
             (evolve.Options(spec="triple"), "no spec named 'triple'"),
-            (evolve.Options(spec="double", case="short"), "double has no bench case 'short'"),
+            (evolve.Options(spec="double", case="tiny"), "double has no bench case 'tiny'"),
             (evolve.Options(spec="double", only=["depth"]), "double has no tunable 'depth'"),
             (evolve.Options(spec="double", strategy="annealing"), "--strategy annealing")]:
         with pytest.raises(UsageError, match=message):
@@ -158,3 +158,17 @@ def test_a_replay_needs_a_complete_log_and_measures_nothing(workspace):
     for row in study.strategies:  # 5 configurations: every strategy gets there
         assert all(1 <= count <= 5 for count in row.to_optimum)
     assert len(log) == before and not (workspace.runs_dir / "tuning" / "candidates").exists()
+
+
+def test_a_winner_that_is_slower_on_another_bench_case_is_not_kept(tmp_path):
+    workspace = toy_workspace(tmp_path, modes=("slow", "lopsided"))
+    result = evolve.run(workspace, evolve.Options(
+        spec="double", case="short", strategy="exhaustive", candidate_budget_s=0.3,
+        confirm_budget_s=0.5, timeout_s=60))
+    assert result.best["tunables"] == {"mode": "lopsided"}
+    assert result.confirmation["gain"] > 5 and result.confirmation["p_value"] < 0.002
+    [other] = result.other_cases
+    assert other["case"] == "long" and other["gain"] < -0.3 and other["p_value_slower"] < 0.002
+    assert result.verdict == "no_significant_gain"
+    assert result.reason.startswith(f"{other['gain']:+.1%} on case long")
+    assert result.tuned_values_file is None and not (workspace.root / "tuning").exists()

@@ -173,6 +173,9 @@ def render(result: Any, console: Console) -> None:
         console.print(f"confirmation beside the current configuration: {before:.3f} ms → "
                       f"{after:.3f} ms ({c['gain']:+.1%}), p = {c['p_value']:.2g} over "
                       f"{c['samples']} samples each", highlight=False)
+    for other in result.other_cases:
+        console.print(f"on {other['case']}: {other['gain']:+.1%} (p = "
+                      f"{other['p_value_slower']:.2g} that it is slower)", highlight=False)
     console.print(Text(result.summary(), style=VERDICT_STYLES.get(result.verdict, "")))
     if result.chart:
         console.print(f"chart: {result.chart}", highlight=False)

@@ -20,10 +20,12 @@ For one spec and one of its bench cases (``Options.case``; default: its first):
    failures included.
 4. The best configuration is a winner only if a fresh re-measurement beside the incumbent, in a
    new child, shows it faster by at least ``min_gain`` with a one-sided Mann-Whitney U test at
-   p < ``significance_p`` over at least ``MIN_SAMPLES`` interleaved samples of each.
+   p < ``significance_p`` over at least ``MIN_SAMPLES`` interleaved samples of each, and if it
+   is not slower by ``min_gain`` or more (same test, the other way) on any other bench case of
+   the spec: tuned values hold for every shape the spec is called with (``other_cases``).
 5. The search's chart (each evaluation's ratio and the best so far) goes beside the run record
-   (koschei.tuning.chart). A winner is written to ``tuning/<fingerprint>.json`` with its evidence, the spec is rendered
-   again (code_generate) and its generated tests run (test_run); if they fail, the tuned values
+   (koschei.tuning.chart). A winner is written to ``tuning/<fingerprint>.json`` with its
+   evidence, the spec is rendered again (code_generate) and its generated tests run (test_run); if they fail, the tuned values
    are taken back and the modules rendered as before (``tests_failed``).
 
 With ``Options.scheduler`` (``--scheduler ADDRESS``), the candidates and the confirmation are
@@ -119,6 +121,9 @@ class EvolveResult(Result):
     stopped: str = ""
     best: dict[str, Any] | None = None  # {"tunables", "ratio"}
     confirmation: dict[str, Any] | None = None  # medians, gain, p_value, samples
+    # the best beside the current values on the spec's other bench cases: {case, gain,
+    # p_value_slower, samples} each (a significant loss on one of them keeps nothing)
+    other_cases: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = ""  # improved | no_significant_gain | no_valid_candidate | tests_failed
     reason: str = ""
     tuned_values_file: str | None = None  # where an improvement was kept (its tests passed)
@@ -181,11 +186,16 @@ def similar_winners(spec_set: Any, loaded: Any, space: Any, incumbent: dict[str,
     return found
 
 
-def _choose_case(loaded: Any, wanted: str | None) -> str:
+def _bench_labels(loaded: Any) -> list[str]:
     from koschei.specs.validate import case_label
 
     spec = loaded.spec
-    labels = [case_label(case) for case in (spec.bench.cases if spec.bench else [])]
+    return [case_label(case) for case in (spec.bench.cases if spec.bench else [])]
+
+
+def _choose_case(loaded: Any, wanted: str | None) -> str:
+    spec = loaded.spec
+    labels = _bench_labels(loaded)
     if not labels:
         raise UsageError(f"{spec.name} has no bench cases: there is nothing to time",
                          hint=f"add bench.cases to {loaded.relpath}")
@@ -364,8 +374,9 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
 
     spec_yaml = spec_text(loaded)
 
-    def request(candidate: Path, beside: Path, budget_s: float) -> dict[str, Any]:
-        return make_request(loaded, case, candidate, beside, threads=threads, budget_s=budget_s,
+    def request(candidate: Path, beside: Path, budget_s: float, on: str = case,
+                ) -> dict[str, Any]:
+        return make_request(loaded, on, candidate, beside, threads=threads, budget_s=budget_s,
                             folder=candidates_dir, spec_yaml=spec_yaml)
 
     def run_requests(requests: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -489,6 +500,30 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
     if short:
         result.verdict, result.reason = "no_significant_gain", "; ".join(short)
         return result
+    # tuned values hold for every shape the spec is called with: the winner must not cost
+    # the spec's other bench cases what it gains on this one
+    for other in _bench_labels(loaded):
+        if other == case:
+            continue
+        progress.step(f"evolve {spec.name}/{case}: checking that the best is not slower on "
+                      f"{other}")
+        [outcome] = run_requests([request(winner, current, options.confirm_budget_s, other)])
+        if outcome["verdict"] != OK:
+            result.verdict = "no_significant_gain"
+            result.reason = (f"the best failed on case {other}: {outcome['verdict']}: "
+                             f"{outcome.get('reason')}")
+            return result
+        mine, theirs = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
+        other_gain = statistics.median(theirs) / statistics.median(mine) - 1.0
+        slower_p = (mann_whitney_p(mine, theirs, "greater")
+                    if min(len(mine), len(theirs)) > 1 else 1.0)
+        result.other_cases.append({"case": other, "gain": other_gain, "p_value_slower": slower_p,
+                                   "samples": min(len(mine), len(theirs))})
+        if other_gain <= -options.min_gain and slower_p < options.significance_p:
+            result.verdict = "no_significant_gain"
+            result.reason = (f"{other_gain:+.1%} on case {other} (p={slower_p:.2g}): tuned values "
+                             "hold for every case of the spec")
+            return result
     result.verdict = "improved"
     if options.apply:
         elsewhere = (cluster.machine if cluster is not None

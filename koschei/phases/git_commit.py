@@ -305,6 +305,9 @@ def evolve_lines(evolve: dict[str, Any]) -> list[str]:
                      f"{_seconds(confirmation['candidate_median_s'])} median, gain "
                      f"{confirmation['gain']:+.1%}, p = {confirmation['p_value']:.2g} "
                      f"(Mann-Whitney U, {confirmation['samples']} samples each)")
+    for other in evolve.get("other_cases") or []:
+        lines.append(f"  on {other['case']}: {other['gain']:+.1%} (p = "
+                     f"{other['p_value_slower']:.2g} that it is slower)")
     verdict = str(evolve.get("verdict", "")).replace("_", " ")
     reason = evolve.get("reason")
     lines.append(f"  verdict: {verdict}" + (f" ({reason})" if reason else ""))
