@@ -466,3 +466,18 @@ def test_cli_failed_tests_exit_1(setup):
     assert "refusing to commit" in result.output and "--force" in result.output
     assert invoke(workspace, "--force").exit_code == 0
 
+
+
+def test_a_search_run_of_its_own_commits_on_its_own_tests(setup):
+    workspace, repo = setup
+    record = RunRecord.create(workspace, "evolve")
+    (workspace.root / "tuning").mkdir()
+    (workspace.root / "tuning" / "aba5a72f6fca1765.json").write_text('{"format": 1}\n')
+    record.save_phase("evolve", evolve_result("improved", kept=True))
+    result = git_commit.run(workspace, git_commit.Options())
+    assert result.commit and "tuning/aba5a72f6fca1765.json" in committed_files(repo)
+
+    failed = RunRecord.create(workspace, "evolve")
+    failed.save_phase("evolve", {**evolve_result("tests_failed", kept=False), "ok": False})
+    with pytest.raises(CheckFailed, match="has no test results"):
+        git_commit.run(workspace, git_commit.Options())

@@ -8,7 +8,8 @@ the commit from HEAD plus those paths' working-tree content in a temporary index
 else a user has changed, staged or not, stays exactly as it was (changes and staging alike).
 
 Refused, before anything is touched:
-- the run's tests are missing or failed (CheckFailed, exit 1) unless ``force``;
+- the run's tests are missing or failed (CheckFailed, exit 1) unless ``force`` (a search's run,
+  ``koschei evolve``, ran its spec's tests on the values it kept: ``evolve.json`` says how);
 - a file the run wrote was changed afterwards (its sha256 differs from the one recorded when the
   phase wrote it): committing it would pass someone's edit off as the run's (exit 2, ``force``
   commits it anyway);
@@ -385,6 +386,9 @@ def build_message(record: RunRecord, paths: list[str], new_paths: list[str],
 def check_tests(record: RunRecord, force: bool) -> list[str]:
     """Refuse a run whose tests are missing or failed; with ``force``, say what was overridden."""
     test_run = record.phase("test_run")
+    evolve = record.phase("evolve")
+    if test_run is None and evolve is not None and evolve.get("ok", True):
+        return []  # a search: it ran its spec's tests on what it kept (or kept nothing)
     if test_run is None:
         problem = f"run {record.id} has no test results (no test_run.json)"
         hint = "run the tests first (koschei cycle, or koschei test-run then koschei git-commit)"
