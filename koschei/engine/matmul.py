@@ -31,7 +31,8 @@ _FLOAT32 = np.dtype("float32")
 # Numba's fastmath without "nnan" and "ninf": sums still vectorize and fuse, and inf / nan
 # inputs keep their IEEE meaning.
 _FASTMATH = {"afn", "arcp", "contract", "nsz", "reassoc"}
-# tunables: fastmath=True, gemv_parallel_min=65536, kc=256, mc=96, mr=12, nc=1024, nr=32, parallel=True, parallel_min_flops=4000000, tasks_per_thread=2
+# tunables: fastmath=True, gemv_parallel_min=65536, kc=192, mc=48, mr=12, nc=2048, nr=32, parallel=True, parallel_min_flops=4000000, tasks_per_thread=1# (tuned for this machine: tuning/aba5a72f6fca1765.json)
+
 
 
 # --- reference: plain NumPy, from the spec --------------------------------------------------------
@@ -49,15 +50,15 @@ from koschei.engine._simd import mma_tile, transpose_16x16
 # the register tile (rows x columns of C), the packed blocks' depth, rows and columns
 _MR = 12
 _NR = 32
-_KC = 256
-_MC = 96
-_NC = 1024
+_KC = 192
+_MC = 48
+_NC = 2048
 # below this many multiply-adds one thread does the work
 _PARALLEL_MIN_FLOPS = 4000000
 # below this many packed weights one thread streams them for a single row
 _GEMV_PARALLEL_MIN = 65536
 # tasks per thread (and parts of A's packing): more balance the threads, fewer reuse more
-_TASKS_PER_THREAD = 2
+_TASKS_PER_THREAD = 1
 
 
 # where B comes from: panels packed once for every call (a model's weights), or packed by the
