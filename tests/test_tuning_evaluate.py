@@ -4,7 +4,12 @@ or broken candidate is a verdict with its reason."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +114,35 @@ def test_a_module_file_name_stays_inside_its_folder(tmp_path):
     for name in ("../escape.py", "/tmp/escape.py", "not-a-module.py", "module.txt"):
         with pytest.raises(ValueError, match="plain name.py"):
             write_module(tmp_path, {"name": name, "text": ""})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_candidate_process_does_not_outlive_a_killed_search():
+    # the candidate waits for its request on a pipe this test keeps open: only its parent's
+    # death can end it
+    read_end, write_end = os.pipe()
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-m', 'koschei.tuning.evaluate'],\n"
+              f"                         stdin={read_end}, start_new_session=True)\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              pass_fds=(read_end,))
+    os.close(read_end)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)  # the child is waiting for its request
+        os.kill(child, 0)  # alive
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the candidate's process outlived the search that started it")
+    finally:
+        os.close(write_end)

@@ -255,7 +255,22 @@ def check_and_time(request: dict[str, Any]) -> dict[str, Any]:
             "candidate_median_s": timings["candidate"].median_s}
 
 
+def die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when the thread that started it ends (its
+    parent killed, even with ``kill -9``): a candidate runs in a session of its own, out of
+    reach of the terminal's Ctrl-C, and must not outlive its search. Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def child_main() -> None:
+    die_with_parent()
     request = json.loads(sys.stdin.read())
     try:
         outcome = check_and_time(request)
