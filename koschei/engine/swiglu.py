@@ -29,7 +29,8 @@ _FLOAT32 = np.dtype("float32")
 # Numba's fastmath without "nnan" and "ninf": sums still vectorize and fuse, and inf / nan
 # inputs keep their IEEE meaning.
 _FASTMATH = {"afn", "arcp", "contract", "nsz", "reassoc"}
-# tunables: fastmath=True, parallel=True, parallel_min_elements=32768
+# tunables: fastmath=True, parallel=True, parallel_min_elements=65536# (tuned for this machine: tuning/aba5a72f6fca1765.json)
+
 
 
 # --- reference: plain NumPy, from the spec --------------------------------------------------------
@@ -84,7 +85,7 @@ def _gate_serial(gate, up):
 
 
 # Below this many hidden elements one thread applies the gate: waking the pool costs more.
-_PARALLEL_MIN_ELEMENTS = 32768
+_PARALLEL_MIN_ELEMENTS = 65536
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True, error_model="numpy")
