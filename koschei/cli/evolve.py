@@ -82,10 +82,9 @@ def evolve(
 ) -> None:
     with handle_errors():
         from koschei.phases import evolve as phase
-
-        names = split_names(only)
         from koschei.runs import RunRecord
 
+        names = split_names(only)
         root_workspace = workspace(root)
         if replay:
             options = phase.Options(spec=spec, case=case, only=names or None)

@@ -325,7 +325,6 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
 def _run(workspace: Workspace, options: Options, progress: Progress | None,
          stack: ExitStack) -> EvolveResult:
     from koschei.bench import machine
-    from koschei.bench.timing import mann_whitney_p
     from koschei.tuning import values
     from koschei.tuning.cache import OK, CandidateKey, CandidateResult
     from koschei.tuning.evaluate import (
@@ -405,6 +404,10 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
         result.measured += 1
         return EvaluationRecord(config, known.verdict, _ratio(known), known.reason)
 
+    def best_so_far() -> str | None:
+        ratios = [r.ratio for r in result.evaluations if r.ratio is not None]
+        return f"×{min(ratios):.3f}" if ratios else None
+
     def evaluate_configs(configs: list[dict[str, Any]]) -> list[float | None]:
         """The objectives of a batch of configurations (one here; one per worker on a
         cluster): the log's where it knows them, else measured (all at once on a cluster)."""
@@ -418,10 +421,10 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
                 records[position] = EvaluationRecord(config, known.verdict, _ratio(known),
                                                      known.reason, True)
                 continue
-            ratios = [r.ratio for r in result.evaluations if r.ratio is not None]
-            best_so_far = f" (best so far ×{min(ratios):.3f})" if ratios else ""
+            best = best_so_far()
             progress.step(f"evolve {spec.name}/{case}: candidate "
-                          f"{len(result.evaluations) + position + 1}{best_so_far}: "
+                          f"{len(result.evaluations) + position + 1}"
+                          + (f" (best so far {best})" if best else "") + ": "
                           + ", ".join(f"{k}={v}" for k, v in config.items()
                                       if k in space.searched))
             try:
@@ -439,9 +442,9 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
             result.evaluations.append(record)
             if record.verdict != OK:
                 result.failures[record.verdict] = result.failures.get(record.verdict, 0) + 1
-            ratios = [r.ratio for r in result.evaluations if r.ratio is not None]
+            best = best_so_far()
             progress.advance(options.max_evaluations,
-                             f"best ×{min(ratios):.3f} of the defaults' time" if ratios else
+                             f"best {best} of the defaults' time" if best else
                              "no valid candidate yet")
         return [record.ratio for record in records]
 
@@ -482,17 +485,13 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
         result.verdict = "no_significant_gain"
         result.reason = f"the confirmation failed: {outcome['verdict']}: {outcome.get('reason')}"
         return result
-    mine, theirs = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
-    median_mine, median_theirs = statistics.median(mine), statistics.median(theirs)
-    gain = median_theirs / median_mine - 1.0
-    p_value = mann_whitney_p(mine, theirs, "less") if min(len(mine), len(theirs)) > 1 else 1.0
-    result.confirmation = {"candidate_median_s": median_mine, "incumbent_median_s": median_theirs,
-                           "gain": gain, "p_value": p_value, "samples": min(len(mine),
-                                                                            len(theirs)),
-                           "candidate_samples_s": mine, "incumbent_samples_s": theirs}
+    compared = _compare(outcome, "less")
+    gain, p_value, samples = compared["gain"], compared["p_value"], compared["samples"]
+    result.confirmation = {**compared, "candidate_samples_s": outcome["candidate_samples_s"],
+                           "incumbent_samples_s": outcome["incumbent_samples_s"]}
     short = []
-    if min(len(mine), len(theirs)) < MIN_SAMPLES:
-        short.append(f"{min(len(mine), len(theirs))} samples < {MIN_SAMPLES}")
+    if samples < MIN_SAMPLES:
+        short.append(f"{samples} samples < {MIN_SAMPLES}")
     if gain < options.min_gain:
         short.append(f"gain {gain:+.1%} < {options.min_gain:.0%}")
     if not p_value < options.significance_p:
@@ -513,12 +512,10 @@ def _run(workspace: Workspace, options: Options, progress: Progress | None,
             result.reason = (f"the best failed on case {other}: {outcome['verdict']}: "
                              f"{outcome.get('reason')}")
             return result
-        mine, theirs = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
-        other_gain = statistics.median(theirs) / statistics.median(mine) - 1.0
-        slower_p = (mann_whitney_p(mine, theirs, "greater")
-                    if min(len(mine), len(theirs)) > 1 else 1.0)
+        compared = _compare(outcome, "greater")
+        other_gain, slower_p = compared["gain"], compared["p_value"]
         result.other_cases.append({"case": other, "gain": other_gain, "p_value_slower": slower_p,
-                                   "samples": min(len(mine), len(theirs))})
+                                   "samples": compared["samples"]})
         if other_gain <= -options.min_gain and slower_p < options.significance_p:
             result.verdict = "no_significant_gain"
             result.reason = (f"{other_gain:+.1%} on case {other} (p={slower_p:.2g}): tuned values "
@@ -584,6 +581,21 @@ def _apply(workspace: Workspace, result: EvolveResult, loaded: Any, progress: Pr
                       previous_evidence)
     generated = code_generate.run(workspace, code_generate.Options(only=[result.spec]), progress)
     result.written += [p for p in generated.written if p not in result.written]
+
+
+def _compare(outcome: dict[str, Any], alternative: str) -> dict[str, Any]:
+    """A candidate's samples against the current configuration's from one child: the medians,
+    the gain (current median / candidate median - 1), the samples of the smaller side, and the
+    p-value of a one-sided Mann-Whitney U test that the candidate is faster (``alternative``
+    "less") or slower ("greater")."""
+    from koschei.bench.timing import mann_whitney_p
+
+    mine, theirs = outcome["candidate_samples_s"], outcome["incumbent_samples_s"]
+    median_mine, median_theirs = statistics.median(mine), statistics.median(theirs)
+    samples = min(len(mine), len(theirs))
+    return {"candidate_median_s": median_mine, "incumbent_median_s": median_theirs,
+            "gain": median_theirs / median_mine - 1.0, "samples": samples,
+            "p_value": mann_whitney_p(mine, theirs, alternative) if samples > 1 else 1.0}
 
 
 def _ratio(result: Any) -> float | None:
