@@ -31,8 +31,8 @@ _FLOAT32 = np.dtype("float32")
 # Numba's fastmath without "nnan" and "ninf": sums still vectorize and fuse, and inf / nan
 # inputs keep their IEEE meaning.
 _FASTMATH = {"afn", "arcp", "contract", "nsz", "reassoc"}
-# tunables: fastmath=True, gemv_parallel_min=65536, kc=192, mc=48, mr=12, nc=2048, nr=32, parallel=True, parallel_min_flops=4000000, tasks_per_thread=1# (tuned for this machine: tuning/aba5a72f6fca1765.json)
-
+# tunables: fastmath=True, gemv_parallel_min=65536, kc=192, mc=48, mr=12, nc=2048, nr=32, parallel=True, parallel_min_flops=4000000, tasks_per_thread=1
+# (tuned for this machine: tuning/aba5a72f6fca1765.json)
 
 
 # --- reference: plain NumPy, from the spec --------------------------------------------------------

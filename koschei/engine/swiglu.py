@@ -29,8 +29,8 @@ _FLOAT32 = np.dtype("float32")
 # Numba's fastmath without "nnan" and "ninf": sums still vectorize and fuse, and inf / nan
 # inputs keep their IEEE meaning.
 _FASTMATH = {"afn", "arcp", "contract", "nsz", "reassoc"}
-# tunables: fastmath=True, parallel=True, parallel_min_elements=65536# (tuned for this machine: tuning/aba5a72f6fca1765.json)
-
+# tunables: fastmath=True, parallel=True, parallel_min_elements=65536
+# (tuned for this machine: tuning/aba5a72f6fca1765.json)
 
 
 # --- reference: plain NumPy, from the spec --------------------------------------------------------
