@@ -120,7 +120,7 @@ def test_int8_weights_are_4x_smaller_and_close_to_fp32(model: MiniLM, int8_model
 def test_int8_keeps_the_outlier_channels_in_float32(int8_model: MiniLM) -> None:
     # [CLS] and [SEP] put most of their energy in a few channels of the residual stream; those
     # channels must be found (the empty text is made of those two tokens only)
-    query = int8_model._layers[0].query
+    query = int8_model._layers[0].qkv
     assert 1 <= query.outliers.size <= minilm.MAX_OUTLIERS
 
 

@@ -274,9 +274,7 @@ class _Int8Linear:
 
 @dataclass
 class _Layer:
-    query: Any
-    key: Any
-    value: Any
+    qkv: Any  # query, key and value in one product: (d_in) -> (3 d)
     output: Any  # attention.output.dense
     attention_norm: tuple[np.ndarray, np.ndarray]  # attention.output.LayerNorm (weight, bias)
     intermediate: Any
@@ -291,6 +289,7 @@ class _Buffers:
         d, f = config.hidden_size, config.intermediate_size
         self.capacity = capacity
         self.x = np.empty((capacity, d), dtype=np.float32)  # the hidden states
+        self.qkv = np.empty((capacity, 3 * d), dtype=np.float32)
         self.q = np.empty((capacity, d), dtype=np.float32)
         self.k = np.empty((capacity, d), dtype=np.float32)
         self.v = np.empty((capacity, d), dtype=np.float32)
@@ -337,7 +336,14 @@ class MiniLM:
             prefix = f"encoder.layer.{index}."
 
             def linear(name: str, prefix: str = prefix) -> Any:
-                weight, bias = arrays[prefix + name + ".weight"], arrays[prefix + name + ".bias"]
+                if name == "attention.self.qkv":
+                    names = [prefix + "attention.self." + part for part in ("query", "key", "value")]
+                    weight = np.concatenate([arrays[part + ".weight"] for part in names])
+                    bias = np.concatenate([arrays[part + ".bias"] for part in names])
+                    name = "attention.self.query"  # the same input: the same outlier channels
+                else:
+                    weight = arrays[prefix + name + ".weight"]
+                    bias = arrays[prefix + name + ".bias"]
                 if self.weights == "fp32":
                     return _Linear(weight, bias)
                 return _Int8Linear(weight, bias, outliers[prefix + name])
@@ -346,8 +352,7 @@ class MiniLM:
                 return arrays[prefix + name + ".weight"], arrays[prefix + name + ".bias"]
 
             self._layers.append(_Layer(
-                query=linear("attention.self.query"), key=linear("attention.self.key"),
-                value=linear("attention.self.value"), output=linear("attention.output.dense"),
+                qkv=linear("attention.self.qkv"), output=linear("attention.output.dense"),
                 attention_norm=norm("attention.output.LayerNorm"),
                 intermediate=linear("intermediate.dense"), ffn_output=linear("output.dense"),
                 ffn_norm=norm("output.LayerNorm")))
@@ -396,7 +401,7 @@ class MiniLM:
     def weight_nbytes(self) -> int:
         """The bytes of the projections' weights and biases as the kernels read them."""
         return sum(linear.nbytes for layer in self._layers
-                   for linear in (layer.query, layer.key, layer.value, layer.output,
+                   for linear in (layer.qkv, layer.output,
                                   layer.intermediate, layer.ffn_output))
 
     def __repr__(self) -> str:
@@ -486,9 +491,9 @@ class MiniLM:
         """The last hidden states (total, d) of the packed texts (ids: their tokens, one after
         the other; text i is rows starts[i] .. starts[i + 1])."""
         config = self.config
-        n, h, hd = ids.shape[0], config.num_heads, config.head_dim
+        n, h, hd, d = ids.shape[0], config.num_heads, config.head_dim, config.hidden_size
         eps = config.layer_norm_eps
-        x, q, k, v = b.x[:n], b.q[:n], b.k[:n], b.v[:n]
+        x, qkv, q, k, v = b.x[:n], b.qkv[:n], b.q[:n], b.k[:n], b.v[:n]
         attended, summed = b.attended[:n], b.sum[:n]
         hidden, activated = b.hidden[:n], b.activated[:n]
         # embeddings: word + (position + token type 0), then LayerNorm
@@ -500,9 +505,10 @@ class MiniLM:
         attended_heads = attended.reshape(n, h, hd)
         spans = list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True))
         for layer in self._layers:
-            layer.query(x, q)
-            layer.key(x, k)
-            layer.value(x, v)
+            layer.qkv(x, qkv)  # (n, 3 d), then each part on its own for attention
+            np.copyto(q, qkv[:, :d])
+            np.copyto(k, qkv[:, d:2 * d])
+            np.copyto(v, qkv[:, 2 * d:])
             for begin, end in spans:  # each text attends to its own tokens only
                 attention(q_heads[begin:end], k_heads[begin:end], v_heads[begin:end],
                           causal=False, out=attended_heads[begin:end])
