@@ -1062,6 +1062,69 @@ def _plan_tasks(n, m, hkv, window, threads):
     return heads_per_task, max(1, min(splits, span // _SPLIT_MIN_KEYS))
 
 
+
+# --- packed sequences (FlashAttention's variable-length form) ----------------------------------
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _sequence(q, k, v, begin, end, q_scale, out, tile_min_rows):
+    """Rows begin .. end of q, k and v attend to each other only (not causal), on this thread."""
+    n = end - begin
+    q_rows, k_rows, v_rows, out_rows = q[begin:end], k[begin:end], v[begin:end], out[begin:end]
+    hkv = k.shape[1]
+    if n > 1 and n * (q.shape[1] // hkv) >= tile_min_rows:
+        counter = np.zeros(1, dtype=np.int64)
+        _tiled_worker(counter, q_rows, k_rows, v_rows, False, 0, q_scale, out_rows, None, None)
+        return
+    heads_per_task = hkv if n <= _BLOCK_Q else 1  # as _plan_tasks plans one thread
+    partial_out = np.empty((1, 1, 1, 1), dtype=np.float32)
+    partial_stats = np.empty((1, 1, 1, 2), dtype=np.float32)
+    _attention_serial(q_rows, k_rows, v_rows, False, 0, q_scale, heads_per_task, 1, out_rows,
+                      partial_out, partial_stats, None, None)
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _sequences_worker(counter, order, starts, q, k, v, q_scale, out, tile_min_rows):
+    """Claims sequences (order[0], order[1], ...) from the shared counter until none is left."""
+    task = _rt.claim(counter)
+    while task < order.shape[0]:
+        sequence = order[task]
+        _sequence(q, k, v, starts[sequence], starts[sequence + 1], q_scale, out, tile_min_rows)
+        task = _rt.claim(counter)
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
+def _sequences_parallel(order, starts, q, k, v, q_scale, out, tile_min_rows, threads):
+    """One worker per thread, each running whole sequences."""
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(threads):
+        _sequences_worker(counter, order, starts, q, k, v, q_scale, out, tile_min_rows)
+
+
+def packed_sequences(q, k, v, starts, out, scale=None):
+    """Bidirectional attention over sequences packed one after the other (FlashAttention's
+    variable-length form, its cu_seqlens): rows starts[i] .. starts[i + 1] of q (n, hq, hd) and
+    of k, v (n, hkv, hd) are sequence i, whose queries see its keys only; out (n, hq, hd). An
+    encoder's batch runs without padding this way. A sequence with at least 1 / threads of the
+    work runs on every thread by itself; the others run whole, one per thread at a time, the
+    longest first. Unchecked (as _compute, plus: starts int64, rising from 0 to n)."""
+    lengths = np.diff(starts)
+    head_dim = q.shape[2]
+    q_scale = (1.0 / np.sqrt(head_dim) if scale is None else scale) * _LOG2_E
+    work = lengths * lengths * (q.shape[1] * head_dim)  # multiply-adds of each sequence's scores
+    threads = _rt.get_threads() if work.sum() >= _PARALLEL_MIN_WORK else 1
+    large = work * threads >= work.sum() if threads > 1 else np.zeros(lengths.shape, dtype=bool)
+    for sequence in np.flatnonzero(large):
+        rows = slice(starts[sequence], starts[sequence + 1])
+        _compute(q[rows], k[rows], v[rows], None, None, False, None, scale, out[rows])
+    order = np.flatnonzero(~large)
+    order = order[np.argsort(-lengths[order], kind="stable")]
+    if threads > 1:
+        _sequences_parallel(order, starts, q, k, v, q_scale, out, _TILE_MIN_ROWS, threads)
+        return
+    counter = np.zeros(1, dtype=np.int64)
+    _sequences_worker(counter, order, starts, q, k, v, q_scale, out, _TILE_MIN_ROWS)
+
 def _compute(q, k, v, alibi_slopes, key_padding_mask, causal, window, scale, out):
     """q (n, hq, hd), k and v (m, hkv, hd), alibi_slopes (hq,) or None, key_padding_mask (m,) or None -> out (n, hq, hd); checked: hq % hkv == 0, n <= m."""
     n, hq, head_dim = q.shape

@@ -265,6 +265,35 @@ def test_each_kernel_matches_the_reference(label, dims, params, with_inputs, ker
             SPEC.assert_results_close(attention(**inputs, **params), expected)
 
 
+@pytest.mark.parametrize("kernel", ["row_wise", "tiled"])
+@pytest.mark.parametrize(("lengths", "hq", "hkv"), [
+    ([1, 2, 5, 40, 130, 3], 4, 2),  # every path: one row, row-wise, tiled, one large sequence
+    ([12] * 9 + [1], 6, 6),
+    ([300], 2, 1),
+])
+def test_packed_sequences_are_each_sequence_on_its_own(lengths, hq, hkv, kernel, monkeypatch):
+    """packed_sequences over sequences stacked row after row gives what attention gives each
+    sequence alone, not causal: no query sees another sequence's keys."""
+    monkeypatch.setattr(module, "_TILE_MIN_ROWS", 1 if kernel == "tiled" else 1 << 62)
+    rng = np.random.default_rng(len(lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(starts[-1])
+    q = rng.standard_normal((n, hq, 16), dtype=np.float32)
+    k, v = (rng.standard_normal((n, hkv, 16), dtype=np.float32) for _ in range(2))
+    pieces = zip(*(np.split(t, starts[1:-1]) for t in (q, k, v)), strict=True)
+    expected = np.concatenate([attention(*piece, causal=False) for piece in pieces])
+    for parallel_min_work in (0, 1 << 62):
+        monkeypatch.setattr(module, "_PARALLEL_MIN_WORK", parallel_min_work)
+        for threads in sorted({1, _runtime.max_threads()}):
+            with _runtime.threads(threads):
+                out = np.full_like(q, np.nan)
+                module.packed_sequences(q, k, v, starts, out)
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    scaled = np.empty_like(q)
+    module.packed_sequences(q, k, v, starts, scaled, scale=0.5)
+    np.testing.assert_allclose(scaled[:starts[1]], attention(q[:starts[1]], k[:starts[1]], v[:starts[1]], causal=False, scale=0.5), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(("label", "dims", "params", "with_inputs"),
                          [case for case in CASES if "key_padding_mask" in case.values[3]])
 def test_padded_keys_are_never_seen(label, dims, params, with_inputs):

@@ -23,7 +23,9 @@ Kernels: ``matmul`` (the float32 projections: weights packed once, at load, into
 GEMM, biases added by the GEMM), ``int8_linear`` (``weights="int8"``: every projection as int8
 weights with one scale per output row, ``int8_quantize``, and the activations quantized per token;
 VNNI where the CPU has it), ``attention``, ``layernorm`` and ``gelu``; the embedding gathers, the
-residual adds and the pooling are NumPy.
+residual adds and the pooling are NumPy. Attention runs the texts of a batch side by side
+(``packed_sequences``: whole texts per thread, the longest first; a text with a thread's share of
+the work on every thread).
 
 Tokenization is the model's own ``tokenizer.json`` through Hugging Face's ``tokenizers`` (the
 ids sentence-transformers gives: lower-cased WordPiece, [CLS] and [SEP], truncated to 256
@@ -50,6 +52,7 @@ from koschei.engine import attention, gelu, int8_linear, int8_quantize, layernor
 # the modules of the kernels in use (the workspace's, when the engine runs one's)
 _matmul = importlib.import_module(matmul.__module__)
 _int8_linear = importlib.import_module(int8_linear.__module__)
+_attention = importlib.import_module(attention.__module__)
 
 __all__ = ["MiniLM", "MiniLMConfig"]
 
@@ -503,15 +506,13 @@ class MiniLM:
         layernorm(summed, *self._embedding_norm, eps=eps, out=x)
         q_heads, k_heads, v_heads = (a.reshape(n, h, hd) for a in (q, k, v))
         attended_heads = attended.reshape(n, h, hd)
-        spans = list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True))
         for layer in self._layers:
             layer.qkv(x, qkv)  # (n, 3 d), then each part on its own for attention
             np.copyto(q, qkv[:, :d])
             np.copyto(k, qkv[:, d:2 * d])
             np.copyto(v, qkv[:, 2 * d:])
-            for begin, end in spans:  # each text attends to its own tokens only
-                attention(q_heads[begin:end], k_heads[begin:end], v_heads[begin:end],
-                          causal=False, out=attended_heads[begin:end])
+            # each text attends to its own tokens only
+            _attention.packed_sequences(q_heads, k_heads, v_heads, starts, attended_heads)
             layer.output(attended, summed)
             summed += x
             layernorm(summed, *layer.attention_norm, eps=eps, out=x)
