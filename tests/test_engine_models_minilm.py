@@ -178,3 +178,13 @@ def test_the_config_is_all_minilm_l6_v2(model: MiniLM) -> None:
     assert model.config == MiniLMConfig()
     assert model.config.num_parameters() == 22_565_376  # without the unused pooler
     assert "weights='fp32'" in repr(model)
+
+
+def test_profile_says_where_the_time_goes(model: MiniLM) -> None:
+    stages = model.profile(TEXTS[:4], rounds=2)
+    assert list(stages) == [*minilm.PROFILE_STAGES, "total"]
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert stages["qkv"] > 0 and stages["ffn_up"] > 0 and stages["attention"] > 0
+    assert stages["total"] == pytest.approx(sum(stages[s] for s in minilm.PROFILE_STAGES))
+    with pytest.raises(ValueError, match="rounds: expected >= 1, got 0"):
+        model.profile(TEXTS, rounds=0)

