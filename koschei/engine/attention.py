@@ -1108,6 +1108,9 @@ def packed_sequences(q, k, v, starts, out, scale=None):
     encoder's batch runs without padding this way. A sequence with at least 1 / threads of the
     work runs on every thread by itself; the others run whole, one per thread at a time, the
     longest first. Unchecked (as _compute, plus: starts int64, rising from 0 to n)."""
+    if starts.shape[0] == 2:  # one sequence: plain attention
+        _compute(q, k, v, None, None, False, None, scale, out)
+        return
     lengths = np.diff(starts)
     head_dim = q.shape[2]
     q_scale = (1.0 / np.sqrt(head_dim) if scale is None else scale) * _LOG2_E
