@@ -4,6 +4,7 @@ engine timed alone and beside a busy process in alternating rounds."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -28,3 +29,24 @@ def test_contention_pairs_quiet_and_busy_rounds():
     assert result["slowdown"] > 0
     assert result["warm_call_s"] > 0 and result["after_blas_call_s"] > 0
     assert result["after_blas_slowdown"] > 0
+
+
+def test_warm_up_runs_untimed_before_each_sample():
+    """A contender whose first call after another contender's is slow (its caches taken): with
+    warm-up calls before each sample, no sample contains that slow call."""
+    state = {"last": None}
+
+    def contender(name: str, slow_after_other: float):
+        def call():
+            if state["last"] != name:
+                time.sleep(slow_after_other)
+            state["last"] = name
+        return call
+
+    # three: with the order rotating, no contender ever follows itself from one round to the next
+    contenders = {name: contender(name, 0.004) for name in ("a", "b", "c")}
+    cold, _ = measure_interleaved(contenders, budget_s=0.05)
+    warm, _ = measure_interleaved(contenders, budget_s=0.05, warm_s=0.001)
+    # cold: every sample's batch starts with the slow call; warm: none does
+    assert all(timing.min_s * timing.batch >= 0.004 for timing in cold.values())
+    assert all(timing.median_s < 0.001 for timing in warm.values())

@@ -224,6 +224,9 @@ def test_select_and_errors(tmp_path):
         benchmark.run(workspace, benchmark.Options(select=["nope"]))
     with pytest.raises(UsageError, match="--compare"):
         benchmark.run(workspace, options(fail_on_regression=5))
+    # --select none: no spec (and, without --model, no model either)
+    nothing = benchmark.run(workspace, options(select=["none"], models=None, budget_s=BUDGET))
+    assert (nothing.cases, nothing.models, nothing.encoders) == ([], [], [])
 
 
 def save_run(workspace: Workspace, run_id: str, data: dict) -> None:

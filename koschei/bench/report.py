@@ -649,6 +649,7 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
     if footnotes:
         lines += ["", *[f"- {_cell(note)}" for note in footnotes]]
     lines += _model_lines(result.models)
+    lines += _encoder_lines(getattr(result, "encoders", None) or [])
     lines.append(README_END)
     return "\n".join(lines) + "\n"
 
@@ -765,6 +766,95 @@ def _llama_cpp_lines(model: Any) -> list[str]:
     if getattr(model, "llama_cpp_note", None):
         notes.insert(0, model.llama_cpp_note)
     return lines + (["", *[f"- {_cell(note)}" for note in notes]] if notes else [])
+
+
+# --- the encoder case -----------------------------------------------------------------------------
+
+
+def encoder_rows(item: Any) -> list[tuple[str, Any, str | None, float | None]]:
+    """The rows of one input of an encoder case, koschei's contenders first, in the order of
+    ``koschei.bench.encoder.CONTENDERS`` (any other after them): (name, its
+    EncoderContenderResult, the koschei contender compared with it or None, koschei's speed over
+    it: the paired speedup) each. Shared by the terminal and the README."""
+    from koschei.bench.encoder import CONTENDERS, SPEEDUPS
+
+    compared = {baseline: (engine, key) for key, (baseline, engine) in SPEEDUPS.items()}
+    order = {name: index for index, name in enumerate(CONTENDERS)}
+    names = sorted(item.contenders, key=lambda name: order.get(name, len(order)))
+    rows: list[tuple[str, Any, str | None, float | None]] = []
+    for name in names:
+        engine, key = compared.get(name, (None, None))
+        rows.append((name, item.contenders[name], engine,
+                     item.speedups.get(key) if key is not None else None))
+    return rows
+
+
+def encoder_input_title(item: Any) -> str:
+    """"32 short sentences (32 texts, 357 tokens)"."""
+    texts = f"{item.texts} text" + ("s" if item.texts != 1 else "")
+    return f"{item.name} ({texts}, {sum(item.tokens)} tokens)"
+
+
+def encoder_setup_text(case: Any) -> str:
+    """How the encoder case's contenders ran and were compared, in words."""
+    from koschei.bench.encoder import MIN_COSINE
+
+    text = (f"Every contender on {case.threads} thread(s), each call texts in and L2-normalized "
+            "embeddings out, tokenization included, timed in the same rounds after its "
+            "embeddings were checked against sentence-transformers' (lowest cosine per text: "
+            f"fp32 ≥ {MIN_COSINE['fp32']:g}, int8 ≥ {MIN_COSINE['int8']:g}); koschei ÷ it: "
+            "koschei's speed over the contender's, the median of per-round ratios (above 1: "
+            "koschei is faster).")
+    info = getattr(case, "onnxruntime_info", None) or {}
+    if info.get("exporter"):
+        fused = ", ".join(f"{name} {count}" for name, count
+                          in (info.get("fused_operators") or {}).items())
+        text += (f" ONNX Runtime {info.get('onnxruntime')}: the BertModel exported by "
+                 f"{info['exporter']} (opset {info.get('opset')}), optimized by ONNX Runtime's "
+                 f"transformer optimizer ({fused or 'nothing fused'}); int8: that graph through "
+                 f"{info.get('quantization')}; sessions {info.get('session')}, "
+                 f"{info.get('intra_op_num_threads')} intra-op thread(s), 1 inter-op; its call "
+                 "pads the batch to its longest text, runs it once, and mean-pools and "
+                 "normalizes in NumPy.")
+    return text
+
+
+def _encoder_lines(encoders: list[Any]) -> list[str]:
+    lines: list[str] = []
+    for case in encoders:
+        lines += ["", (f"| {case.label}: input | contender | median | IQR | lowest cosine | "
+                       "koschei ÷ it | verdict |"),
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        notes = [encoder_setup_text(case)]
+        if case.onnxruntime_note:
+            notes.append(case.onnxruntime_note)
+        if not case.inputs:
+            lines.append(f"| {case.label} | | | | | | **{case.verdict}** |")
+        for item in case.inputs:
+            title = encoder_input_title(item)
+            for name, entry, engine, speedup in encoder_rows(item):
+                timing = entry.timing
+                cosine = "" if entry.min_cosine is None else f"{entry.min_cosine:.6f}"
+                ratio = f"{engine} {format_ratio(speedup)}" if engine and speedup else ""
+                verdict = entry.verdict if entry.verdict in ("ok", "reference") else \
+                    f"**{entry.verdict}**"
+                lines.append(
+                    f"| {_cell(title)} | {name} | "
+                    f"{format_seconds(timing.median_s) if timing else '—'} | "
+                    f"{format_seconds(timing.iqr_s) if timing else '—'} | {cosine} | {ratio} | "
+                    f"{verdict} |")
+                if entry.verdict in ("wrong", "error") and entry.error:
+                    notes.append(f"{item.name}: {name}: {entry.verdict}: "
+                                 f"{first_line(entry.error)}")
+            if item.goals:
+                from koschei.bench.encoder import goal_outcome
+
+                notes.append(f"{item.name}: goals: "
+                             + "; ".join(goal_outcome(goal) for goal in item.goals))
+        if case.verdict != "ok" and case.error:
+            notes.append(f"{case.label}: {case.verdict}: {first_line(case.error)}")
+        lines += ["", *[f"- {_cell(note)}" for note in notes]]
+    return lines
 
 
 def readme_problem(path: Path) -> str | None:

@@ -60,9 +60,9 @@ def _time_batch(call: Callable[[], Any], batch: int) -> float:
     return (time.perf_counter_ns() - start) / 1e9 / batch
 
 
-def _warm_up(call: Callable[[], Any]) -> None:
-    """Call until WARM_UP_S has passed (at least once): caches, thread pools, lazy set-up."""
-    deadline = time.perf_counter() + WARM_UP_S
+def _warm_up(call: Callable[[], Any], seconds: float = WARM_UP_S) -> None:
+    """Call until ``seconds`` have passed (at least once): caches, thread pools, lazy set-up."""
+    deadline = time.perf_counter() + seconds
     call()
     while time.perf_counter() < deadline:
         call()
@@ -97,10 +97,16 @@ def _summarize(samples: list[float], batch: int) -> ContenderTiming:
                            samples_s=[float(v) for v in samples])
 
 
-def measure_interleaved(contenders: dict[str, Callable[[], Any]], budget_s: float,
-                        ) -> tuple[dict[str, ContenderTiming], str]:
+def measure_interleaved(contenders: dict[str, Callable[[], Any]], budget_s: float, *,
+                        warm_s: float = 0.0) -> tuple[dict[str, ContenderTiming], str]:
     """Warm up, then time the contenders round by round (rotating order) until the budget is spent
-    or every median is stable. Returns the timings and why it stopped."""
+    or every median is stable. Returns the timings and why it stopped.
+
+    ``warm_s``: seconds of untimed calls of a contender (at least one) right before each of its
+    samples, so that a sample measures it in its steady state (its weights back in the caches
+    that the other contenders' calls took, the other contenders' thread pools, which spin for a
+    while after their last call, wound down) rather than the first calls after another
+    program's."""
     names = list(contenders)
     started = time.perf_counter()
     for name in names:
@@ -114,6 +120,8 @@ def measure_interleaved(contenders: dict[str, Callable[[], Any]], budget_s: floa
         while True:
             shift = rounds % len(names)
             for name in names[shift:] + names[:shift]:
+                if warm_s > 0:
+                    _warm_up(contenders[name], warm_s)
                 samples[name].append(_time_batch(contenders[name], batches[name]))
             rounds += 1
             if rounds >= STABLE_ROUNDS and all(

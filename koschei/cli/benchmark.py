@@ -17,6 +17,9 @@ from koschei.bench.report import (
     case_title,
     compile_seconds_text,
     contention_text,
+    encoder_input_title,
+    encoder_rows,
+    encoder_setup_text,
     format_fraction,
     format_rate,
     format_seconds,
@@ -42,7 +45,8 @@ BAR_WIDTH = 24
 TABLE_WIDTH = 160  # columns of the table when stdout is not a terminal
 PARTIAL_BLOCKS = " ▏▎▍▌▋▊▉"
 VERDICT_STYLES = {"ok": "green", "wrong": "bold red", "error": "red", "regression": "bold red",
-                  "over_ceiling": "bold red", "crashed": "bold red", "unsupported": "dim"}
+                  "over_ceiling": "bold red", "crashed": "bold red", "unsupported": "dim",
+                  "not_installed": "dim", "reference": "dim"}
 
 
 @command("benchmark", seed_name="benchmark",
@@ -54,7 +58,8 @@ def benchmark(
     root: RootOption = None,
     json_output: JsonOption = False,
     select: Annotated[list[str] | None, typer.Option(
-        "--select", "-k", help="Only this spec (repeat for more, or separate with commas).",
+        "--select", "-k", help="Only this spec (repeat for more, or separate with commas); "
+                              "--select none for the models of --model only.",
         show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="Threads for Numba, PyTorch and BLAS alike (default: all cores).",
@@ -81,8 +86,10 @@ def benchmark(
     )] = False,
     model: Annotated[list[str] | None, typer.Option(
         "--model", help="Measure the decoding speed of this decoder config, fp32 against ternary "
-                        "weights (default: igla_v2 when no --select is given; --model none for "
-                        "no model).", show_default=False)] = None,
+                        "weights, or with minilm the sentence encoder against "
+                        "sentence-transformers and ONNX Runtime (default: igla_v2 and minilm "
+                        "when no --select is given; --model none for no model).",
+        show_default=False)] = None,
     torch_compile: Annotated[bool, typer.Option(
         "--torch-compile/--no-torch-compile",
         help="Also time each PyTorch contender compiled with torch.compile (compilation is not "
@@ -157,6 +164,50 @@ def render_models(models: list[Any], console: Console) -> None:
             console.print(f"[dim]{case.label}: {escape(note)}[/dim]", highlight=False)
     for case in models:
         render_llama_cpp(case, console)
+
+
+def render_encoders(encoders: list[Any], console: Console) -> None:
+    """Per input of each encoder case: every contender's median call, its lowest cosine to
+    sentence-transformers' embeddings, koschei's speed over it, its verdict; then the input's
+    goals, met or not."""
+    from koschei.bench.encoder import goal_outcome
+
+    for case in encoders:
+        for item in case.inputs:
+            table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
+                          collapse_padding=True, title_justify="left",
+                          title=f"{case.label}: {encoder_input_title(item)}")
+            for column in ("contender", "median ±IQR", "lowest cosine", "koschei ÷ it",
+                           "verdict"):
+                table.add_column(column, justify="left" if column in ("contender", "verdict")
+                                 else "right", no_wrap=True)
+            for name, entry, engine, speedup in encoder_rows(item):
+                table.add_row(
+                    name, format_timing(entry.timing, spread=True),
+                    "—" if entry.min_cosine is None else f"{entry.min_cosine:.6f}",
+                    format_ratio(speedup, engine) if engine else "",
+                    Text(entry.verdict, style=VERDICT_STYLES.get(entry.verdict, "")))
+            console.print()
+            print_wide(console, table)
+            for name, entry, _, _ in encoder_rows(item):
+                if entry.verdict in ("wrong", "error") and entry.error:
+                    console.print(Text(f"{name}: {entry.verdict}: {entry.error}",
+                                       style=VERDICT_STYLES.get(entry.verdict, "")))
+            if item.error:
+                console.print(Text(f"{item.name}: timing failed: {item.error}", style="red"))
+            for goal in item.goals:
+                console.print(Text(f"goal: {goal_outcome(goal)}",
+                                   style="green" if goal["met"] else "yellow"))
+        if case.error:
+            console.print(Text(f"{case.label}: {case.verdict}: {case.error}",
+                               style=VERDICT_STYLES.get(case.verdict, "")))
+        if case.onnxruntime_note:
+            console.print(f"{case.label}: {case.onnxruntime_note}", highlight=False,
+                          markup=False)
+        if case.inputs:
+            console.print(f"[dim]{escape(encoder_setup_text(case))}[/dim]", highlight=False)
+        for note in case.notes:
+            console.print(f"[dim]{case.label}: {escape(note)}[/dim]", highlight=False)
 
 
 def render_llama_cpp(case: Any, console: Console) -> None:
@@ -356,6 +407,9 @@ def render(result: Any, console: Console) -> None:
 
     if result.models:
         render_models(result.models, console)
+    encoders = getattr(result, "encoders", None) or []
+    if encoders:
+        render_encoders(encoders, console)
 
     measured = [c for c in result.cases if is_measured(c) and c.speedup_vs_numpy is not None]
     if measured:
@@ -406,6 +460,7 @@ def render(result: Any, console: Console) -> None:
     for chart in result.charts:
         console.print(f"[dim]chart: {chart}[/dim]", highlight=False)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
-    measured_text = f"{len(result.cases)} case(s)" + (f" and {len(result.models)} model(s)"
-                                                        if result.models else "")
+    model_count = len(result.models) + len(encoders)
+    measured_text = f"{len(result.cases)} case(s)" + (f" and {model_count} model(s)"
+                                                        if model_count else "")
     console.print(f"{measured_text}: {counts or 'none'}", highlight=False)

@@ -43,7 +43,10 @@ rounds (``koschei.bench.timing.measure_contention``), and reports the slowdown.
 Models (``koschei.bench.models``): the prefill and decoding speed of the engine's decoder,
 on the workspace's kernels, with fp32 and with ternary weights, beside the bandwidth ceiling of
 each, and against llama.cpp on the same weights and thread count when llama-cpp-python is
-installed; by default for ``igla_v2`` when no spec is selected (``Options.models``).
+installed; by default for ``igla_v2`` when no spec is selected (``Options.models``). The encoder
+(``koschei.bench.encoder``, ``minilm``): all-MiniLM-L6-v2's embeddings by the engine's ``MiniLM``
+in fp32 and int8 against sentence-transformers and ONNX Runtime on the same weights; by default
+beside the decoder.
 
 Nothing is measured when an engine module it needs is not generated: ``check_generated`` stops
 the run at once with the command to run.
@@ -76,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from koschei.bench import calibration as machine_calibration
+from koschei.bench import encoder as bench_encoder
 from koschei.bench import machine
 from koschei.bench import models as bench_models
 from koschei.bench.check import (
@@ -91,6 +95,7 @@ from koschei.bench.check import (
     source_module,
     torch_available,
 )
+from koschei.bench.encoder import EncoderCaseResult
 from koschei.bench.models import ModelCaseResult
 from koschei.bench.results import CaseResult
 from koschei.bench.roofline import derive, output_bytes
@@ -123,8 +128,9 @@ class Options:
     fail_on_regression: float | None = None  # percent
     charts: bool = True  # roofline.png and speedup.png into record_dir (needs matplotlib)
     readme: bool = False  # rewrite the benchmark block of the workspace's README.md
-    # decoder configs whose decoding speed is measured (koschei.bench.models); None: igla_v2
-    # when no spec is selected, none otherwise
+    # decoder configs whose decoding speed is measured (koschei.bench.models), and "minilm" for
+    # the encoder case (koschei.bench.encoder); None: igla_v2 and minilm when no spec is
+    # selected, none otherwise
     models: list[str] | None = None
     torch_compile: bool = True  # also time each PyTorch contender compiled by torch.compile
     contention: bool = False  # also time the engine beside one other busy process
@@ -144,18 +150,20 @@ class BenchmarkResult(Result):
     fail_on_regression: float | None = None
     cases: list[CaseResult] = field(default_factory=list)
     models: list[ModelCaseResult] = field(default_factory=list)  # decoding speed of models
+    encoders: list[EncoderCaseResult] = field(default_factory=list)  # sentence embeddings
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)  # image files beside the run record
 
     @property
     def ok(self) -> bool:
         """False when any case is wrong, a gated regression, or could not be measured (error)."""
-        return all(case.verdict == "ok" for case in [*self.cases, *self.models])
+        return all(case.verdict == "ok"
+                   for case in [*self.cases, *self.models, *self.encoders])
 
     @property
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for case in [*self.cases, *self.models]:
+        for case in [*self.cases, *self.models, *self.encoders]:
             counts[case.verdict] = counts.get(case.verdict, 0) + 1
         return counts
 
@@ -629,9 +637,13 @@ def apply_comparison(result: BenchmarkResult, run_id: str, baseline: dict[str, A
 
 
 def select_specs(spec_set: Any, select: list[str] | None) -> list[Any]:
+    """The specs to measure: every benchmarkable one without ``select``, none for ["none"]
+    (only the models of ``--model``)."""
     implemented = [loaded for loaded in spec_set.implemented() if loaded.spec.bench is not None]
     if not select:
         return implemented
+    if select == ["none"]:
+        return []
     by_name = {loaded.spec.name: loaded for loaded in implemented}
     unknown = [name for name in select if name not in by_name]
     if unknown:
@@ -657,6 +669,16 @@ def check_generated(workspace: Workspace, specs: list[str]) -> None:
                      hint="run `koschei code-generate` (or `koschei cycle`) first")
 
 
+def model_selection(options: Options) -> tuple[list[str], list[str]]:
+    """The decoder configs and the encoders (``minilm``) ``options.models`` asks for; by
+    default igla_v2 and minilm when no spec is selected, nothing otherwise."""
+    names = options.models
+    if names is None:
+        names = [] if options.select else [bench_models.DEFAULT_CONFIG, bench_encoder.MODEL]
+    return ([name for name in names if name != bench_encoder.MODEL],
+            [bench_encoder.MODEL] if bench_encoder.MODEL in names else [])
+
+
 def run(workspace: Workspace, options: Options, progress: Progress | None = None,
         ) -> BenchmarkResult:
     from koschei.specs import load_specs
@@ -678,14 +700,16 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                 f"add a line {report.README_BEGIN} and a line "
                 f"{report.README_END} where the table goes"))
     chosen = select_specs(load_specs(workspace), options.select)
-    models = options.models
-    if models is None:
-        models = [] if options.select else [bench_models.DEFAULT_CONFIG]
+    decoders, encoders = model_selection(options)
     check_generated(workspace, [loaded.spec.name for loaded in chosen])
     import koschei.engine
 
     koschei.engine.use_workspace(workspace.root)  # kernels and models run the workspace's modules
-    bench_models.check_configs(models)
+    try:
+        bench_models.check_configs(decoders)
+    except UsageError as error:
+        raise UsageError(error.message, hint=f"{error.hint}; the encoder: "
+                                             f"{bench_encoder.MODEL}") from None
     threads = machine_calibration.resolve_threads(options.threads)
     started_at = datetime.now(UTC).isoformat(timespec="microseconds")
     baseline = None
@@ -732,7 +756,10 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                 progress.advance()
         model_cases = [bench_models.run_decoder_case(workspace, name, options.budget_s,
                                                      calibration, progress, threads=threads)
-                       for name in models]
+                       for name in decoders]
+        encoder_cases = [bench_encoder.run_encoder_case(options.budget_s, progress,
+                                                        threads=threads, workspace=workspace)
+                         for _ in encoders]
 
     result = BenchmarkResult(
         threads=threads, fingerprint=machine.fingerprint(), machine=machine.describe(),
@@ -740,7 +767,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
         load_average=load,
         fail_on_regression=options.fail_on_regression, cases=cases, models=model_cases,
-        notes=notes)
+        encoders=encoder_cases, notes=notes)
     if options.compare is not None:
         if baseline is None:
             result.notes.append("no earlier run with benchmark results: nothing to compare with")
