@@ -241,3 +241,12 @@ def test_an_unknown_model_names_the_decoder_configs_and_the_encoder(tmp_path) ->
         benchmark.run(Workspace(tmp_path), benchmark.Options(models=["huge"], budget_s=BUDGET))
     assert refused.value.hint.endswith("; the encoder: minilm")
     assert "igla_v2" in refused.value.hint
+
+
+def test_missing_requirements_name_each_module_with_its_install_command(monkeypatch) -> None:
+    from koschei.bench import encoder
+
+    assert encoder.missing_requirements() == []  # the test set-up installs them all
+    monkeypatch.setattr(encoder, "REQUIREMENTS",
+                        {"numpy": "pip install numpy", "koschei_no_such_module": "pip install x"})
+    assert encoder.missing_requirements() == ["koschei_no_such_module (`pip install x`)"]

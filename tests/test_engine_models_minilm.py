@@ -188,3 +188,13 @@ def test_profile_says_where_the_time_goes(model: MiniLM) -> None:
     assert stages["total"] == pytest.approx(sum(stages[s] for s in minilm.PROFILE_STAGES))
     with pytest.raises(ValueError, match="rounds: expected >= 1, got 0"):
         model.profile(TEXTS, rounds=0)
+
+
+def test_threads_encoding_at_once_get_what_each_would_alone(model: MiniLM) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [model.encode(text) for text in TEXTS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(model.encode, TEXTS * 3))
+    for index, vector in enumerate(got):
+        np.testing.assert_allclose(vector, expected[index % len(TEXTS)], atol=1e-6)

