@@ -9,6 +9,9 @@ and returns their L2-normalized embeddings (n, 384), tokenization included:
 - ``koschei int8``: ``MiniLM.load(weights="int8").encode(texts, batch_size=32)``;
 - ``sentence-transformers``: ``SentenceTransformer(folder, device="cpu").encode(texts,
   batch_size=32)`` (PyTorch), the reference every other contender is checked against;
+- ``sentence-transformers compiled``: another such model whose transformer runs through
+  ``torch.compile(dynamic=True)`` (``compiled_sentence_transformer``; left out with the
+  benchmark's ``--no-torch-compile``), compiled at its first calls, before the timing;
 - ``ONNX Runtime fp32`` and ``ONNX Runtime int8``: the Hugging Face ``BertModel`` of that
   sentence-transformers model exported during the case, offline, into a scratch folder that is
   removed afterwards (``torch.onnx.export``, the TorchScript exporter, the dynamo one where it
@@ -41,15 +44,16 @@ sentence-transformers', row by row; the lowest cosine similarity must be at leas
 on that input; a koschei contender that is wrong makes the case "wrong".
 
 Timing: the contenders that passed are timed interleaved (``measure_interleaved``) within the
-benchmark's budget per input, each timed sample right after ``WARM_S`` seconds of untimed calls
-of the same contender: without them a call follows other contenders' calls, with their weights in
-the caches and their thread pools still spinning (ONNX Runtime's and PyTorch's spin for up to
-about 0.1 s), and a call on a short input took two to four times as long as in a process that
-encodes back to back, for every contender. So the figures are each contender's steady state, as
-in an application that encodes one request after another. Reported per input and contender: the median and IQR of a call; and the paired speedups (``SPEEDUPS``: the median of per-round ratios of the other contender's
-time over koschei's, above 1: koschei is faster) of koschei fp32 over ONNX Runtime fp32, koschei
-int8 over ONNX Runtime int8 and koschei fp32 over sentence-transformers; and each input's goals
-(``GOALS``) as met or not, with the measured figure.
+benchmark's budget per input, each timed sample right after ``WARM_S`` seconds of untimed calls of
+the same contender: without them a call follows other contenders' calls, with their weights in the
+caches and their thread pools still spinning (ONNX Runtime's and PyTorch's spin for up to about 0.1
+s), and a call on a short input took two to four times as long as in a process that encodes back to
+back, for every contender. So the figures are each contender's steady state, as in an application
+that encodes one request after another. Reported per input and contender: the median and IQR of a
+call; and the paired speedups (``SPEEDUPS``: the median of per-round ratios of the other
+contender's time over koschei's, above 1: koschei is faster) of koschei fp32 over ONNX Runtime
+fp32, koschei int8 over ONNX Runtime int8 and koschei fp32 over sentence-transformers, eager and
+compiled; and each input's goals (``GOALS``) as met or not, with the measured figure.
 
 Without onnxruntime the ONNX Runtime rows say so (``ONNXRUNTIME_NOT_INSTALLED``) and the rest is
 measured; without sentence-transformers, the weights, or the libraries the engine's encoder
@@ -71,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from koschei.bench.models import kernel_file
+from koschei.bench.models import kernel_file, model_module
 from koschei.bench.timing import ContenderTiming, measure_interleaved, paired_speedup
 
 MODEL = "minilm"
@@ -86,11 +90,14 @@ KERNELS = ("attention", "gelu", "int8_linear", "int8_quantize", "layernorm", "ma
 KOSCHEI_FP32 = "koschei fp32"
 KOSCHEI_INT8 = "koschei int8"
 SENTENCE_TRANSFORMERS = "sentence-transformers"
+SENTENCE_TRANSFORMERS_COMPILED = "sentence-transformers compiled"
 ONNXRUNTIME_FP32 = "ONNX Runtime fp32"
 ONNXRUNTIME_INT8 = "ONNX Runtime int8"
-CONTENDERS = (KOSCHEI_FP32, KOSCHEI_INT8, SENTENCE_TRANSFORMERS, ONNXRUNTIME_FP32,
+CONTENDERS = (KOSCHEI_FP32, KOSCHEI_INT8, SENTENCE_TRANSFORMERS, SENTENCE_TRANSFORMERS_COMPILED,
+              ONNXRUNTIME_FP32,
               ONNXRUNTIME_INT8)
 PRECISION = {KOSCHEI_FP32: "fp32", KOSCHEI_INT8: "int8", SENTENCE_TRANSFORMERS: "fp32",
+             SENTENCE_TRANSFORMERS_COMPILED: "fp32",
              ONNXRUNTIME_FP32: "fp32", ONNXRUNTIME_INT8: "int8"}
 # the lowest cosine similarity to sentence-transformers' embedding a contender may give, per row
 # (int8: ONNX Runtime's dynamic per-channel int8 of this model reaches 0.986 on the mixed batch;
@@ -114,6 +121,7 @@ SPEEDUPS = {
     "fp32_vs_onnxruntime_fp32": (ONNXRUNTIME_FP32, KOSCHEI_FP32),
     "int8_vs_onnxruntime_int8": (ONNXRUNTIME_INT8, KOSCHEI_INT8),
     "fp32_vs_sentence_transformers": (SENTENCE_TRANSFORMERS, KOSCHEI_FP32),
+    "fp32_vs_sentence_transformers_compiled": (SENTENCE_TRANSFORMERS_COMPILED, KOSCHEI_FP32),
 }
 
 INSTALL_ONNXRUNTIME = "pip install -e '.[onnx]'"
@@ -347,25 +355,6 @@ def evaluate_goals(name: str, timings: dict[str, ContenderTiming],
     return evaluated
 
 
-def goal_outcome(goal: dict[str, Any]) -> str:
-    """"koschei fp32 ≤ 2 ms: 1.41 ms, met", "koschei fp32 ≥ 4× ONNX Runtime fp32: 2.10×, not
-    met, short by 48% (needs 4.00×)", "...: not measured"."""
-    target, measured = goal["target"], goal["measured"]
-
-    def show(value: float) -> str:
-        return f"{value * 1e3:.3g} ms" if goal["kind"] == "time" else f"{value:.2f}×"
-
-    if measured is None:
-        return f"{goal['goal']}: not measured"
-    if goal["met"]:
-        return f"{goal['goal']}: {show(measured)}, met"
-    if goal["kind"] == "time":
-        return (f"{goal['goal']}: {show(measured)}, not met, {goal['short_by_pct']:.0f}% over "
-                f"(needs ≤ {show(target)})")
-    return (f"{goal['goal']}: {show(measured)}, not met, short by {goal['short_by_pct']:.0f}% "
-            f"(needs {show(target)})")
-
-
 # --- the contenders -------------------------------------------------------------------------------
 
 
@@ -546,20 +535,6 @@ def check_contender(contender: EncoderContender, texts: list[str],
     return entry
 
 
-def minilm_module() -> Any:
-    """``koschei.engine.models.minilm``, bound to the kernels ``koschei.engine`` resolves now
-    (the workspace's after ``koschei.engine.use_workspace``): imported again when it was first
-    imported beside the kernels of another folder."""
-    import koschei.engine
-
-    module = importlib.import_module("koschei.engine.models.minilm")
-    for name in KERNELS:
-        bound = getattr(module, name, None)
-        if bound is not None and kernel_file(bound) != kernel_file(getattr(koschei.engine, name)):
-            return importlib.reload(module)
-    return module
-
-
 # what the case needs (module -> how to install it), looked up without importing anything
 REQUIREMENTS = {
     "sentence_transformers": INSTALL_SENTENCE_TRANSFORMERS,
@@ -632,7 +607,7 @@ def run_encoder_case(budget_s: float, progress: Any, *, threads: int | None = No
     progress.step(f"benchmark {result.label}: loading sentence-transformers and the weights")
     try:
         sentence_transformers = _import_sentence_transformers()
-        minilm = minilm_module()
+        minilm = model_module("minilm", KERNELS)
         folder = minilm.default_model_folder()
     except ModuleNotFoundError as error:
         result.error = str(error)
@@ -720,6 +695,16 @@ def _load_contenders(result: EncoderCaseResult, names: Sequence[str], encoder_cl
     if SENTENCE_TRANSFORMERS in names:
         loaded.append(EncoderContender(SENTENCE_TRANSFORMERS, "fp32",
                                        _sentence_transformers_call(reference_model)))
+    if SENTENCE_TRANSFORMERS_COMPILED in names:
+        progress.step(f"benchmark {result.label}: loading {SENTENCE_TRANSFORMERS_COMPILED} "
+                      "(torch.compile compiles at its first calls)")
+        try:
+            loaded.append(EncoderContender(SENTENCE_TRANSFORMERS_COMPILED, "fp32",
+                                           _sentence_transformers_call(
+                                               compiled_sentence_transformer(reference_model,
+                                                                             folder))))
+        except Exception as error:  # noqa: BLE001 - reported as the contender's error
+            failed[SENTENCE_TRANSFORMERS_COMPILED] = ("error", f"{type(error).__name__}: {error}")
     wanted = [name for name in (ONNXRUNTIME_FP32, ONNXRUNTIME_INT8) if name in names]
     if not wanted:
         return loaded, failed
@@ -750,6 +735,17 @@ def _load_contenders(result: EncoderCaseResult, names: Sequence[str], encoder_cl
         failed.update({name: ("error", reason) for name in wanted
                        if name not in {contender.name for contender in loaded}})
     return loaded, failed
+
+
+def compiled_sentence_transformer(reference_model: Any, folder: Path) -> Any:
+    """Another SentenceTransformer on the same folder whose transformer runs through
+    torch.compile (dynamic shapes: one graph for every batch and length; measured here, it is
+    faster than eager on every input)."""
+    import torch
+
+    model = type(reference_model)(str(folder), device="cpu")
+    model[0].model = torch.compile(model[0].model, dynamic=True)
+    return model
 
 
 def _koschei_call(model: Any) -> Callable[[list[str]], np.ndarray]:

@@ -196,18 +196,18 @@ def kernel_file(function: Any) -> Path:
     return Path(inspect.getfile(function)).resolve()
 
 
-def decoder_module() -> Any:
-    """``koschei.engine.models.decoder``, bound to the kernels ``koschei.engine`` resolves now
+def model_module(name: str, kernels: tuple[str, ...]) -> Any:
+    """``koschei.engine.models.<name>``, bound to the kernels ``koschei.engine`` resolves now
     (the workspace's after ``koschei.engine.use_workspace``): imported again when it was first
-    imported beside the kernels of another folder."""
+    imported beside the kernels of another folder (``kernels``: the ones it binds)."""
     import importlib
 
     import koschei.engine
 
-    module = importlib.import_module("koschei.engine.models.decoder")
-    for name in KERNELS:
-        bound = getattr(module, name, None)
-        if bound is not None and kernel_file(bound) != kernel_file(getattr(koschei.engine, name)):
+    module = importlib.import_module(f"koschei.engine.models.{name}")
+    for kernel in kernels:
+        bound = getattr(module, kernel, None)
+        if bound is not None and kernel_file(bound) != kernel_file(getattr(koschei.engine, kernel)):
             return importlib.reload(module)
     return module
 
@@ -219,7 +219,7 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
     ternary decoders of a config, on the kernels of the workspace's engine folder; and llama.cpp
     on the same weights when it is installed (``threads``: its thread count, default all cores).
     """
-    decoder = decoder_module()
+    decoder = model_module("decoder", KERNELS)
     Decoder, DecoderConfig = decoder.Decoder, decoder.DecoderConfig
     config = DecoderConfig.named(config_name)
     context = min(context, config.max_seq_length - 1)

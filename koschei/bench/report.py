@@ -173,16 +173,23 @@ def warm_median_s(case: Any) -> float | None:
 
 
 def goal_outcome(goal: dict[str, Any]) -> str:
-    """A goal with what was measured: "×PyTorch ≥ 3: 1.74×, short by 42% (needs 3.00×)"."""
+    """A goal with what was measured: "×PyTorch ≥ 3: 1.74×, short by 42% (needs 3.00×)",
+    "koschei fp32 ≤ 2 ms: 2.47 ms, 24% over (needs ≤ 2 ms)", "...: 1.05×, met", "...: not
+    measured". Kinds: "roofline" (a fraction), "time" (seconds, at most), else a ratio."""
     target, measured = goal["target"], goal["measured"]
 
     def show(value: float) -> str:
-        return f"{value:.0%}" if goal["kind"] == "roofline" else f"{value:.2f}×"
+        if goal["kind"] == "roofline":
+            return f"{value:.0%}"
+        return f"{value * 1e3:.3g} ms" if goal["kind"] == "time" else f"{value:.2f}×"
 
     if measured is None:
         return f"{goal['goal']}: not measured"
     if goal["met"]:
         return f"{goal['goal']}: {show(measured)}, met"
+    if goal["kind"] == "time":
+        return (f"{goal['goal']}: {show(measured)}, {goal['short_by_pct']:.0f}% over "
+                f"(needs ≤ {show(target)})")
     return (f"{goal['goal']}: {show(measured)}, short by {goal['short_by_pct']:.0f}% "
             f"(needs {show(target)})")
 
@@ -847,8 +854,6 @@ def _encoder_lines(encoders: list[Any]) -> list[str]:
                     notes.append(f"{item.name}: {name}: {entry.verdict}: "
                                  f"{first_line(entry.error)}")
             if item.goals:
-                from koschei.bench.encoder import goal_outcome
-
                 notes.append(f"{item.name}: goals: "
                              + "; ".join(goal_outcome(goal) for goal in item.goals))
         if case.verdict != "ok" and case.error:

@@ -170,8 +170,6 @@ def render_encoders(encoders: list[Any], console: Console) -> None:
     """Per input of each encoder case: every contender's median call, its lowest cosine to
     sentence-transformers' embeddings, koschei's speed over it, its verdict; then the input's
     goals, met or not."""
-    from koschei.bench.encoder import goal_outcome
-
     for case in encoders:
         for item in case.inputs:
             table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,

@@ -763,8 +763,11 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         model_cases = [bench_models.run_decoder_case(workspace, name, options.budget_s,
                                                      calibration, progress, threads=threads)
                        for name in decoders]
+        encoder_contenders = [name for name in bench_encoder.CONTENDERS if options.torch_compile
+                              or name != bench_encoder.SENTENCE_TRANSFORMERS_COMPILED]
         encoder_cases = [bench_encoder.run_encoder_case(options.budget_s, progress,
-                                                        threads=threads, workspace=workspace)
+                                                        threads=threads, workspace=workspace,
+                                                        contenders=encoder_contenders)
                          for _ in encoders]
 
     result = BenchmarkResult(
