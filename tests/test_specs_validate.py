@@ -509,6 +509,39 @@ def test_output_and_outputs_are_exclusive_and_every_output_is_checked(tmp_path):
          "'q' is not bound by an input dimension or an int parameter (known: n, d, groups)")]
 
 
+def test_an_or_shape_has_another_rank_and_only_dimensions_bound_before(tmp_path):
+    found = scale_problems(
+        tmp_path,
+        ("    - {name: idx, dtype: int32, shape: [n], range: [0, 100]}",
+         ("    - {name: idx, dtype: int32, shape: [n], range: [0, 100], or_shape: [n, m]}\n"
+          "    - {name: gain, dtype: float32, shape: [n, d], or_shape: [d, n]}")),
+        ('  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"]}',
+         '  output: {name: out, dtype: float32, shape: ["...", n, "d // 2"], or_shape: [n]}'))
+    assert found == [
+        ("specs/foundation/scale.yaml:14: signature.inputs[1].or_shape: the dimension 'm' of an "
+         "input with an or_shape must be a name bound by an input before it"),
+        ("specs/foundation/scale.yaml:15: signature.inputs[2].or_shape: expected another number "
+         "of dimensions than the shape's 2 (a call tells the two apart by it)"),
+        ("specs/foundation/scale.yaml:16: signature.output.or_shape: or_shape describes inputs, "
+         "not outputs"),
+    ]
+
+
+def test_a_state_starts_from_an_optional_keyword_input_and_is_asked_for_by_a_flag(tmp_path):
+    found = scale_problems(
+        tmp_path,
+        ("    - {name: groups, type: int, default: 1, min: 1}",
+         ("    - {name: groups, type: int, default: 1, min: 1}\n"
+          "    - {name: keep, type: bool, default: true}")),
+        ("  constraints:", "  state: {name: last, input: idx, flag: keep}\n  constraints:"))
+    assert found == [
+        ("specs/foundation/scale.yaml:20: signature.state.input: expected the name of an "
+         "optional keyword input (the state a call starts from), got 'idx'"),
+        ("specs/foundation/scale.yaml:20: signature.state.flag: expected the name of a bool "
+         "parameter with default false (asks for the final state), got 'keep'"),
+    ]
+
+
 def test_a_composition_names_an_engine_model_and_excludes_a_kernel(tmp_path):
     workspace = make_workspace(tmp_path / "unknown", {
         "inference/cache.yaml": planned("cache", tier="inference") + "composition: Cache\n"})

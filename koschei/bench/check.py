@@ -125,9 +125,8 @@ def kernel_call(function: Callable[..., Any], inputs: dict[str, Any], params: di
     """A call of an engine function on ``inputs``: into ``out`` (then returned) when the spec
     has one output (``output_buffer``), else returning its new arrays."""
     if out is not None:
-        def call() -> Any:
-            function(**inputs, out=out, **params)
-            return out
+        def call() -> Any:  # out, or (out, the final state) when the call asks for it
+            return function(**inputs, out=out, **params)
         return call
 
     def call_returning() -> Any:
@@ -236,11 +235,15 @@ def tolerance_for(spec: Any, dtype: str) -> tuple[float, float]:
 
 
 def compare_results(spec: Any, actual: Any, expected: Any) -> tuple[bool, float | None, str]:
-    """``compare_outputs`` for each of the spec's outputs (a tuple when there are several), at
-    the tolerance of its dtype; the largest error over all, the first reason."""
+    """``compare_outputs`` for each of the spec's outputs (a tuple when there are several, or
+    when the final state was asked for), at the tolerance of its dtype; the largest error over
+    all, the first reason."""
     results = spec.signature.results
     actual = actual if isinstance(actual, tuple) else (actual,)
     expected = expected if isinstance(expected, tuple) else (expected,)
+    state = spec.signature.state_result
+    if state is not None and len(actual) == len(results) + 1:  # the final state, asked for
+        results = [*results, state]
     if len(actual) != len(results) or len(expected) != len(results):
         return False, None, (f"{len(actual)} result(s) and {len(expected)} from the reference, "
                              f"expected {len(results)}")

@@ -94,19 +94,22 @@ def _shape_with(shape_doc: str, dims: Mapping[str, int]) -> str:
 
 
 def check_array(function: str, name: str, value: Any, dtype: np.dtype, shape_doc: str, *,
-                ndim: int | None = None, min_ndim: int | None = None,
+                ndim: int | tuple[int, ...] | None = None, min_ndim: int | None = None,
                 allow_empty: bool = False) -> None:
     """Raise TypeError / ValueError unless ``value`` is a C-contiguous ndarray of ``dtype`` with
-    ``ndim`` dimensions (or at least ``min_ndim``), non-empty unless ``allow_empty``."""
+    ``ndim`` dimensions (one of them, for a tuple; or at least ``min_ndim``), non-empty unless
+    ``allow_empty``."""
     prefix = f"{function}: {name}: expected"
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{prefix} a numpy.ndarray of {dtype} with shape {shape_doc}, "
                         f"got {describe(value)}")
     if value.dtype != dtype:
         raise TypeError(f"{prefix} dtype {dtype}, got {value.dtype}")
-    if ndim is not None and value.ndim != ndim:
-        raise ValueError(f"{prefix} {ndim} dimension{'s' if ndim != 1 else ''} {shape_doc}, "
-                         f"got {value.ndim} (shape {tuple(value.shape)})")
+    accepted = ndim if isinstance(ndim, tuple) else (ndim,)
+    if ndim is not None and value.ndim not in accepted:
+        count = " or ".join(map(str, accepted))
+        raise ValueError(f"{prefix} {count} dimension{'s' if accepted != (1,) else ''} "
+                         f"{shape_doc}, got {value.ndim} (shape {tuple(value.shape)})")
     if min_ndim is not None and value.ndim < min_ndim:
         raise ValueError(f"{prefix} at least {min_ndim} dimension{'s' if min_ndim != 1 else ''} "
                          f"{shape_doc}, got {value.ndim} (shape {tuple(value.shape)})")
@@ -367,6 +370,53 @@ def stream_copy(typingctx, dst, src):
     return numba.types.void(dst, src), codegen
 
 
+# Flush-to-zero and denormals-are-zero (MXCSR bits 15 and 6). Strong decays multiplied
+# together (a chunk's exp(b_i - b_j) ~ e^-100 in a gated linear attention) are subnormal
+# floats, which x86 computes through microcode assists: a chunked kernel ran 10x slower. A
+# kernel's worker sets both bits for its own thread (BLAS calls on that thread get them too)
+# and restores the old value at its end: values below 2^-126 ~ 1.2e-38 become 0.
+_FTZ_DAZ = 0x8040
+
+
+def _mxcsr_call(builder: Any, name: str, pointer: Any) -> None:
+    from numba.core import cgutils
+
+    function_type = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+    function = cgutils.get_or_insert_function(builder.module, function_type, name)
+    builder.call(function, [builder.bitcast(pointer, ir.IntType(8).as_pointer())])
+
+
+@intrinsic
+def swap_mxcsr(typingctx, value):
+    """Set this thread's MXCSR (the SSE/AVX control and status word) to ``value`` (uint32) and
+    return the one before; elsewhere than on x86, nothing (returns ``value``)."""
+    if value != numba.types.uint32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        if not _X86:
+            return args[0]
+        from numba.core import cgutils
+
+        slot = cgutils.alloca_once(builder, ir.IntType(32))
+        _mxcsr_call(builder, "llvm.x86.sse.stmxcsr", slot)
+        old = builder.load(slot)
+        builder.store(args[0], slot)
+        _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", slot)
+        return old
+
+    return numba.types.uint32(numba.types.uint32), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def flush_denormals():  # pragma: no cover - compiled by numba
+    """Turn on flush-to-zero and denormals-are-zero for this thread; returns the MXCSR to give
+    back to swap_mxcsr at the end."""
+    old = swap_mxcsr(np.uint32(0x1F80))
+    swap_mxcsr(np.uint32(old | _FTZ_DAZ))
+    return old
+
+
 # --- threads ------------------------------------------------------------------------------------
 
 
@@ -432,6 +482,22 @@ def empty_huge(count: int, dtype: Any = np.float32) -> np.ndarray:
 
 
 _SCRATCH = threading.local()
+
+
+_BLAS_CONTROLLER: Any = None
+
+
+def blas_one_thread() -> Any:
+    """A context in which the BLAS behind Numba's np.dot (SciPy's OpenBLAS, not NumPy's) runs
+    one thread: kernels that call np.dot from one worker per core would otherwise have
+    OpenBLAS's own threads fight their workers. The limit is process-wide while it lasts."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        import scipy.linalg.cython_blas  # noqa: F401 - loads the library Numba's np.dot calls
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def scratch(key: str, count: int, dtype: Any = np.float32) -> np.ndarray:

@@ -46,7 +46,10 @@ each, and against llama.cpp on the same weights and thread count when llama-cpp-
 installed; by default for ``igla_v2`` when no spec is selected (``Options.models``). The encoder
 (``koschei.bench.encoder``, ``minilm``): all-MiniLM-L6-v2's embeddings by the engine's ``MiniLM``
 in fp32 and int8 against sentence-transformers and ONNX Runtime on the same weights; by default
-beside the decoder.
+beside the decoder. The crossover case (``koschei.bench.crossover``, ``crossover``, only when
+asked for): one layer's linear-time token mixing (GLA, Mamba-2's SSD, gated DeltaNet) against
+softmax attention with a KV cache (the engine's and PyTorch SDPA) over context lengths, for
+decoding and prefill, with the length from which each linear layer is faster.
 
 Nothing is measured when an engine module it needs is not generated: ``check_generated`` stops
 the run at once with the command to run.
@@ -79,6 +82,7 @@ from typing import Any
 import numpy as np
 
 from koschei.bench import calibration as machine_calibration
+from koschei.bench import crossover as bench_crossover
 from koschei.bench import encoder as bench_encoder
 from koschei.bench import machine
 from koschei.bench import models as bench_models
@@ -95,6 +99,7 @@ from koschei.bench.check import (
     source_module,
     torch_available,
 )
+from koschei.bench.crossover import CrossoverCaseResult
 from koschei.bench.encoder import EncoderCaseResult
 from koschei.bench.models import ModelCaseResult
 from koschei.bench.results import CaseResult
@@ -151,6 +156,8 @@ class BenchmarkResult(Result):
     cases: list[CaseResult] = field(default_factory=list)
     models: list[ModelCaseResult] = field(default_factory=list)  # decoding speed of models
     encoders: list[EncoderCaseResult] = field(default_factory=list)  # sentence embeddings
+    # linear-time layers against softmax attention over context lengths
+    crossovers: list[CrossoverCaseResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)  # image files beside the run record
 
@@ -158,12 +165,12 @@ class BenchmarkResult(Result):
     def ok(self) -> bool:
         """False when any case is wrong, a gated regression, or could not be measured (error)."""
         return all(case.verdict == "ok"
-                   for case in [*self.cases, *self.models, *self.encoders])
+                   for case in [*self.cases, *self.models, *self.encoders, *self.crossovers])
 
     @property
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for case in [*self.cases, *self.models, *self.encoders]:
+        for case in [*self.cases, *self.models, *self.encoders, *self.crossovers]:
             counts[case.verdict] = counts.get(case.verdict, 0) + 1
         return counts
 
@@ -414,7 +421,10 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, options: Options,
         progress.step(f"benchmark {spec.name}/{label}: preparing PyTorch"
                       + (" and torch.compile" if options.torch_compile else ""))
         add_torch_contenders(contenders, result, spec, loaded.relpath, input_sets, params,
-                             expected, options.torch_compile)
+                             expected, options.torch_compile and case.torch_compile)
+        if options.torch_compile and not case.torch_compile:
+            result.notes.append("torch_compile left out: at this case the PyTorch contender "
+                                "loops over tokens or chunks, which torch.compile unrolls")
 
     progress.step(f"benchmark {spec.name}/{label}: timing {', '.join(contenders)}")
     try:
@@ -669,14 +679,17 @@ def check_generated(workspace: Workspace, specs: list[str]) -> None:
                      hint="run `koschei code-generate` (or `koschei cycle`) first")
 
 
-def model_selection(options: Options) -> tuple[list[str], list[str]]:
-    """The decoder configs and the encoders (``minilm``) ``options.models`` asks for; by
-    default igla_v2 and minilm when no spec is selected, nothing otherwise."""
+def model_selection(options: Options) -> tuple[list[str], list[str], list[str]]:
+    """The decoder configs, the encoders (``minilm``) and the crossover case (``crossover``)
+    ``options.models`` asks for; by default igla_v2 and minilm when no spec is selected, nothing
+    otherwise (the crossover case only when asked for: it takes minutes)."""
     names = options.models
     if names is None:
         names = [] if options.select else [bench_models.DEFAULT_CONFIG, bench_encoder.MODEL]
-    return ([name for name in names if name != bench_encoder.MODEL],
-            [bench_encoder.MODEL] if bench_encoder.MODEL in names else [])
+    others = (bench_encoder.MODEL, bench_crossover.MODEL)
+    return ([name for name in names if name not in others],
+            [bench_encoder.MODEL] if bench_encoder.MODEL in names else [],
+            [bench_crossover.MODEL] if bench_crossover.MODEL in names else [])
 
 
 def run(workspace: Workspace, options: Options, progress: Progress | None = None,
@@ -700,7 +713,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                 f"add a line {report.README_BEGIN} and a line "
                 f"{report.README_END} where the table goes"))
     chosen = select_specs(load_specs(workspace), options.select)
-    decoders, encoders = model_selection(options)
+    decoders, encoders, crossovers = model_selection(options)
     check_generated(workspace, [loaded.spec.name for loaded in chosen])
     import koschei.engine
 
@@ -709,7 +722,9 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         bench_models.check_configs(decoders)
     except UsageError as error:
         raise UsageError(error.message, hint=f"{error.hint}; the encoder: "
-                                             f"{bench_encoder.MODEL}") from None
+                                             f"{bench_encoder.MODEL}; linear-time layers "
+                                             f"against attention: {bench_crossover.MODEL}"
+                         ) from None
     threads = machine_calibration.resolve_threads(options.threads)
     started_at = datetime.now(UTC).isoformat(timespec="microseconds")
     baseline = None
@@ -769,6 +784,10 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
                                                         threads=threads, workspace=workspace,
                                                         contenders=encoder_contenders)
                          for _ in encoders]
+        crossover_cases = [bench_crossover.run_crossover_case(options.budget_s, progress,
+                                                              threads=threads,
+                                                              workspace=workspace)
+                           for _ in crossovers]
 
     result = BenchmarkResult(
         threads=threads, fingerprint=machine.fingerprint(), machine=machine.describe(),
@@ -776,7 +795,7 @@ def run(workspace: Workspace, options: Options, progress: Progress | None = None
         thread_control=thread_control, started_at=started_at, budget_s=options.budget_s,
         load_average=load,
         fail_on_regression=options.fail_on_regression, cases=cases, models=model_cases,
-        encoders=encoder_cases, notes=notes)
+        encoders=encoder_cases, crossovers=crossover_cases, notes=notes)
     if options.compare is not None:
         if baseline is None:
             result.notes.append("no earlier run with benchmark results: nothing to compare with")

@@ -127,10 +127,16 @@ class InputPlan:
     axes: list[tuple[Any, str]]  # (dimension, index into .shape) for every non-"..." dimension
     optional: bool  # None is allowed (the default)
     keyword: bool  # keyword-only, after the parameters
+    or_ndim: int | None = None  # the number of dimensions of the other shape it may have
 
     @property
     def signature_code(self) -> str:
         return f"{self.name}=None" if self.optional else self.name
+
+    @property
+    def ndim_code(self) -> str:
+        """The check_array argument for the number of dimensions: one, or both shapes'."""
+        return f"({self.ndim}, {self.or_ndim})" if self.or_ndim is not None else str(self.ndim)
 
     @property
     def fast_failures(self) -> list[str]:
@@ -140,6 +146,8 @@ class InputPlan:
         conditions = [f"{name}.dtype is not {self.dtype_const}"]
         if self.leading and self.ndim:
             conditions.append(f"{name}.ndim < {self.ndim}")
+        elif self.or_ndim is not None:
+            conditions.append(f"{name}.ndim != {self.ndim} and {name}.ndim != {self.or_ndim}")
         elif not self.leading:
             conditions.append(f"{name}.ndim != {self.ndim}")
         conditions.append(f"not {name}.flags.c_contiguous")
@@ -210,6 +218,21 @@ class OutputPlan:
 
 
 @dataclass(frozen=True)
+class StatePlan:
+    """The recurrent state: returned as ``name`` when ``flag``, started from ``input``."""
+
+    name: str
+    input: str
+    flag: str
+    dtype: str
+    dtype_const: str
+    dims: list[str]  # the named dimensions of its shape
+    shape_code: str
+    shape_doc: str
+    doc: str
+
+
+@dataclass(frozen=True)
 class SignaturePlan:
     function: str
     inputs: list[InputPlan]
@@ -224,6 +247,7 @@ class SignaturePlan:
     takes_out: bool  # a single output: the function has out=None
     dtype_consts: list[tuple[str, str]]  # (constant, dtype), sorted
     uses_lead: bool  # the variable ``lead`` is needed by the public function
+    state: StatePlan | None = None
 
     @property
     def output(self) -> OutputPlan:
@@ -264,7 +288,10 @@ class SignaturePlan:
 
     @property
     def compute_args(self) -> str:
-        return ", ".join([*self.input_names, *self.param_names, *self.output_names])
+        """_compute's arguments: the inputs, the parameters, the results (and the state's
+        buffer, None when the call does not ask for it)."""
+        state = [self.state.name] if self.state is not None else []
+        return ", ".join([*self.input_names, *self.param_names, *self.output_names, *state])
 
 
 def dtype_const(dtype: str) -> str:
@@ -401,9 +428,17 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
                 owner[dim] = tensor.name
                 dims.append(dim)
                 bindings.append((dim, f"{tensor.name}.shape[{position}]"))
-        if failing:
+        condition = " or ".join(failing)
+        if tensor.or_shape is not None:  # every dimension bound before it (validated)
+            other = [f"{tensor.name}.shape[{position}] != {dim}"
+                     for position, dim in enumerate(tensor.or_shape)]
+            reported.extend(dim for dim in tensor.or_shape if isinstance(dim, str))
+            condition = (f"({tensor.name}.ndim == {plan.ndim} and ({condition or 'False'})"
+                         f" or {tensor.name}.ndim == {plan.or_ndim} and "
+                         f"({' or '.join(other) or 'False'}))")
+        if condition:
             dim_checks.append(DimCheck(input=tensor.name, shape_doc=plan.shape_doc,
-                                       condition=" or ".join(failing),
+                                       condition=condition,
                                        dims=list(dict.fromkeys(reported)),
                                        bound_by=", ".join(dict.fromkeys(bound_by)),
                                        optional=tensor.optional))
@@ -449,6 +484,16 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
             for dim in output.shape:
                 if isinstance(dim, str) and dim != ELLIPSIS:
                     used |= expr.names_in(dim)
+    state: StatePlan | None = None
+    state_result = signature.state_result
+    if signature.state is not None and state_result is not None:
+        used |= {dim for dim in state_result.shape if isinstance(dim, str)}
+        state = StatePlan(name=state_result.name, input=signature.state.input,
+                          flag=signature.state.flag, dtype=state_result.dtype,
+                          dtype_const=dtype_const(state_result.dtype),
+                          dims=[dim for dim in state_result.shape if isinstance(dim, str)],
+                          shape_code=shape_code(state_result.shape),
+                          shape_doc=shape_doc(state_result.shape), doc=state_result.doc)
     bindings = [(dim, code) for dim, code in bindings if dim in used]
     consts = sorted({(dtype_const(t.dtype), t.dtype)
                      for t in [*signature.inputs, *signature.results]})
@@ -458,7 +503,7 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
                          leading_from=leading_from, leading_checks=leading_checks,
                          dim_checks=dim_checks, params=params, constraints=constraints,
                          outputs=outputs, takes_out=signature.output is not None,
-                         dtype_consts=consts, uses_lead=uses_lead)
+                         dtype_consts=consts, uses_lead=uses_lead, state=state)
 
 
 def _plan_output(output: TensorArg, signature: Signature) -> OutputPlan:
@@ -475,11 +520,15 @@ def _plan_input(tensor: TensorArg) -> InputPlan:
     size = len(named)
     axes = [(dim, str(position - size) if leading else str(position))
             for position, dim in enumerate(named)]
+    doc_of_shape = shape_doc(tensor.shape)
+    if tensor.or_shape is not None:
+        doc_of_shape += " or " + shape_doc(tensor.or_shape)
     return InputPlan(name=tensor.name, dtype=tensor.dtype, dtype_const=dtype_const(tensor.dtype),
-                     shape=list(tensor.shape), shape_doc=shape_doc(tensor.shape),
+                     shape=list(tensor.shape), shape_doc=doc_of_shape,
                      shape_code=shape_code(tensor.shape), leading=leading, ndim=size,
                      allow_empty=tensor.allow_empty, range=tensor.range,
-                     doc=tensor.doc, axes=axes, optional=tensor.optional, keyword=tensor.keyword)
+                     doc=tensor.doc, axes=axes, optional=tensor.optional, keyword=tensor.keyword,
+                     or_ndim=len(tensor.or_shape) if tensor.or_shape is not None else None)
 
 
 # --- rendering ----------------------------------------------------------------------------------

@@ -29,6 +29,20 @@ def _identifier(value: str) -> str:
 
 Identifier = Annotated[str, AfterValidator(_identifier)]
 
+_ARGUMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _argument_name(value: str) -> str:
+    if not _ARGUMENT.match(value) or keyword.iskeyword(value):
+        raise ValueError(
+            f"{value!r} is not a valid argument name: use letters, digits and '_', starting "
+            "with a letter (capitals for a paper's matrices, e.g. A, B, C)")
+    return value
+
+
+# The name of an array argument: a Python identifier, capitals allowed (a paper's A, B, C).
+ArgumentName = Annotated[str, AfterValidator(_argument_name)]
+
 # bfloat16 is ml_dtypes' NumPy dtype (float32's exponent, a 7-bit mantissa), float16 IEEE
 # binary16: storage formats of weights, widened to float32 by the kernels that read them.
 DType = Literal["float32", "float64", "bfloat16", "float16", "int8", "uint8", "int32", "int64",
@@ -84,7 +98,7 @@ class ProvidedBy(Strict):
 
 
 class TensorArg(Strict):
-    name: Identifier
+    name: ArgumentName
     dtype: DType = "float32"
     shape: list[Dim]
     # Value range used when tests and benchmarks draw inputs (e.g. positions in [0, 4096)).
@@ -95,6 +109,10 @@ class TensorArg(Strict):
     optional: bool = False
     # Inputs only, with optional: keyword-only, after the parameters (e.g. a mask).
     keyword: bool = False
+    # Inputs only: another shape the input may have instead, of another rank (e.g. one gate per
+    # head (T, H) instead of one per channel (T, H, K)); its dimensions are bound by the inputs
+    # before it. The kernels get either; the number of dimensions tells which.
+    or_shape: list[Dim] | None = None
     doc: str = ""
 
 
@@ -124,15 +142,30 @@ class Constraint(Strict):
     message: str
 
 
+class State(Strict):
+    """A recurrent state carried from one call to the next, so that a long input can be fed in
+    pieces (and a decoding step is a call with one token): the optional keyword ``input`` it
+    starts from (None: zeros), and, when the bool parameter ``flag`` is true, the state after
+    the last token returned as ``name`` after the other results, e.g. ``{name: final_state,
+    input: initial_state, flag: output_final_state}``. Its dtype and shape are the input's."""
+
+    name: ArgumentName
+    input: ArgumentName
+    flag: Identifier
+    doc: str = ""
+
+
 class Signature(Strict):
     """Inputs (positional, then optional ones; keyword inputs after the parameters), and either
-    one ``output`` (the function takes ``out=``) or several ``outputs`` (returned as a tuple)."""
+    one ``output`` (the function takes ``out=``) or several ``outputs`` (returned as a tuple);
+    optionally a recurrent ``state``."""
 
     inputs: list[TensorArg] = Field(min_length=1)
     output: TensorArg | None = None
     outputs: list[TensorArg] | None = Field(default=None, min_length=2)
     params: list[Param] = []
     constraints: list[Constraint] = []
+    state: State | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_output(self) -> Signature:
@@ -143,8 +176,19 @@ class Signature(Strict):
 
     @property
     def results(self) -> list[TensorArg]:
-        """The outputs, in order (one for ``output``)."""
+        """The outputs, in order (one for ``output``); not the state."""
         return [self.output] if self.output is not None else list(self.outputs or [])
+
+    @property
+    def state_result(self) -> TensorArg | None:
+        """The final state as a result (the state input's dtype and shape), or None."""
+        if self.state is None:
+            return None
+        source = next((t for t in self.inputs if t.name == self.state.input), None)
+        if source is None:
+            return None
+        return TensorArg(name=self.state.name, dtype=source.dtype, shape=source.shape,
+                         doc=self.state.doc)
 
 
 class Kernel(Strict):
@@ -199,11 +243,15 @@ class Case(Strict):
     params: dict[str, Any] = {}
     goals: list[Goal] = []  # bench cases only
     # The optional inputs given in this case (the others are None).
-    with_inputs: list[Identifier] = []
+    with_inputs: list[ArgumentName] = []
     # Bench cases only: inputs a real model streams from memory at every call (the weights of a
     # decoding step). The benchmark rotates every contender through enough copies of them that
     # none is still cached when it is used again, and times the engine on one warm copy beside.
-    cold: list[Identifier] = []
+    cold: list[ArgumentName] = []
+    # Bench cases only: whether torch.compile is tried on the PyTorch contender; false where it
+    # loops over many tokens or chunks, which dynamo unrolls (minutes of compiling a thousand
+    # copies of the loop's body, which nobody who runs it would do). The report says so.
+    torch_compile: bool = True
 
 
 class Invariant(Strict):

@@ -204,6 +204,7 @@ class _SpecChecker:
             self.shape(tensor.shape, (*base, "shape"), is_input=True, position=index)
             self.value_range(tensor.dtype, tensor.range, base)
             self.optional_input(index)
+            self.alternative_shape(index)
         for index, param in enumerate(signature.params):
             base = ("signature", "params", index)
             claim_name(param.name, (*base, "name"))
@@ -216,10 +217,15 @@ class _SpecChecker:
             if result.optional or result.keyword:
                 self.add((*path, "optional" if result.optional else "keyword"),
                          "optional and keyword describe inputs, not outputs")
+            if result.or_shape is not None:
+                self.add((*path, "or_shape"), "or_shape describes inputs, not outputs")
             self.shape(result.shape, (*path, "shape"), is_input=False)
             if ELLIPSIS in result.shape and not self.leading:
                 self.add((*path, "shape"), "the output has leading '...' dimensions but no input "
                          "does, so nothing says how many there are")
+        if signature.state is not None:
+            claim_name(signature.state.name, ("signature", "state", "name"))
+            self.state()
         known = self.expression_names()
         for index, constraint in enumerate(signature.constraints):
             self.expression(constraint.check, known, ("signature", "constraints", index, "check"))
@@ -260,6 +266,43 @@ class _SpecChecker:
                     self.add((*base, "shape", position), f"the dimension {dim!r} of an optional "
                              "input must be bound by a required input before it (None tells "
                              "nothing about its size)")
+
+    def state(self) -> None:
+        """The state starts from an optional keyword input and is returned when a bool
+        parameter that defaults to False asks for it."""
+        signature = self.spec.signature
+        assert signature is not None and signature.state is not None
+        state = signature.state
+        source = next((t for t in signature.inputs if t.name == state.input), None)
+        if source is None or not (source.optional and source.keyword):
+            self.add(("signature", "state", "input"), f"expected the name of an optional "
+                     f"keyword input (the state a call starts from), got {state.input!r}")
+        flag = self.params.get(state.flag)
+        if flag is None or flag.type != "bool" or flag.default is not False:
+            self.add(("signature", "state", "flag"), f"expected the name of a bool parameter "
+                     f"with default false (asks for the final state), got {state.flag!r}")
+
+    def alternative_shape(self, index: int) -> None:
+        """An input's or_shape: named dimensions that the inputs before it bind, and another
+        number of dimensions than its shape (which is how a call tells them apart)."""
+        signature = self.spec.signature
+        assert signature is not None
+        tensor = signature.inputs[index]
+        if tensor.or_shape is None:
+            return
+        path: FieldPath = ("signature", "inputs", index, "or_shape")
+        if len(tensor.or_shape) == len(tensor.shape):
+            self.add(path, f"expected another number of dimensions than the shape's "
+                     f"{len(tensor.shape)} (a call tells the two apart by it)")
+        for position, dim in enumerate([*tensor.shape, *tensor.or_shape]):
+            where = path if position >= len(tensor.shape) else (
+                "signature", "inputs", index, "shape", position)
+            if dim == ELLIPSIS:
+                self.add(where, "an input with an or_shape cannot have '...' dimensions")
+            elif isinstance(dim, str) and (not is_identifier(dim)
+                                           or dim not in self.bound_before[index]):
+                self.add(where, f"the dimension {dim!r} of an input with an or_shape must be "
+                         "a name bound by an input before it")
 
     def expression_names(self) -> list[str]:
         return [*self.dims, *self.params]
@@ -471,6 +514,9 @@ class _SpecChecker:
             if case.cold:
                 self.add(("tests", "cases", index, "cold"), "cold inputs belong to bench cases "
                          "(the benchmark rotates them out of the caches; tests only check results)")
+            if not case.torch_compile:
+                self.add(("tests", "cases", index, "torch_compile"), "torch_compile belongs to "
+                         "bench cases (the benchmark's PyTorch contender)")
         for result in signature.results:
             if result.dtype in FLOAT_DTYPES and result.dtype not in tests.tolerance:
                 self.add(("tests", "tolerance"), f"no tolerance for the dtype {result.dtype} of "
