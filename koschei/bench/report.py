@@ -16,6 +16,10 @@
   caller is told why. The files carry no timestamp.
 - ``readme_table(result, run_id, command)`` and ``update_readme(path, table)``: the headline
   results as a Markdown table between ``<!-- benchmark:begin -->`` and ``<!-- benchmark:end -->``.
+- The crossover case: ``crossover_table(case, mode)`` (a row per contender, a column per length:
+  milliseconds per token for decoding, tokens per second for prefill), ``crossover_summary``
+  (each crossover and exponent in words) and ``crossover_figure`` (``crossover.png``: both
+  modes against length, log-log, the crossovers marked).
 """
 
 from __future__ import annotations
@@ -549,14 +553,120 @@ def write_charts(result: Any, folder: Path) -> tuple[list[Path], str | None]:
     missing = matplotlib_missing()
     if missing:
         return [], missing
-    if not any(is_measured(case) for case in result.cases):
-        return [], "no case was measured: no charts were written"
     written = []
+    for case in getattr(result, "crossovers", None) or []:
+        if case.points:
+            path = Path(folder) / CROSSOVER_CHART
+            _save(crossover_figure(case), path)
+            written.append(path)
+    if not any(is_measured(case) for case in result.cases):
+        return written, (None if written else "no case was measured: no charts were written")
     for name, draw in zip(CHART_FILES, (roofline_figure, speedup_figure), strict=True):
         path = Path(folder) / name
         _save(draw(result), path)
         written.append(path)
     return written, None
+
+
+# --- the crossover case ---------------------------------------------------------------------------
+
+CROSSOVER_CHART = "crossover.png"
+
+
+def crossover_value(mode: str, length: int, seconds: float | None) -> str:
+    """A decoding step in milliseconds per token, a prefill in tokens per second."""
+    if seconds is None:
+        return "—"
+    if mode == "decode":
+        return f"{seconds * 1e3:.3g}"
+    return f"{length / seconds:,.0f}"
+
+
+def crossover_table(case: Any, mode: str) -> tuple[list[str], list[list[str]]]:
+    """The header (contender, then each length) and a row per contender of one mode."""
+    from koschei.bench.crossover import DESCRIPTION
+
+    lengths = case.lengths(mode)
+    header = ["contender", *(f"{n:,}" for n in lengths)]
+    rows = [[DESCRIPTION.get(name, name),
+             *(crossover_value(mode, n, case.median(mode, name, n)) for n in lengths)]
+            for name in case.contenders()]
+    return header, rows
+
+
+def crossover_summary(case: Any) -> list[str]:
+    """Each crossover, then each contender's measured exponent per mode, in words."""
+    lines = [f"{c.mode}: {c.linear} faster than {c.softmax} from {c.text}"
+             for c in case.crossovers]
+    for mode, exponents in case.exponents.items():
+        if exponents:
+            lines.append(f"{mode}: time grows as length^k, k = " + ", ".join(
+                f"{name} {value:.2f}" for name, value in exponents.items()))
+    return lines
+
+
+def crossover_setup_text(case: Any) -> str:
+    return (f"One layer's token mixing, batch 1, {case.heads} heads of {case.head_dim}, "
+            f"float32, {case.threads} thread(s) for every contender. Decoding: ms per token "
+            f"after a context of that many tokens, the per-layer caches or states of "
+            f"{case.layers_rotated} layers rotating as a decoder of that depth reads them; "
+            "prefill: tokens per second (causal). Crossover: the shortest length from which "
+            "the linear layer is faster at every longer one (paired ratios of the same rounds), "
+            "interpolated log-log; k: the slope of log time against log length over the upper "
+            "half of the lengths.")
+
+
+def crossover_figure(case: Any) -> Any:
+    """Both modes against length, log-log: ms per token (decoding) and tokens per second
+    (prefill), one line per contender, each crossover a dotted vertical line."""
+    from matplotlib.figure import Figure
+
+    from koschei.bench.crossover import DESCRIPTION, SOFTMAX
+
+    figure = Figure(figsize=(12, 4.8))
+    for index, mode in enumerate(("decode", "prefill")):
+        axes = figure.add_subplot(1, 2, index + 1)
+        lengths = case.lengths(mode)
+        for name in case.contenders():
+            points = [(n, case.median(mode, name, n)) for n in lengths]
+            points = [(n, t) for n, t in points if t]
+            if not points:
+                continue
+            x = [n for n, _ in points]
+            y = [t * 1e3 if mode == "decode" else n / t for n, t in points]
+            axes.plot(x, y, marker="o", linestyle="--" if name in SOFTMAX else "-",
+                      label=DESCRIPTION.get(name, name))
+        for crossing in case.crossovers:
+            if crossing.mode == mode and crossing.length and crossing.below is not None:
+                axes.axvline(crossing.length, color="grey", linestyle=":", linewidth=1)
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xlabel("context length (tokens)" if mode == "decode" else "prompt length "
+                        "(tokens)")
+        axes.set_ylabel("ms per token" if mode == "decode" else "tokens per second")
+        axes.set_title(f"{mode}: {case.heads} heads x {case.head_dim}, batch 1")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _crossover_lines(crossovers: list[Any]) -> list[str]:
+    lines: list[str] = []
+    for case in crossovers:
+        for mode in ("decode", "prefill"):
+            header, rows = crossover_table(case, mode)
+            if not rows:
+                continue
+            unit = "ms per token" if mode == "decode" else "tokens per second"
+            lines += ["", f"| {case.label} {mode} ({unit}) | " + " | ".join(header[1:]) + " |",
+                      "| --- |" + " ---: |" * (len(header) - 1)]
+            lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+        notes = [crossover_setup_text(case), *crossover_summary(case)]
+        if case.verdict != "ok" and case.error:
+            notes.append(f"{case.label}: {case.verdict}: {first_line(case.error)}")
+        lines += ["", *[f"- {_cell(note)}" for note in notes]]
+    return lines
 
 
 # --- the README table ---------------------------------------------------------------------------
@@ -657,6 +767,7 @@ def readme_table(result: Any, run_id: str, command: str) -> str:
         lines += ["", *[f"- {_cell(note)}" for note in footnotes]]
     lines += _model_lines(result.models)
     lines += _encoder_lines(getattr(result, "encoders", None) or [])
+    lines += _crossover_lines(getattr(result, "crossovers", None) or [])
     lines.append(README_END)
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,9 @@ from koschei.bench.report import (
     case_title,
     compile_seconds_text,
     contention_text,
+    crossover_setup_text,
+    crossover_summary,
+    crossover_table,
     encoder_input_title,
     encoder_rows,
     encoder_setup_text,
@@ -86,9 +89,11 @@ def benchmark(
     )] = False,
     model: Annotated[list[str] | None, typer.Option(
         "--model", help="Measure the decoding speed of this decoder config, fp32 against ternary "
-                        "weights, or with minilm the sentence encoder against "
-                        "sentence-transformers and ONNX Runtime (default: igla_v2 and minilm "
-                        "when no --select is given; --model none for no model).",
+                        "weights; with minilm the sentence encoder against "
+                        "sentence-transformers and ONNX Runtime; with crossover linear-time "
+                        "layers against softmax attention over context lengths (default: "
+                        "igla_v2 and minilm when no --select is given; --model none for no "
+                        "model).",
         show_default=False)] = None,
     torch_compile: Annotated[bool, typer.Option(
         "--torch-compile/--no-torch-compile",
@@ -204,6 +209,36 @@ def render_encoders(encoders: list[Any], console: Console) -> None:
                           markup=False)
         if case.inputs:
             console.print(f"[dim]{escape(encoder_setup_text(case))}[/dim]", highlight=False)
+        for note in case.notes:
+            console.print(f"[dim]{case.label}: {escape(note)}[/dim]", highlight=False)
+
+
+def render_crossovers(crossovers: list[Any], console: Console) -> None:
+    """Per crossover case and mode, a row per contender and a column per length; then where
+    each linear layer starts to win, and how each contender's time grows."""
+    for case in crossovers:
+        for mode in ("decode", "prefill"):
+            header, rows = crossover_table(case, mode)
+            if not rows:
+                continue
+            unit = "ms per token" if mode == "decode" else "tokens per second"
+            table = Table(show_edge=False, pad_edge=False, header_style="bold", box=None,
+                          collapse_padding=True, title_justify="left",
+                          title=f"{case.label}: {mode} ({unit})")
+            for index, column in enumerate(header):
+                table.add_column(column, justify="left" if index == 0 else "right",
+                                 no_wrap=True)
+            for row in rows:
+                table.add_row(*row)
+            console.print()
+            print_wide(console, table)
+        for line in crossover_summary(case):
+            console.print(line, highlight=False, markup=False)
+        if case.error:
+            console.print(Text(f"{case.label}: {case.verdict}: {case.error}",
+                               style=VERDICT_STYLES.get(case.verdict, "")))
+        if case.points:
+            console.print(f"[dim]{escape(crossover_setup_text(case))}[/dim]", highlight=False)
         for note in case.notes:
             console.print(f"[dim]{case.label}: {escape(note)}[/dim]", highlight=False)
 
@@ -408,6 +443,9 @@ def render(result: Any, console: Console) -> None:
     encoders = getattr(result, "encoders", None) or []
     if encoders:
         render_encoders(encoders, console)
+    crossovers = getattr(result, "crossovers", None) or []
+    if crossovers:
+        render_crossovers(crossovers, console)
 
     measured = [c for c in result.cases if is_measured(c) and c.speedup_vs_numpy is not None]
     if measured:
@@ -458,7 +496,7 @@ def render(result: Any, console: Console) -> None:
     for chart in result.charts:
         console.print(f"[dim]chart: {chart}[/dim]", highlight=False)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.counts.items()))
-    model_count = len(result.models) + len(encoders)
+    model_count = len(result.models) + len(encoders) + len(crossovers)
     measured_text = f"{len(result.cases)} case(s)" + (f" and {model_count} model(s)"
                                                         if model_count else "")
     console.print(f"{measured_text}: {counts or 'none'}", highlight=False)

@@ -53,9 +53,11 @@ def pas_analyze(
                lambda result, console: render(result, console, show_all=show_all, top=top))
 
 
-def _factor(value: float | None) -> str:
+def _factor(value: float | None, unit: str = "x") -> str:
     if value is None:
         return "—"
+    if unit.strip().lower() == "exponent":
+        return f"{value:.2f} exponent"
     return f"×{value:,.0f}" if value >= 100 else f"×{value:.2f}"
 
 
@@ -79,7 +81,7 @@ def render(result: Any, console: Console, *, show_all: bool = False, top: int = 
             claim.spec,
             f"{claim.metric} vs {claim.baseline}",
             _claimed(claim.claimed, claim.unit),
-            _factor(claim.measured_factor),
+            _factor(claim.measured_factor, claim.unit),
             Text(claim.verdict, style=VERDICT_STYLES[claim.verdict]),
             Text(claim.detail, style="dim"),
         )

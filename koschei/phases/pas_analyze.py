@@ -653,6 +653,45 @@ def measure_decoder(check: ClaimCheck, claim: Any, subject: Any, evidence: Evide
     check.detail = (f"decoder weight bytes {base} {sizes[1]:,} / {this} {sizes[0]:,} on {where}")
 
 
+# how far a measured complexity exponent may sit above the claimed one and still confirm it
+# (fixed costs and caches bend a measured curve; the upper half of the lengths is fitted)
+EXPONENT_SLACK = 0.2
+
+
+def measure_complexity(check: ClaimCheck, claim: Any, subject: Any, evidence: Evidence) -> None:
+    """An exponent claim (cost ~ N^value, e.g. O(N) against attention's O(N^2)) against the
+    latest crossover case (``koschei benchmark --select none --model crossover``): the slope of
+    log time against log length of the subject's prefill, beside softmax attention's, and of
+    their decoding steps per token. Confirmed when the prefill exponent is at most the claimed
+    one plus EXPONENT_SLACK and below attention's; refuted when it is not below attention's."""
+    if claim.unit.strip().lower() != "exponent":
+        return
+    for run in reversed(evidence.benchmarks):
+        for case in run.data.get("crossovers") or []:
+            exponents = case.get("exponents") or {} if isinstance(case, dict) else {}
+            prefill, decode = exponents.get("prefill") or {}, exponents.get("decode") or {}
+            mine = prefill.get(subject.name)
+            theirs = prefill.get("attention")
+            if mine is None or theirs is None:
+                continue
+            check.run = run.run_id
+            check.case = case.get("label")
+            check.measured_factor = mine
+            if mine <= claim.value + EXPONENT_SLACK and mine < theirs:
+                check.verdict = "confirmed"
+            elif mine < theirs:
+                check.verdict = "partly"
+            else:
+                check.verdict = "refuted"
+            check.detail = (f"prefill time ~ N^{mine:.2f} for {subject.name}, N^{theirs:.2f} "
+                            f"for attention")
+            if decode.get(subject.name) is not None and decode.get("attention") is not None:
+                check.detail += (f"; a decoding step ~ N^{decode[subject.name]:.2f} against "
+                                 f"N^{decode['attention']:.2f} (the context's length)")
+            check.detail += f" (run {run.run_id}, the crossover case)"
+            return
+
+
 MEASURES = {"weights": measure_weights, "kv_cache": measure_kv_cache,
             "attention_memory": measure_attention_memory, "decoder": measure_decoder}
 
@@ -682,8 +721,14 @@ def what_would_measure(spec_set: Any, loaded: Any, claim: Any) -> str:
                 "evaluated on one task; koschei's benchmarks time kernels, they do not train or "
                 "evaluate models")
     if claim.metric == "complexity":
-        reason = (f"asymptotic: needs bench cases of {target} at several sequence lengths N, the "
-                  "other sizes fixed, to fit the exponent of its cost against N")
+        from koschei.bench.crossover import CONTENDERS
+
+        if target in CONTENDERS:
+            reason = ("asymptotic: needs the crossover case, which times it at lengths from "
+                      "64 to 32k: koschei benchmark --select none --model crossover")
+        else:
+            reason = (f"asymptotic: needs bench cases of {target} at several sequence lengths N, "
+                      "the other sizes fixed, to fit the exponent of its cost against N")
     elif factor is None:
         return (f"{claim.value:g} {claim.unit} is an absolute figure from another setup: only a "
                 "ratio against a baseline measured on this machine compares")
@@ -749,6 +794,11 @@ def check_claim(spec_set: Any, loaded: Any, claim: Any, evidence: Evidence) -> C
     bench_baselines = subject.spec.bench.baselines if subject.spec.bench is not None else {}
     measurable = (claim.metric in (*SPEED_METRICS, *SIZE_METRICS)
                   and check.claimed_factor is not None and spec.status != "planned")
+    if claim.metric == "complexity" and spec.status != "planned":
+        measure_complexity(check, claim, subject, evidence)
+        if not check.detail:
+            check.detail = what_would_measure(spec_set, loaded, claim)
+        return check
     if not measurable:
         pass
     elif claim.measure is not None:
