@@ -575,3 +575,32 @@ def test_evolve_targets_rank_by_headroom_and_drop_after_fruitless_searches(tmp_p
     assert chosen is None  # small excluded, big exhausted
     assert pas_analyze.next_evolve_target(workspace).case == "small"
     assert pas_analyze.next_evolve_target(workspace, select=["slow"]) is None
+
+
+def test_complexity_claims_are_held_against_the_crossover_cases_exponents(tmp_path):
+    workspace = make_workspace(tmp_path / "ws")
+    specs = workspace.root / "specs" / "foundation"
+    (specs / "gla.yaml").write_text(IMPLEMENTED.format(name="gla", dtype="float32", claims=(
+        '  - {metric: complexity, value: 1, unit: exponent, baseline: attention, '
+        'source: "paper N"}')), encoding="utf-8")
+    before = claim(pas_analyze.run(workspace, pas_analyze.Options()), "gla", "paper N")
+    assert before.verdict == "unmeasured"
+    assert "koschei benchmark --select none --model crossover" in before.detail
+
+    def crossover_run(gla_prefill: float) -> str:
+        exponents = {"prefill": {"gla": gla_prefill, "attention": 1.9},
+                     "decode": {"gla": 0.02, "attention": 0.97}}
+        return write_run(workspace, "benchmark", {**benchmark([]), "crossovers": [
+            {"label": "crossover", "verdict": "ok", "exponents": exponents}]})
+
+    run = crossover_run(1.05)
+    found = claim(pas_analyze.run(workspace, pas_analyze.Options()), "gla", "paper N")
+    assert (found.verdict, found.run, found.measured_factor) == ("confirmed", run, 1.05)
+    assert "prefill time ~ N^1.05 for gla, N^1.90 for attention" in found.detail
+    assert "a decoding step ~ N^0.02 against N^0.97" in found.detail
+    crossover_run(1.5)  # below attention's, above the claim: partly
+    assert claim(pas_analyze.run(workspace, pas_analyze.Options()), "gla",
+                 "paper N").verdict == "partly"
+    crossover_run(2.0)  # no better than attention's
+    assert claim(pas_analyze.run(workspace, pas_analyze.Options()), "gla",
+                 "paper N").verdict == "refuted"
