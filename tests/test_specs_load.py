@@ -370,7 +370,11 @@ def test_the_repository_specs_carry_the_seed_module_ids_and_their_providers():
                           ("v6732_rope", "rope"),
                           ("v6733_gqa", "attention"),
                           ("v6734_sliding", "sliding_window_attention"),
-                          ("v6735_alibi", "alibi")):
+                          ("v6735_alibi", "alibi"),
+                          ("v6760_igla_core", "gla"),
+                          ("qml_igla_core", "gla"),
+                          ("v6742_state_space_model", "selective_scan"),
+                          ("v6768_multiscale_retention", "multiscale_retention")):
         assert spec_set.resolve(seed_id) == node, seed_id
     provided = {loaded.name: loaded.spec.provided_by.spec for loaded in spec_set
                 if loaded.status == "provided"}
@@ -378,7 +382,7 @@ def test_the_repository_specs_carry_the_seed_module_ids_and_their_providers():
                         "multi_query_attention": "attention", "flash_attention": "attention",
                         "flash_decoding": "attention", "kv_cache_compression": "kv_cache",
                         "autoregressive_generation": "decoder_lm", "bf16": "bf16_linear",
-                        "fp16": "fp16_linear"}
+                        "fp16": "fp16_linear", "multiscale_retention": "gla"}
 
 
 def test_the_specs_readme_names_the_seed_items_that_are_not_techniques():
