@@ -734,3 +734,21 @@ def dot_tile_ternary(typingctx, rows, tokens, ahead, packed, w_first, planes, x_
         return context.get_dummy_value()
 
     return signature, codegen
+
+
+@intrinsic
+def prefetch_at(typingctx, array, index):
+    """Ask for the cache line holding ``array.flat[index]`` of a C-contiguous array (prefetcht0:
+    into every level). A prefetch never faults, so an index past the end is harmless: kernels
+    spread the prefetches of their next inputs over the tiles of a GEMM, a few lines per
+    thousand cycles of multiply-adds, so that memory streams under the compute."""
+    if not (isinstance(array, numba.types.Array) and array.layout == "C"
+            and isinstance(index, numba.types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        _prefetch(builder, builder.gep(data, [args[1]]))
+        return context.get_dummy_value()
+
+    return numba.types.void(array, index), codegen
