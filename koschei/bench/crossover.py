@@ -15,7 +15,7 @@ contender on the benchmark's threads:
 
 Decoding (``DECODE_CONTEXTS``): one new token after a context of L tokens, in milliseconds per
 token. Softmax attention reads the L + 1 keys and values of the cache (16 KiB per token here);
-a linear layer reads and writes its state (1 MiB), whatever L. The per-layer data of
+a linear layer reads and writes its state (1 MiB, updated in place), whatever L. The per-layer data of
 ``LAYERS`` layers rotate from call to call, as a decoder of that depth reads them (capped at
 ``ROTATION_BYTES`` per contender): a layer's cache or state is not still in the core's caches
 when its turn comes again. Prefill (``PREFILL_LENGTHS``): L tokens from nothing, in tokens per
@@ -24,7 +24,9 @@ second (causal attention; the linear layers' chunked form).
 Before timing, each length's outputs are checked: the engine's attention against SDPA's, and
 every linear contender against its own float64 reference on the first length
 (``check_linear``). Timing is ``measure_interleaved`` within the benchmark's budget per length;
-the comparisons use paired ratios from the same rounds.
+the comparisons use paired ratios from the same rounds. Each sample of a decoding step or a
+short prefill follows ``WARM_S`` seconds of the same contender's calls: PyTorch's and Numba's
+idle threads spin after a call and would slow the contender timed next.
 
 Reported: each contender's median at each length; per linear contender and softmax contender,
 the crossover length (``crossover``): the shortest measured length from which the linear layer
@@ -57,6 +59,10 @@ DECODE_CONTEXTS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 PREFILL_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
 LAYERS = 24  # the decoder depth whose per-layer caches or states rotate in decoding
 ROTATION_BYTES = 1 << 30  # at most this much rotated data per contender
+# seconds of a contender's own calls before each of its samples (measure_interleaved's
+# warm_s), for decoding steps and prefills up to WARM_MAX_PREFILL tokens
+WARM_S = 0.15
+WARM_MAX_PREFILL = 1024
 DECODE, PREFILL = "decode", "prefill"
 MODES = (DECODE, PREFILL)
 
@@ -278,11 +284,13 @@ def decode_calls(engine: Any, names: list[str], context: int, rng: np.random.Gen
             continue
         function = linear_function(engine, name)
         steps = []
+        out = np.empty((1, HEADS, HEAD_DIM), np.float32)
         for _ in range(_rotation(state_bytes)):
             inputs = linear_inputs(name, rng, 1)
             state = rng.standard_normal((HEADS, HEAD_DIM, HEAD_DIM), dtype=np.float32) * 0.1
-            steps.append(lambda function=function, inputs=inputs, state=state: function(
-                **inputs, initial_state=state, output_final_state=True))
+            # the state updated in place, as a decoder keeps it: nothing allocated per token
+            steps.append(lambda function=function, inputs=inputs, state=state, out=out:
+                         function(**inputs, initial_state=state, final_state=state, out=out))
         calls[name] = _rotating(steps)
     return calls, errors
 
@@ -386,8 +394,11 @@ def run_crossover_case(budget_s: float, progress: Any, *, threads: int | None = 
                         result.checks[name] = max(result.checks.get(name, 0.0), error)
                     context = (torch.inference_mode() if torch is not None
                                else contextlib.nullcontext())
+                    # PyTorch's and Numba's idle threads spin for a while after a call: a short
+                    # call is timed after WARM_S of its own calls (see the encoder case)
+                    warm_s = WARM_S if mode == DECODE or length <= WARM_MAX_PREFILL else 0.0
                     with context:
-                        timings, _ = measure_interleaved(calls, budget_s)
+                        timings, _ = measure_interleaved(calls, budget_s, warm_s=warm_s)
                     for name, timing in timings.items():
                         result.points.append(CrossoverPoint(
                             mode=mode, length=length, contender=name,

@@ -140,10 +140,10 @@ def constraint_failed(function: str, names: str, check: str, message: str,
 
 
 def check_out(function: str, out: Any, dtype: np.dtype, shape: tuple[int, ...], shape_doc: str,
-              inputs: Mapping[str, np.ndarray]) -> None:
-    """Raise unless ``out`` is a writeable C-contiguous ndarray of ``dtype`` and ``shape`` that
-    shares no memory with the inputs."""
-    prefix = f"{function}: out: expected"
+              inputs: Mapping[str, np.ndarray | None], argument: str = "out") -> None:
+    """Raise unless ``out`` (the argument named ``argument``) is a writeable C-contiguous
+    ndarray of ``dtype`` and ``shape`` that shares no memory with the inputs."""
+    prefix = f"{function}: {argument}: expected"
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{prefix} None or a numpy.ndarray of {dtype} with shape {shape}, "
                         f"got {describe(out)}")
@@ -158,7 +158,7 @@ def check_out(function: str, out: Any, dtype: np.dtype, shape: tuple[int, ...], 
     if not out.flags.aligned:
         raise ValueError(f"{prefix} an aligned array, got an unaligned one")
     for name, array in inputs.items():
-        if np.may_share_memory(out, array):
+        if array is not None and np.may_share_memory(out, array):
             raise ValueError(f"{prefix} a buffer of its own, got one that overlaps the input "
                              f"{name} (the kernel would read what it already overwrote)")
 

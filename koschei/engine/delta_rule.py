@@ -25,8 +25,8 @@ Paper: Songlin Yang, Bailin Wang, Yu Zhang, Yikang Shen, Yoon Kim, "Parallelizin
     (https://arxiv.org/abs/2406.06484).
 
 delta_rule(q, k, v, beta, *, scale=None, output_final_state=False, g=None, initial_state=None,
-out=None) checks its arguments, then runs the kernels of the "delta_rule" family; reference(...) is
-the plain NumPy definition it is tested against.
+out=None, final_state=None) checks its arguments, then runs the kernels of the "delta_rule" family;
+reference(...) is the plain NumPy definition it is tested against.
 """
 
 import numpy as np
@@ -280,7 +280,7 @@ def _compute(q, k, v, beta, g, initial_state, scale, output_final_state, out, fi
 # --- the public function --------------------------------------------------------------------------
 
 
-def delta_rule(q, k, v, beta, *, scale=None, output_final_state=False, g=None, initial_state=None, out=None):
+def delta_rule(q, k, v, beta, *, scale=None, output_final_state=False, g=None, initial_state=None, out=None, final_state=None):
     """DeltaNet and gated DeltaNet (the delta rule).
 
     Args:
@@ -294,6 +294,9 @@ def delta_rule(q, k, v, beta, *, scale=None, output_final_state=False, g=None, i
         initial_state: None or a float32 array (H, K, V), C-contiguous, non-empty, default None; the state before the first token (None: zeros).
         out: None (a new array) or a float32 array (T, H, V) to write into:
             C-contiguous, writeable, sharing no memory with the inputs.
+        final_state: None or a float32 array (H, K, V) to write the final state into:
+            C-contiguous, writeable; it may be initial_state itself (updated in place: a decoding
+            loop allocates nothing), and shares no memory with the other inputs.
 
     Returns:
         out: float32 (T, H, V).
@@ -378,8 +381,21 @@ def delta_rule(q, k, v, beta, *, scale=None, output_final_state=False, g=None, i
     # output_final_state: bool
     if type(output_final_state) is not bool:
         output_final_state = _rt.as_bool(_FUNCTION, "output_final_state", output_final_state)
-    # final_state: (H, K, V), when output_final_state asks for it
-    final_state = np.empty((H, K, V), _FLOAT32) if output_final_state else None
+    # final_state: (H, K, V), the caller's buffer (which may be initial_state: updated
+    # in place), or a new one when output_final_state asks for it
+    if final_state is None:
+        final_state = np.empty((H, K, V), _FLOAT32) if output_final_state else None
+    elif (type(final_state) is not np.ndarray
+            or final_state.dtype is not _FLOAT32
+            or final_state.shape != (H, K, V)
+            or not final_state.flags.carray
+            or np.may_share_memory(final_state, q)
+            or np.may_share_memory(final_state, k)
+            or np.may_share_memory(final_state, v)
+            or np.may_share_memory(final_state, beta)
+            or g is not None and np.may_share_memory(final_state, g)):
+        _rt.check_out(_FUNCTION, final_state, _FLOAT32, (H, K, V), "(H, K, V)",
+                      {"q": q, "k": k, "v": v, "beta": beta, "g": g}, argument="final_state")
     # out: float32 (T, H, V)
     if out is None:
         out = np.empty(v.shape, _FLOAT32)

@@ -20,9 +20,9 @@ Paper: Soham De, Samuel L. Smith, Anushan Fernando, et al., "Griffin: Mixing Gat
     Recurrences with Local Attention for Efficient Language Models", 2024, arXiv:2402.19427
     (https://arxiv.org/abs/2402.19427).
 
-rg_lru(x, gate_x, gate_a, Lambda, *, output_final_state=False, initial_state=None, out=None) checks
-its arguments, then runs the kernels of the "custom" family; reference(...) is the plain NumPy
-definition it is tested against.
+rg_lru(x, gate_x, gate_a, Lambda, *, output_final_state=False, initial_state=None, out=None,
+final_state=None) checks its arguments, then runs the kernels of the "custom" family;
+reference(...) is the plain NumPy definition it is tested against.
 """
 
 import numpy as np
@@ -107,7 +107,7 @@ def _compute(x, gate_x, gate_a, Lambda, initial_state, output_final_state, out,
 # --- the public function --------------------------------------------------------------------------
 
 
-def rg_lru(x, gate_x, gate_a, Lambda, *, output_final_state=False, initial_state=None, out=None):
+def rg_lru(x, gate_x, gate_a, Lambda, *, output_final_state=False, initial_state=None, out=None, final_state=None):
     """Griffin's real-gated linear recurrent unit (RG-LRU).
 
     Args:
@@ -119,6 +119,9 @@ def rg_lru(x, gate_x, gate_a, Lambda, *, output_final_state=False, initial_state
         initial_state: None or a float32 array (channels,), C-contiguous, non-empty, default None; h before the first token (None: zeros).
         out: None (a new array) or a float32 array (T, channels) to write into:
             C-contiguous, writeable, sharing no memory with the inputs.
+        final_state: None or a float32 array (channels,) to write the final state into:
+            C-contiguous, writeable; it may be initial_state itself (updated in place: a decoding
+            loop allocates nothing), and shares no memory with the other inputs.
 
     Returns:
         out: float32 (T, channels).
@@ -187,8 +190,20 @@ def rg_lru(x, gate_x, gate_a, Lambda, *, output_final_state=False, initial_state
     # output_final_state: bool
     if type(output_final_state) is not bool:
         output_final_state = _rt.as_bool(_FUNCTION, "output_final_state", output_final_state)
-    # final_state: (channels,), when output_final_state asks for it
-    final_state = np.empty((channels,), _FLOAT32) if output_final_state else None
+    # final_state: (channels,), the caller's buffer (which may be initial_state: updated
+    # in place), or a new one when output_final_state asks for it
+    if final_state is None:
+        final_state = np.empty((channels,), _FLOAT32) if output_final_state else None
+    elif (type(final_state) is not np.ndarray
+            or final_state.dtype is not _FLOAT32
+            or final_state.shape != (channels,)
+            or not final_state.flags.carray
+            or np.may_share_memory(final_state, x)
+            or np.may_share_memory(final_state, gate_x)
+            or np.may_share_memory(final_state, gate_a)
+            or np.may_share_memory(final_state, Lambda)):
+        _rt.check_out(_FUNCTION, final_state, _FLOAT32, (channels,), "(channels,)",
+                      {"x": x, "gate_x": gate_x, "gate_a": gate_a, "Lambda": Lambda}, argument="final_state")
     # out: float32 (T, channels)
     if out is None:
         out = np.empty(x.shape, _FLOAT32)

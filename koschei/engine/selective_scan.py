@@ -20,8 +20,9 @@ Paper: Albert Gu, Tri Dao, "Mamba: Linear-Time Sequence Modeling with Selective 
     2023, arXiv:2312.00752 (https://arxiv.org/abs/2312.00752).
 
 selective_scan(u, delta, A, B, C, *, delta_softplus=False, output_final_state=False, D=None,
-z=None, delta_bias=None, initial_state=None, out=None) checks its arguments, then runs the kernels
-of the "selective_scan" family; reference(...) is the plain NumPy definition it is tested against.
+z=None, delta_bias=None, initial_state=None, out=None, final_state=None) checks its arguments, then
+runs the kernels of the "selective_scan" family; reference(...) is the plain NumPy definition it is
+tested against.
 """
 
 import numpy as np
@@ -188,7 +189,7 @@ def _compute(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
 # --- the public function --------------------------------------------------------------------------
 
 
-def selective_scan(u, delta, A, B, C, *, delta_softplus=False, output_final_state=False, D=None, z=None, delta_bias=None, initial_state=None, out=None):
+def selective_scan(u, delta, A, B, C, *, delta_softplus=False, output_final_state=False, D=None, z=None, delta_bias=None, initial_state=None, out=None, final_state=None):
     """Mamba's selective scan (S6).
 
     Args:
@@ -205,6 +206,9 @@ def selective_scan(u, delta, A, B, C, *, delta_softplus=False, output_final_stat
         initial_state: None or a float32 array (channels, N), C-contiguous, non-empty, default None; the state before the first token (None: zeros).
         out: None (a new array) or a float32 array (T, channels) to write into:
             C-contiguous, writeable, sharing no memory with the inputs.
+        final_state: None or a float32 array (channels, N) to write the final state into:
+            C-contiguous, writeable; it may be initial_state itself (updated in place: a decoding
+            loop allocates nothing), and shares no memory with the other inputs.
 
     Returns:
         out: float32 (T, channels).
@@ -321,8 +325,24 @@ def selective_scan(u, delta, A, B, C, *, delta_softplus=False, output_final_stat
     # output_final_state: bool
     if type(output_final_state) is not bool:
         output_final_state = _rt.as_bool(_FUNCTION, "output_final_state", output_final_state)
-    # final_state: (channels, N), when output_final_state asks for it
-    final_state = np.empty((channels, N), _FLOAT32) if output_final_state else None
+    # final_state: (channels, N), the caller's buffer (which may be initial_state: updated
+    # in place), or a new one when output_final_state asks for it
+    if final_state is None:
+        final_state = np.empty((channels, N), _FLOAT32) if output_final_state else None
+    elif (type(final_state) is not np.ndarray
+            or final_state.dtype is not _FLOAT32
+            or final_state.shape != (channels, N)
+            or not final_state.flags.carray
+            or np.may_share_memory(final_state, u)
+            or np.may_share_memory(final_state, delta)
+            or np.may_share_memory(final_state, A)
+            or np.may_share_memory(final_state, B)
+            or np.may_share_memory(final_state, C)
+            or D is not None and np.may_share_memory(final_state, D)
+            or z is not None and np.may_share_memory(final_state, z)
+            or delta_bias is not None and np.may_share_memory(final_state, delta_bias)):
+        _rt.check_out(_FUNCTION, final_state, _FLOAT32, (channels, N), "(channels, N)",
+                      {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}, argument="final_state")
     # out: float32 (T, channels)
     if out is None:
         out = np.empty(u.shape, _FLOAT32)

@@ -284,12 +284,14 @@ class SignaturePlan:
         keywords += [t.signature_code for t in self.inputs if t.keyword]
         if self.takes_out:
             keywords.append("out=None")
+        if self.state is not None:
+            keywords.append(f"{self.state.name}=None")
         return ", ".join([*positional, *(["*", *keywords] if keywords else [])])
 
     @property
     def compute_args(self) -> str:
-        """_compute's arguments: the inputs, the parameters, the results (and the state's
-        buffer, None when the call does not ask for it)."""
+        """_compute's arguments: the inputs, the parameters, the results (and the buffer of the
+        final state: the caller's, a new one when the call asks for the state, else None)."""
         state = [self.state.name] if self.state is not None else []
         return ", ".join([*self.input_names, *self.param_names, *self.output_names, *state])
 

@@ -73,6 +73,7 @@ SIGNATURE = [
     ("g", _testing.KEYWORD, None),
     ("initial_state", _testing.KEYWORD, None),
     ("out", _testing.KEYWORD, None),
+    ("final_state", _testing.KEYWORD, None),
 ]
 # the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
 # and the values each parameter drawn takes
@@ -289,11 +290,11 @@ def test_decoding_steps_are_the_prefill():
     q, k, v, beta, g, state = _inputs(70, 2, 16, 16, 3)
     o, final = delta_rule(q, k, v, beta, g=g, initial_state=state, output_final_state=True)
     steps = np.empty_like(o)
-    carried = state
+    carried = state.copy()
     for t in range(q.shape[0]):
-        one = slice(t, t + 1)
-        steps[one], carried = delta_rule(q[one], k[one], v[one], beta[one], g=g[one],
-                                       initial_state=carried, output_final_state=True)
+        one = slice(t, t + 1)  # the state updated in place: the loop allocates nothing
+        delta_rule(q[one], k[one], v[one], beta[one], g=g[one], initial_state=carried,
+                 final_state=carried, out=steps[one])
     np.testing.assert_allclose(steps, o, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(carried, final, rtol=1e-4, atol=2e-5)
 

@@ -65,6 +65,7 @@ SIGNATURE = [
     ("output_final_state", _testing.KEYWORD, False),
     ("initial_state", _testing.KEYWORD, None),
     ("out", _testing.KEYWORD, None),
+    ("final_state", _testing.KEYWORD, None),
 ]
 # the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
 # and the values each parameter drawn takes

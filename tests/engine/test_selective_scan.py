@@ -78,6 +78,7 @@ SIGNATURE = [
     ("delta_bias", _testing.KEYWORD, None),
     ("initial_state", _testing.KEYWORD, None),
     ("out", _testing.KEYWORD, None),
+    ("final_state", _testing.KEYWORD, None),
 ]
 # the random shapes: low and high of each size drawn ("...": of each leading one, at most two),
 # and the values each parameter drawn takes
