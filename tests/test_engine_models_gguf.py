@@ -165,6 +165,12 @@ def test_bad_arguments_are_refused_before_anything_is_written(tiny, ternary, tmp
         write_gguf({}, target)
     with pytest.raises(ValueError, match="expected a file in an existing folder"):
         write_gguf(tiny, tmp_path / "missing" / "x.gguf")
+    hybrid = Decoder.random(TINY.replace(layer_types=("gla",) * (TINY.num_layers - 1)
+                                         + ("attention",)))
+    with pytest.raises(ValueError, match="write_gguf: decoder: expected attention layers only "
+                                         r"\(llama.cpp's llama architecture\), got layer types "
+                                         "gla"):
+        write_gguf(hybrid, target)
     assert list(tmp_path.iterdir()) == []
     assert set(TENSOR_TYPES) == {"F32", "F16", "TQ2_0", "Q8_0", "Q4_0"}
 

@@ -5,12 +5,51 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
     x = E[t]                                                   # token embedding, (n, d)
     for each layer:
         h = rmsnorm(x) * g_attn                                # RMSNorm, arXiv:1910.07467
-        q, k, v = h W_q^T, h W_k^T, h W_v^T                    # (n, hq hd), (n, hkv hd) x 2
-        q, k = rope(q, p), rope(k, p)                          # RoPE, rotate-half pairing
-        x = x + attention(q, K_cache, V_cache) W_o^T           # causal GQA, arXiv:2305.13245
+        x = x + mixer(h)                                       # the layer's token mixer
         h = rmsnorm(x) * g_ffn
         x = x + (silu(h W_gate^T) * (h W_up^T)) W_down^T       # SwiGLU, arXiv:2002.05202
     logits = (rmsnorm(x) * g_final) E^T                        # tied embeddings, arXiv:1608.05859
+
+Each layer has a type, ``DecoderConfig.layer_types`` (default: every layer "attention"), which
+chooses its token mixer; the rest of the layer is the same for every type. With H = num_heads
+heads of hd = head_dim values:
+
+- ``"attention"``: softmax attention over a KV cache (Llama's)::
+
+      q, k, v = h W_q^T, h W_k^T, h W_v^T                    # (n, hq hd), (n, hkv hd) x 2
+      q, k = rope(q, p), rope(k, p)                          # RoPE, rotate-half pairing
+      mixer(h) = attention(q, K_cache, V_cache) W_o^T        # causal GQA, arXiv:2305.13245
+
+- ``"gla"``: gated linear attention (Yang et al., arXiv:2312.06635; flash-linear-attention's
+  ``GatedLinearAttention`` without short convolutions, K = V = hd), no RoPE::
+
+      q, k, v = h W_q^T, h W_k^T, h W_v^T                    # (n, H, hd) each
+      g = logsigmoid((h W_gk0^T) W_gk1^T + b_gk) / 16        # (n, H, hd) log-decays <= 0
+      S_t = Diag(exp g_t) S_{t-1} + k_t^T v_t,  o_t = hd^-1/2 q_t S_t    # per head, S (hd, hd)
+      mixer(h) = (rmsnorm_hd(o) * w_gnorm * silu(h W_g^T)) W_o^T
+
+  The gate's projection is low rank (rank GLA_GATE_RANK = 16, with a bias) and its logits are
+  divided by GLA_GATE_NORMALIZER = 16, both as in flash-linear-attention; the output norm is
+  an RMSNorm over each head's hd values with one gain of hd values shared by the heads (its
+  FusedRMSNormSwishGate).
+- ``"mamba2"``: Mamba-2's SSD mixing (Dao and Gu, arXiv:2405.21060), one scalar decay per head,
+  with d_inner = d (expand 1), head dim P = hd, state size N = hd, one group (B and C shared by
+  the heads)::
+
+      z, x = h W_z^T, silu(h W_x^T)                          # (n, H P) each
+      B, C = silu(h W_B^T), silu(h W_C^T)                    # (n, N) each
+      dt = softplus(h W_dt^T + dt_bias)                      # (n, H)
+      S_t = exp(A dt_t) S_{t-1} + B_t^T (dt_t x_t),  y_t = C_t S_t + D x_t  # per head, S (N, P)
+      mixer(h) = (rmsnorm(y * silu(z)) * w_norm) W_out^T     # gated RMSNorm over d_inner
+
+  with A = -exp(A_log) per head. This is the SSD layer without its short causal conv1d: the
+  convolution is taken as the identity (width 1, weight 1, no bias), the SiLU after it is kept.
+
+Both linear types run the engine's ``gla`` (Mamba-2 as gla(C, B, dt x, A dt, scale=1)), and
+keep a recurrent state S (H, hd, hd) float32 per layer instead of a KV cache: a prompt, in any
+pieces, and the decoding steps after it pass the state on (``initial_state``,
+``output_final_state``), so every step costs the same whatever the context. The KV cache holds
+the attention layers only (none: ``Decoder.cache`` is None).
 
 - RoPE pairs coordinate j with j + head_dim / 2 ("rotate half", as Llama in Hugging Face
   transformers and GPT-NeoX), angle p * theta^(-2j / head_dim), on queries and keys before they
@@ -18,24 +57,29 @@ For token ids t_0 .. t_{n-1} (positions p = 0 .. n-1), hidden size d, L layers:
 - Grouped-query attention: query head h reads key/value head h // (hq / hkv).
 - The output projection is the embedding matrix itself (tied): logits = h E^T, E (vocab, d).
 - Weights are in PyTorch's Linear layout (d_out, d_in), named as Hugging Face's Llama
-  (``layers.0.self_attn.q_proj.weight``, ...), see :meth:`DecoderConfig.parameter_shapes`.
+  (``layers.0.self_attn.q_proj.weight``, ...) and, for the other mixers, as their reference
+  implementations (``layers.0.gla.q_proj.weight``, ``layers.0.mamba2.A_log``, ...), see
+  :meth:`DecoderConfig.parameter_shapes`.
 - ``weights="bf16"``: every weight matrix, the embedding included, is rounded once to bfloat16
   (to nearest, ties to even) and kept in 16 bits: the engine's ``bf16_linear`` widens the
   weights exactly to float32 in registers and sums in float32, so a decoding step reads half
-  the bytes of float32 weights; the RMSNorm gains stay float32.
-- ``weights="ternary"``: every projection matrix (q, k, v, o, gate, up, down) is quantized to
-  BitNet b1.58 ternary weights {-1, 0, +1} times one absmean scale (arXiv:2402.17764) and applied
-  by the engine's ``bitnet_linear`` (which quantizes the activations per token to int8);
-  the embedding (and so the tied output projection) and the RMSNorm gains stay float32.
+  the bytes of float32 weights; the vectors (RMSNorm gains, biases, A_log, dt_bias, D) stay
+  float32.
+- ``weights="ternary"``: every projection matrix (every 2-D parameter but the embedding: q, k,
+  v, o, gate, up, down and the mixers' own) is quantized to BitNet b1.58 ternary weights
+  {-1, 0, +1} times one absmean scale (arXiv:2402.17764) and applied by the engine's
+  ``bitnet_linear`` (which quantizes the activations per token to int8); the embedding (and so
+  the tied output projection) and the vectors stay float32.
 - ``kv_dtype="int8"``: the KV cache stores keys and values as int8 with one scale per
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
-The kernels: ``rmsnorm``, ``rope``, ``attention``, ``matmul`` (the float32 projections: their
-weights packed once, at load, into the panels of its GEMM), ``linear`` (the float32 logits),
-``silu`` (the FFN's gate: swiglu's computation in the model's own buffers), ``bf16_linear``
-(bfloat16 weights), ``bitnet_linear`` (ternary projections) and ``sample``; the embedding
-gather and the residual adds are NumPy. Every buffer of a decoding step is allocated once per
-model and reused. A prompt runs in chunks of at most ``PREFILL_CHUNK`` tokens.
+The kernels: ``rmsnorm``, ``rope``, ``attention``, ``gla``, ``matmul`` (the float32
+projections: their weights packed once, at load, into the panels of its GEMM), ``linear`` (the
+float32 logits), ``silu`` (the FFN's gate: swiglu's computation in the model's own buffers; the
+mixers' gates), ``bf16_linear`` (bfloat16 weights), ``bitnet_linear`` (ternary projections) and
+``sample``; the embedding gather, the residual adds, logsigmoid and softplus are NumPy. Every
+buffer of a decoding step is allocated once per model (but ``gla``'s final state, a new array a
+step). A prompt runs in chunks of at most ``PREFILL_CHUNK`` tokens.
 """
 
 from __future__ import annotations
@@ -55,6 +99,7 @@ from koschei.engine import (
     bf16_linear,
     bitnet_linear,
     bitnet_quantize,
+    gla,
     linear,
     matmul,
     rmsnorm,
@@ -74,6 +119,17 @@ _FLOAT32 = np.dtype(np.float32)
 _BFLOAT16 = np.dtype("bfloat16")  # ml_dtypes' (registered by koschei.engine._runtime)
 _WEIGHTS = ("fp32", "bf16", "ternary")
 _KV_DTYPES = ("float32", "int8")
+# the token mixers a layer can have (DecoderConfig.layer_types); the last two are linear: a
+# recurrent state instead of a KV cache
+LAYER_TYPES = ("attention", "gla", "mamba2")
+_LINEAR_TYPES = ("gla", "mamba2")
+# flash-linear-attention's GatedLinearAttention: the rank of the gate's projection and the divisor
+# of its log-sigmoid (gate_logit_normalizer)
+GLA_GATE_RANK = 16
+GLA_GATE_NORMALIZER = 16.0
+# Mamba-2's initialization (mamba_ssm): A uniform in [1, 16], dt log-uniform in [1e-3, 1e-1]
+_MAMBA2_A_RANGE = (1.0, 16.0)
+_MAMBA2_DT_RANGE = (1e-3, 1e-1)
 # the standard deviation of the random weights (GPT-2's and Llama's initializer range)
 DEFAULT_INIT_STD = 0.02
 # A prompt runs in chunks of at most this many tokens: the buffers of a forward pass hold one
@@ -84,11 +140,38 @@ PREFILL_CHUNK = 512
 # --- the configuration ----------------------------------------------------------------------------
 
 
+def _check_layer_types(function: str, layer_types: object,
+                       num_layers: int) -> tuple[str, ...]:
+    """layer_types as a tuple of num_layers known types (None: every layer "attention")."""
+    if layer_types is None:
+        return ("attention",) * num_layers
+    expected = (f"a sequence of {num_layers} layer types (num_layers), each one of "
+                f"{LAYER_TYPES}")
+    if isinstance(layer_types, (str, bytes)) or not isinstance(layer_types, (tuple, list)):
+        raise TypeError(f"{function}: layer_types: expected {expected}, got "
+                        f"{_rt.describe(layer_types)}")
+    for index, kind in enumerate(layer_types):
+        if not isinstance(kind, str):
+            raise TypeError(f"{function}: layer_types[{index}]: expected one of {LAYER_TYPES}, "
+                            f"got {_rt.describe(kind)}")
+        if kind not in LAYER_TYPES:
+            raise ValueError(f"{function}: layer_types[{index}]: expected one of {LAYER_TYPES}, "
+                             f"got {kind!r}")
+    if len(layer_types) != num_layers:
+        raise ValueError(f"{function}: layer_types: expected {expected}, got "
+                         f"{len(layer_types)} types")
+    return tuple(layer_types)
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """The sizes of a decoder. ``DecoderConfig.named("igla_v2")`` is the seed's iGLA-LLM v2.
 
     rms_norm_eps is 1e-5 (Llama 2's value) unless given: added to the mean square in every RMSNorm.
+    layer_types: one of LAYER_TYPES per layer (``"attention"``, ``"gla"``, ``"mamba2"``; see the
+    module docstring), any mix; None (the default) is every layer ``"attention"``. A sequence of
+    strings is kept as a tuple. ``replace(num_layers=...)`` without layer_types keeps a config
+    whose layers all have one type that type; a mix must be given again.
     """
 
     vocab_size: int
@@ -100,12 +183,14 @@ class DecoderConfig:
     max_seq_length: int
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    layer_types: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         function = "DecoderConfig"
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                       "intermediate_size", "max_seq_length"):
-            object.__setattr__(self, field, _rt.as_int_at_least(function, field, getattr(self, field), 1))
+            value = _rt.as_int_at_least(function, field, getattr(self, field), 1)
+            object.__setattr__(self, field, value)
         for field in ("rope_theta", "rms_norm_eps"):
             value = _rt.as_float(function, field, getattr(self, field))
             if not value > 0:
@@ -122,6 +207,8 @@ class DecoderConfig:
             raise ValueError(f"{function}: hidden_size: expected an even head_dim (RoPE turns "
                              f"pairs of coordinates), got hidden_size / num_heads = "
                              f"{self.hidden_size} / {self.num_heads} = {self.head_dim}")
+        object.__setattr__(self, "layer_types", _check_layer_types(
+            function, self.layer_types, self.num_layers))
 
     @property
     def head_dim(self) -> int:
@@ -132,9 +219,16 @@ class DecoderConfig:
         """The named configurations."""
         return sorted(_NAMED)
 
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The indices of the layers of type "attention" (the layers a KV cache holds)."""
+        return tuple(i for i, kind in enumerate(self.layer_types) if kind == "attention")
+
     @staticmethod
     def named(name: str) -> DecoderConfig:
-        """A named configuration: ``igla_v2`` (seed 004's table), ``tiny`` and ``small``."""
+        """A named configuration: ``igla_v2`` (seed 004's table), ``igla`` (its shapes, every
+        layer "gla"), ``igla_hybrid`` (its shapes, "attention" every fourth layer: layers 3, 7
+        and 11, "gla" the others), ``tiny`` and ``small``."""
         config = _NAMED.get(name) if isinstance(name, str) else None
         if config is None:
             raise ValueError(f"DecoderConfig.named: name: expected one of {sorted(_NAMED)}, got "
@@ -142,20 +236,65 @@ class DecoderConfig:
         return config
 
     def replace(self, **changes: Any) -> DecoderConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). A new num_layers without
+        layer_types keeps the type of a config whose layers all have one."""
+        if "num_layers" in changes and "layer_types" not in changes \
+                and len(set(self.layer_types)) == 1:
+            num_layers = changes["num_layers"]
+            if isinstance(num_layers, int) and not isinstance(num_layers, bool) \
+                    and num_layers >= 1:
+                changes["layer_types"] = self.layer_types[:1] * num_layers
         return dataclasses.replace(self, **changes)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter's name and shape (PyTorch Linear layout: (d_out, d_in))."""
+        """Every parameter's name and shape (PyTorch Linear layout: (d_out, d_in)), in order.
+
+        Per layer: ``input_layernorm.weight``, the mixer's parameters, then
+        ``post_attention_layernorm.weight`` and ``mlp.{gate,up,down}_proj.weight``. The mixers'
+        (inner = num_heads * head_dim = hidden_size, H = num_heads, hd = head_dim, r = 16):
+
+        - attention: ``self_attn.{q,k,v,o}_proj.weight`` (Llama's, GQA: k and v have
+          num_kv_heads heads);
+        - gla: ``gla.{q,k,v,g}_proj.weight`` (inner, d), ``gla.gk_proj.0.weight`` (r, d),
+          ``gla.gk_proj.1.weight`` (inner, r), ``gla.gk_proj.1.bias`` (inner,),
+          ``gla.g_norm.weight`` (hd,), ``gla.o_proj.weight`` (d, inner) (fla's names);
+        - mamba2: ``mamba2.{z,x}_proj.weight`` (inner, d), ``mamba2.{B,C}_proj.weight`` (hd, d),
+          ``mamba2.dt_proj.weight`` (H, d), ``mamba2.dt_bias``, ``mamba2.A_log``, ``mamba2.D``
+          (H,), ``mamba2.norm.weight`` (inner,), ``mamba2.out_proj.weight`` (d, inner).
+        """
         d, hd, f = self.hidden_size, self.head_dim, self.intermediate_size
+        heads, inner = self.num_heads, self.num_heads * self.head_dim
         shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (self.vocab_size, d)}
-        for layer in range(self.num_layers):
+        for layer, kind in enumerate(self.layer_types):
             prefix = f"layers.{layer}."
             shapes[prefix + "input_layernorm.weight"] = (d,)
-            shapes[prefix + "self_attn.q_proj.weight"] = (self.num_heads * hd, d)
-            shapes[prefix + "self_attn.k_proj.weight"] = (self.num_kv_heads * hd, d)
-            shapes[prefix + "self_attn.v_proj.weight"] = (self.num_kv_heads * hd, d)
-            shapes[prefix + "self_attn.o_proj.weight"] = (d, self.num_heads * hd)
+            if kind == "attention":
+                shapes[prefix + "self_attn.q_proj.weight"] = (self.num_heads * hd, d)
+                shapes[prefix + "self_attn.k_proj.weight"] = (self.num_kv_heads * hd, d)
+                shapes[prefix + "self_attn.v_proj.weight"] = (self.num_kv_heads * hd, d)
+                shapes[prefix + "self_attn.o_proj.weight"] = (d, self.num_heads * hd)
+            elif kind == "gla":
+                mixer = prefix + "gla."
+                for name in ("q_proj", "k_proj", "v_proj"):
+                    shapes[mixer + name + ".weight"] = (inner, d)
+                shapes[mixer + "gk_proj.0.weight"] = (GLA_GATE_RANK, d)
+                shapes[mixer + "gk_proj.1.weight"] = (inner, GLA_GATE_RANK)
+                shapes[mixer + "gk_proj.1.bias"] = (inner,)
+                shapes[mixer + "g_proj.weight"] = (inner, d)
+                shapes[mixer + "g_norm.weight"] = (hd,)
+                shapes[mixer + "o_proj.weight"] = (d, inner)
+            else:  # mamba2
+                mixer = prefix + "mamba2."
+                shapes[mixer + "z_proj.weight"] = (inner, d)
+                shapes[mixer + "x_proj.weight"] = (inner, d)
+                shapes[mixer + "B_proj.weight"] = (hd, d)
+                shapes[mixer + "C_proj.weight"] = (hd, d)
+                shapes[mixer + "dt_proj.weight"] = (heads, d)
+                shapes[mixer + "dt_bias"] = (heads,)
+                shapes[mixer + "A_log"] = (heads,)
+                shapes[mixer + "D"] = (heads,)
+                shapes[mixer + "norm.weight"] = (inner,)
+                shapes[mixer + "out_proj.weight"] = (d, inner)
             shapes[prefix + "post_attention_layernorm.weight"] = (d,)
             shapes[prefix + "mlp.gate_proj.weight"] = (f, d)
             shapes[prefix + "mlp.up_proj.weight"] = (f, d)
@@ -168,7 +307,10 @@ class DecoderConfig:
 
     def random_parameters(self, seed: int = 0, *,
                           std: float = DEFAULT_INIT_STD) -> dict[str, np.ndarray]:
-        """Random float32 parameters: every matrix N(0, std^2), every RMSNorm gain 1."""
+        """Random float32 parameters: every matrix N(0, std^2), every RMSNorm gain 1; GLA's gate
+        bias 0; Mamba-2's as mamba_ssm initializes them: A = -exp(A_log) with A uniform in
+        [1, 16], dt_bias = softplus^-1(dt) with dt log-uniform in [1e-3, 1e-1], D = 1. The
+        matrices are drawn in the order of :meth:`parameter_shapes`, then Mamba-2's vectors."""
         function = "DecoderConfig.random_parameters"
         seed = _rt.as_int_at_least(function, "seed", seed, 0)
         std = _rt.as_float(function, "std", std)
@@ -178,11 +320,21 @@ class DecoderConfig:
         parameters = {}
         for name, shape in self.parameter_shapes().items():
             if len(shape) == 1:
-                parameters[name] = np.ones(shape, dtype=np.float32)
+                value = 0.0 if name.endswith(".bias") else 1.0
+                parameters[name] = np.full(shape, value, dtype=np.float32)
             else:
                 matrix = rng.standard_normal(shape, dtype=np.float32)
                 matrix *= np.float32(std)
                 parameters[name] = matrix
+        # Mamba-2's vectors after every matrix: a config without them draws what it drew
+        # before there were layer types
+        for name, shape in self.parameter_shapes().items():
+            if name.endswith(".A_log"):
+                parameters[name] = np.log(rng.uniform(*_MAMBA2_A_RANGE, shape)).astype(np.float32)
+            elif name.endswith(".dt_bias"):
+                low, high = np.log(_MAMBA2_DT_RANGE)
+                dt = np.exp(rng.uniform(low, high, shape))
+                parameters[name] = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
         return parameters
 
 
@@ -197,6 +349,11 @@ _NAMED = {
     "small": DecoderConfig(vocab_size=1000, hidden_size=256, num_layers=4, num_heads=8,
                            num_kv_heads=2, intermediate_size=688, max_seq_length=512),
 }
+# iGLA-LLM v2's shapes with gated linear attention in every layer, and a hybrid of it with one
+# softmax attention layer every fourth (the last of each group of four)
+_NAMED["igla"] = _NAMED["igla_v2"].replace(layer_types=("gla",) * 12)
+_NAMED["igla_hybrid"] = _NAMED["igla_v2"].replace(
+    layer_types=("gla", "gla", "gla", "attention") * 3)
 
 
 # --- projections ----------------------------------------------------------------------------------
@@ -295,6 +452,8 @@ _PROJECTIONS = {"fp32": _Float32Projection, "bf16": _BFloat16Projection,
 
 @dataclass
 class _Layer:
+    """A layer of type "attention" (Llama's; its fields are what gguf.py exports)."""
+
     attention_norm: np.ndarray  # (d,)
     q_proj: _Projection  # (hq hd, d)
     k_proj: _Projection  # (hkv hd, d)
@@ -304,6 +463,79 @@ class _Layer:
     gate_proj: _Projection  # (f, d)
     up_proj: _Projection  # (f, d)
     down_proj: _Projection  # (d, f)
+    kind = "attention"
+
+    def projections(self) -> tuple[_Projection, ...]:
+        return (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj,
+                self.up_proj, self.down_proj)
+
+    def vectors(self) -> tuple[np.ndarray, ...]:
+        return (self.attention_norm, self.ffn_norm)
+
+
+@dataclass
+class _GLAMixer:
+    """The token mixer of a "gla" layer (inner = H hd, r = GLA_GATE_RANK)."""
+
+    q_proj: _Projection  # (inner, d)
+    k_proj: _Projection  # (inner, d)
+    v_proj: _Projection  # (inner, d)
+    gk_down: _Projection  # (r, d): the gate's low-rank projection ...
+    gk_up: _Projection  # (inner, r)
+    gk_bias: np.ndarray  # (inner,) ... and its bias
+    g_proj: _Projection  # (inner, d): the output gate
+    g_norm: np.ndarray  # (hd,): the gain of the per-head RMSNorm
+    o_proj: _Projection  # (d, inner)
+
+    def projections(self) -> tuple[_Projection, ...]:
+        return (self.q_proj, self.k_proj, self.v_proj, self.gk_down, self.gk_up, self.g_proj,
+                self.o_proj)
+
+    def vectors(self) -> tuple[np.ndarray, ...]:
+        return (self.gk_bias, self.g_norm)
+
+
+@dataclass
+class _Mamba2Mixer:
+    """The token mixer of a "mamba2" layer (inner = H P = d, N = P = hd)."""
+
+    z_proj: _Projection  # (inner, d): the output gate
+    x_proj: _Projection  # (inner, d)
+    B_proj: _Projection  # (N, d)
+    C_proj: _Projection  # (N, d)
+    dt_proj: _Projection  # (H, d)
+    dt_bias: np.ndarray  # (H,)
+    A: np.ndarray  # (H,): -exp(A_log), < 0
+    D: np.ndarray  # (H,): the skip
+    norm: np.ndarray  # (inner,): the gain of the gated RMSNorm
+    out_proj: _Projection  # (d, inner)
+
+    def projections(self) -> tuple[_Projection, ...]:
+        return (self.z_proj, self.x_proj, self.B_proj, self.C_proj, self.dt_proj,
+                self.out_proj)
+
+    def vectors(self) -> tuple[np.ndarray, ...]:
+        return (self.dt_bias, self.A, self.D, self.norm)
+
+
+@dataclass
+class _LinearLayer:
+    """A layer of type "gla" or "mamba2": a linear recurrence as token mixer, a recurrent state
+    (H, hd, hd) instead of a KV cache."""
+
+    kind: str
+    attention_norm: np.ndarray  # (d,)
+    mixer: _GLAMixer | _Mamba2Mixer
+    ffn_norm: np.ndarray  # (d,)
+    gate_proj: _Projection  # (f, d)
+    up_proj: _Projection  # (f, d)
+    down_proj: _Projection  # (d, f)
+
+    def projections(self) -> tuple[_Projection, ...]:
+        return self.mixer.projections() + (self.gate_proj, self.up_proj, self.down_proj)
+
+    def vectors(self) -> tuple[np.ndarray, ...]:
+        return (self.attention_norm, self.ffn_norm) + self.mixer.vectors()
 
 
 class _Buffers:
@@ -312,16 +544,36 @@ class _Buffers:
     def __init__(self, config: DecoderConfig, n: int, logits_rows: int) -> None:
         d, hd, f = config.hidden_size, config.head_dim, config.intermediate_size
         hq, hkv = config.num_heads, config.num_kv_heads
+        types = set(config.layer_types)
         self.n = n
         self.positions = np.zeros(n, dtype=np.int64)  # (n,)
         self.x = np.zeros((n, d), dtype=np.float32)  # the residual stream
         self.h = np.zeros((n, d), dtype=np.float32)  # normalized x
-        self.q = np.zeros((n, hq * hd), dtype=np.float32)
-        self.k = np.zeros((n, hkv * hd), dtype=np.float32)
-        self.v = np.zeros((n, hkv * hd), dtype=np.float32)
-        self.q_rotated = np.zeros((n, hq, hd), dtype=np.float32)
-        self.k_rotated = np.zeros((n, hkv, hd), dtype=np.float32)
-        self.attended = np.zeros((n, hq, hd), dtype=np.float32)
+        self.q = np.zeros((n, hq * hd), dtype=np.float32)  # also GLA's q
+        if "attention" in types:
+            self.k = np.zeros((n, hkv * hd), dtype=np.float32)
+            self.v = np.zeros((n, hkv * hd), dtype=np.float32)
+            self.q_rotated = np.zeros((n, hq, hd), dtype=np.float32)
+            self.k_rotated = np.zeros((n, hkv, hd), dtype=np.float32)
+            self.attended = np.zeros((n, hq, hd), dtype=np.float32)
+        if types & set(_LINEAR_TYPES):  # the linear mixers' (inner = hq hd)
+            self.lin_k = np.zeros((n, hq * hd), dtype=np.float32)  # GLA's k; Mamba-2's dt x
+            self.lin_v = np.zeros((n, hq * hd), dtype=np.float32)  # GLA's v; Mamba-2's x
+            self.lin_g = np.zeros((n, hq * hd), dtype=np.float32)  # GLA's g; Mamba-2's z
+            self.mixed = np.zeros((n, hq, hd), dtype=np.float32)  # gla's output
+            self.normed = np.zeros((n, hq * hd), dtype=np.float32)
+            self.scratch = np.zeros((n, hq * hd), dtype=np.float32)
+        if "gla" in types:
+            self.gate_low = np.zeros((n, GLA_GATE_RANK), dtype=np.float32)
+        if "mamba2" in types:
+            self.ssm_raw = np.zeros((n, hd), dtype=np.float32)  # h W_B^T, then h W_C^T
+            self.ssm_b = np.zeros((n, hd), dtype=np.float32)  # B (n, N)
+            self.ssm_c = np.zeros((n, hd), dtype=np.float32)
+            self.ssm_k = np.zeros((n, hq, hd), dtype=np.float32)  # B for every head
+            self.ssm_q = np.zeros((n, hq, hd), dtype=np.float32)  # C for every head
+            self.dt = np.zeros((n, hq), dtype=np.float32)
+            self.dt_scratch = np.zeros((n, hq), dtype=np.float32)
+            self.ssm_g = np.zeros((n, hq), dtype=np.float32)  # A dt
         self.projected = np.zeros((n, d), dtype=np.float32)  # attention or FFN output
         self.gate = np.zeros((n, f), dtype=np.float32)  # the FFN's hidden activations
         self.up = np.zeros((n, f), dtype=np.float32)
@@ -329,11 +581,73 @@ class _Buffers:
         self.logits = np.zeros((logits_rows, config.vocab_size), dtype=np.float32)
 
 
+def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray],
+           projection: type) -> _GLAMixer | _Mamba2Mixer:
+    """The token mixer of the linear layer ``prefix`` of type ``kind`` ("gla" or "mamba2")."""
+    if kind == "gla":
+        p = prefix + "gla."
+        return _GLAMixer(
+            q_proj=projection(arrays[p + "q_proj.weight"]),
+            k_proj=projection(arrays[p + "k_proj.weight"]),
+            v_proj=projection(arrays[p + "v_proj.weight"]),
+            gk_down=projection(arrays[p + "gk_proj.0.weight"]),
+            gk_up=projection(arrays[p + "gk_proj.1.weight"]),
+            gk_bias=arrays[p + "gk_proj.1.bias"],
+            g_proj=projection(arrays[p + "g_proj.weight"]),
+            g_norm=arrays[p + "g_norm.weight"],
+            o_proj=projection(arrays[p + "o_proj.weight"]))
+    p = prefix + "mamba2."
+    return _Mamba2Mixer(
+        z_proj=projection(arrays[p + "z_proj.weight"]),
+        x_proj=projection(arrays[p + "x_proj.weight"]),
+        B_proj=projection(arrays[p + "B_proj.weight"]),
+        C_proj=projection(arrays[p + "C_proj.weight"]),
+        dt_proj=projection(arrays[p + "dt_proj.weight"]),
+        dt_bias=arrays[p + "dt_bias"],
+        A=-np.exp(arrays[p + "A_log"]),
+        D=arrays[p + "D"],
+        norm=arrays[p + "norm.weight"],
+        out_proj=projection(arrays[p + "out_proj.weight"]))
+
+
+def _logsigmoid(x: np.ndarray, scratch: np.ndarray, divisor: float) -> None:
+    """x = logsigmoid(x) / divisor in place, = (min(x, 0) - log1p(exp(-|x|))) / divisor (no
+    overflow for any x); scratch: an array of x's shape."""
+    np.abs(x, out=scratch)
+    np.negative(scratch, out=scratch)
+    np.exp(scratch, out=scratch)
+    np.log1p(scratch, out=scratch)
+    np.minimum(x, 0, out=x)
+    np.subtract(x, scratch, out=x)
+    np.multiply(x, np.float32(1 / divisor), out=x)
+
+
+def _softplus(x: np.ndarray, scratch: np.ndarray) -> None:
+    """x = softplus(x) = log(1 + exp(x)) in place, = max(x, 0) + log1p(exp(-|x|)) (no overflow
+    for any x); scratch: an array of x's shape."""
+    np.abs(x, out=scratch)
+    np.negative(scratch, out=scratch)
+    np.exp(scratch, out=scratch)
+    np.log1p(scratch, out=scratch)
+    np.maximum(x, 0, out=x)
+    np.add(x, scratch, out=x)
+
+
+def _logsigmoid_reference(x: np.ndarray) -> np.ndarray:
+    """logsigmoid(x) = -log(1 + exp(-x)) in float64."""
+    return -np.logaddexp(0.0, -x.astype(np.float64))
+
+
+def _softplus_reference(x: np.ndarray) -> np.ndarray:
+    """softplus(x) = log(1 + exp(x)) in float64."""
+    return np.logaddexp(0.0, x.astype(np.float64))
+
+
 # --- the model ------------------------------------------------------------------------------------
 
 
 class Decoder:
-    """The decoder of the module docstring, with its KV cache.
+    """The decoder of the module docstring, with its KV cache and recurrent states.
 
     Args:
         config: the sizes.
@@ -342,11 +656,16 @@ class Decoder:
             are rounded or quantized and the float32 matrices not kept).
         weights: ``"fp32"``, ``"bf16"`` (every weight matrix in bfloat16, the embedding
             included) or ``"ternary"`` (BitNet b1.58 projections; embeddings float32).
+            Every layer type takes every kind: the mixers' matrices are projections like
+            the others, their vectors stay float32.
         kv_dtype: ``"float32"`` or ``"int8"`` (the KV cache's storage).
-        max_len: positions the KV cache holds (default: ``config.max_seq_length``).
+        max_len: positions the model holds (default: ``config.max_seq_length``).
 
-    ``forward(ids)`` feeds tokens after the ones the cache holds and returns their logits;
-    ``generate(ids, n)`` starts over from a prompt; ``reset()`` empties the cache.
+    ``forward(ids)`` feeds tokens after the ones the model holds and returns their logits;
+    ``generate(ids, n)`` starts over from a prompt; ``reset()`` empties the cache and the states.
+    ``cache`` is the KV cache of the attention layers (None when there is none); ``states``
+    the recurrent state of each linear layer. A state cannot be rewound: truncating ``cache``
+    of a model with linear layers makes the next ``forward`` refuse (``reset()`` starts over).
     """
 
     def __init__(self, config: DecoderConfig, parameters: Mapping[str, np.ndarray], *,
@@ -375,21 +694,40 @@ class Decoder:
             self._embedding = arrays["embed_tokens.weight"]
             self._output = _Float32Output(self._embedding)
         self._final_norm = arrays["norm.weight"]  # (d,)
-        self._layers = []
-        for index in range(config.num_layers):
+        self._layers: list[_Layer | _LinearLayer] = []
+        for index, kind in enumerate(config.layer_types):
             prefix = f"layers.{index}."
-            self._layers.append(_Layer(
-                attention_norm=arrays[prefix + "input_layernorm.weight"],
-                q_proj=projection(arrays[prefix + "self_attn.q_proj.weight"]),
-                k_proj=projection(arrays[prefix + "self_attn.k_proj.weight"]),
-                v_proj=projection(arrays[prefix + "self_attn.v_proj.weight"]),
-                o_proj=projection(arrays[prefix + "self_attn.o_proj.weight"]),
-                ffn_norm=arrays[prefix + "post_attention_layernorm.weight"],
-                gate_proj=projection(arrays[prefix + "mlp.gate_proj.weight"]),
-                up_proj=projection(arrays[prefix + "mlp.up_proj.weight"]),
-                down_proj=projection(arrays[prefix + "mlp.down_proj.weight"])))
-        self.cache = KVCache(config.num_layers, max_len, config.num_kv_heads, config.head_dim,
-                             dtype=self.kv_dtype)
+            ffn = {"attention_norm": arrays[prefix + "input_layernorm.weight"],
+                   "ffn_norm": arrays[prefix + "post_attention_layernorm.weight"],
+                   "gate_proj": projection(arrays[prefix + "mlp.gate_proj.weight"]),
+                   "up_proj": projection(arrays[prefix + "mlp.up_proj.weight"]),
+                   "down_proj": projection(arrays[prefix + "mlp.down_proj.weight"])}
+            if kind == "attention":
+                self._layers.append(_Layer(
+                    q_proj=projection(arrays[prefix + "self_attn.q_proj.weight"]),
+                    k_proj=projection(arrays[prefix + "self_attn.k_proj.weight"]),
+                    v_proj=projection(arrays[prefix + "self_attn.v_proj.weight"]),
+                    o_proj=projection(arrays[prefix + "self_attn.o_proj.weight"]), **ffn))
+            else:
+                self._layers.append(_LinearLayer(
+                    kind=kind, mixer=_mixer(kind, prefix, arrays, projection), **ffn))
+        self._max_len = max_len
+        # the KV cache holds the attention layers only: layer index -> its layer in the cache
+        self._cache_layer = {index: slot for slot, index in enumerate(config.attention_layers)}
+        self.cache: KVCache | None = None
+        if self._cache_layer:
+            self.cache = KVCache(len(self._cache_layer), max_len, config.num_kv_heads,
+                                 config.head_dim, dtype=self.kv_dtype)
+        # the recurrent state (H, hd, hd) of each linear layer (None: attention), read-only: a
+        # step replaces a state by gla's final state, never writes into one
+        self._linear = [index for index, kind in enumerate(config.layer_types)
+                        if kind in _LINEAR_TYPES]
+        shape = (config.num_heads, config.head_dim, config.head_dim)
+        self._zero_state = np.zeros(shape, dtype=np.float32)
+        self._zero_state.flags.writeable = False
+        self._states: list[np.ndarray | None] = [None] * config.num_layers
+        self._states_length = 0  # the positions the states hold
+        self.reset()
         self._step_buffers = self._buffers(1, 1)  # one decoding step
 
     @classmethod
@@ -407,32 +745,47 @@ class Decoder:
 
     @property
     def max_len(self) -> int:
-        return self.cache.max_len
+        return self._max_len
 
     @property
     def length(self) -> int:
-        """Positions the KV cache holds (the next token's position)."""
-        return self.cache.length
+        """Positions the model holds (the next token's position): the KV cache's, else the
+        recurrent states'."""
+        return self.cache.length if self.cache is not None else self._states_length
+
+    @property
+    def states(self) -> tuple[np.ndarray | None, ...]:
+        """Per layer: a linear layer's recurrent state (H, hd, hd) float32, read-only (zeros
+        before the first token), None for an attention layer."""
+        return tuple(self._states)
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of the recurrent states of the linear layers (fixed, whatever the context)."""
+        return len(self._linear) * self._zero_state.nbytes
 
     @property
     def weight_nbytes(self) -> int:
         """Bytes of all weights in their stored form (ternary: packed values and scales)."""
         total = self._embedding.nbytes + self._final_norm.nbytes
         for layer in self._layers:
-            total += layer.attention_norm.nbytes + layer.ffn_norm.nbytes
-            total += sum(projection.nbytes for projection in self._projections(layer))
+            total += sum(vector.nbytes for vector in layer.vectors())
+            total += sum(projection.nbytes for projection in layer.projections())
         return total
 
     def bytes_per_token(self, context: int) -> int:
         """Bytes a decoding step that attends over ``context`` positions (the new one included)
-        must read: every weight in its stored form (the embedding once, as the tied output
-        projection) and ``context`` positions of the KV cache of every layer. A bandwidth
-        ceiling on decoding is then ``bandwidth / bytes_per_token(context)`` tokens/s."""
+        must move: every weight in its stored form (the embedding once, as the tied output
+        projection), ``context`` positions of the KV cache of every attention layer, and the
+        recurrent state of every linear layer read and written once (2 H hd hd 4 bytes each,
+        whatever the context). A bandwidth ceiling on decoding is then
+        ``bandwidth / bytes_per_token(context)`` tokens/s."""
         context = _rt.as_int_at_least("Decoder.bytes_per_token", "context", context, 1)
         if context > self.max_len:
             raise ValueError(f"Decoder.bytes_per_token: context: expected <= max_len="
                              f"{self.max_len}, got {context}")
-        return self.weight_nbytes + context * self.cache.bytes_per_position
+        kv = context * self.cache.bytes_per_position if self.cache is not None else 0
+        return self.weight_nbytes + kv + 2 * self.state_nbytes
 
     def __repr__(self) -> str:
         return (f"Decoder({self.config!r}, weights={self.weights!r}, "
@@ -441,15 +794,22 @@ class Decoder:
     # --- running it ---------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Empty the KV cache: the next token is at position 0."""
-        self.cache.reset()
+        """Empty the KV cache and zero the recurrent states: the next token is at position 0."""
+        if self.cache is not None:
+            self.cache.reset()
+        for index in self._linear:
+            self._states[index] = self._zero_state
+        self._states_length = 0
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
-        """Feed ``ids`` (n,) after the cached positions; return their logits (n, vocab) float32.
+        """Feed ``ids`` (n,) after the positions held; return their logits (n, vocab) float32.
 
-        From an empty cache this is the prefill of a prompt; one id at a time it is decoding.
-        The keys and values of the n tokens are added to the cache."""
-        ids = self._check_ids("Decoder.forward", ids, self.cache.length)
+        From an empty model this is the prefill of a prompt; one id at a time it is decoding.
+        The keys and values of the n tokens are added to the cache, the linear layers' states
+        advanced over them."""
+        function = "Decoder.forward"
+        ids = self._check_ids(function, ids, self.length)
+        self._check_states(function)
         return self._prefill(ids, last_only=False)
 
     def generate(self, ids: np.ndarray, max_new_tokens: int, *, temperature: float = 1.0,
@@ -486,24 +846,52 @@ class Decoder:
 
     def reference_logits(self, ids: np.ndarray) -> np.ndarray:
         """The logits (n, vocab) of a prompt ``ids`` (n,) from the kernels' NumPy references,
-        one pass over the whole sequence without a cache: what ``forward`` from an empty cache
-        must give (the benchmark checks it before timing a model). Slow, and it leaves the
-        cache alone."""
+        one pass over the whole sequence without a cache or a state carried between calls (the
+        linear layers run gla's token-by-token float64 recurrence): what ``forward`` from an
+        empty model must give (the benchmark checks it before timing a model). Slow, and it
+        leaves the cache and the states alone."""
         ids = self._check_ids("Decoder.reference_logits", ids, 0)
         config = self.config
         n, hq, hkv, hd = ids.shape[0], config.num_heads, config.num_kv_heads, config.head_dim
         eps, theta = config.rms_norm_eps, config.rope_theta
         rmsnorm_ref, rope_ref = _reference("rmsnorm"), _reference("rope")
         attention_ref, silu_ref = _reference("attention"), _reference("silu")
+        gla_ref = _reference("gla")
         positions = np.arange(n, dtype=np.int64)
         x = self._embedding[ids].astype(np.float32)  # (n, d)
         for layer in self._layers:
             h = rmsnorm_ref(x, layer.attention_norm, eps=eps)
-            q = rope_ref(layer.q_proj.reference(h).reshape(n, hq, hd), positions, theta=theta)
-            k = rope_ref(layer.k_proj.reference(h).reshape(n, hkv, hd), positions, theta=theta)
-            v = layer.v_proj.reference(h).reshape(n, hkv, hd)
-            attended = attention_ref(q, k, v, causal=True).reshape(n, hq * hd)
-            x = x + layer.o_proj.reference(attended)
+            if isinstance(layer, _LinearLayer) and layer.kind == "gla":
+                m = layer.mixer
+                q, k, v = (projection.reference(h).reshape(n, hq, hd)
+                           for projection in (m.q_proj, m.k_proj, m.v_proj))
+                logits = m.gk_up.reference(m.gk_down.reference(h)) + m.gk_bias
+                g = _logsigmoid_reference(logits) / GLA_GATE_NORMALIZER
+                o = gla_ref(q, k, v, g.astype(np.float32).reshape(n, hq, hd))
+                normed = rmsnorm_ref(o, m.g_norm, eps=eps).reshape(n, hq * hd)
+                gated = normed * silu_ref(m.g_proj.reference(h))
+                x = x + m.o_proj.reference(gated.astype(np.float32))
+            elif isinstance(layer, _LinearLayer):  # mamba2
+                m = layer.mixer
+                z = m.z_proj.reference(h)
+                xs = silu_ref(m.x_proj.reference(h)).reshape(n, hq, hd)
+                b, c = silu_ref(m.B_proj.reference(h)), silu_ref(m.C_proj.reference(h))
+                dt = _softplus_reference(m.dt_proj.reference(h) + m.dt_bias)  # (n, H) float64
+                o = gla_ref(np.repeat(c[:, None, :], hq, axis=1),
+                            np.repeat(b[:, None, :], hq, axis=1),
+                            (xs * dt[:, :, None]).astype(np.float32),
+                            (m.A * dt).astype(np.float32), scale=1.0)
+                y = (o + m.D[:, None] * xs).reshape(n, hq * hd) * silu_ref(z)
+                normed = rmsnorm_ref(y.astype(np.float32), m.norm, eps=eps)
+                x = x + m.out_proj.reference(normed)
+            else:
+                q = rope_ref(layer.q_proj.reference(h).reshape(n, hq, hd), positions,
+                             theta=theta)
+                k = rope_ref(layer.k_proj.reference(h).reshape(n, hkv, hd), positions,
+                             theta=theta)
+                v = layer.v_proj.reference(h).reshape(n, hkv, hd)
+                attended = attention_ref(q, k, v, causal=True).reshape(n, hq * hd)
+                x = x + layer.o_proj.reference(attended)
             h = rmsnorm_ref(x, layer.ffn_norm, eps=eps)
             hidden = silu_ref(layer.gate_proj.reference(h)) * layer.up_proj.reference(h)
             x = x + layer.down_proj.reference(hidden.astype(np.float32))
@@ -521,7 +909,7 @@ class Decoder:
         n = ids.shape[0]
         if n == 1:
             return self._run(ids, self._step_buffers, last_only=last_only).copy()
-        start = self.cache.length
+        start, states = self.length, list(self._states)
         logits = np.empty((1 if last_only else n, self.config.vocab_size), dtype=_FLOAT32)
         try:
             for begin in range(0, n, PREFILL_CHUNK):
@@ -536,25 +924,40 @@ class Decoder:
                     logits[begin:begin + chunk.shape[0]] = self._run(
                         chunk, self._buffers(chunk.shape[0], chunk.shape[0]), last_only=False)
         except BaseException:
-            self.cache.truncate(start)  # an interrupted prefill leaves the cache as it was
+            # an interrupted prefill leaves the cache and the states as they were
+            self._rewind(start, states)
             raise
         return logits
 
+    def _rewind(self, length: int, states: list[np.ndarray | None]) -> None:
+        """Back to ``length`` positions and the ``states`` held then."""
+        if self.cache is not None:
+            self.cache.truncate(length)
+        self._states[:] = states
+        self._states_length = length
+
     def _run(self, ids: np.ndarray, buffers: _Buffers, *, last_only: bool) -> np.ndarray:
-        """Logits of the last token (last_only) or of every token: buffers.logits."""
-        cache = self.cache
-        start = cache.length
+        """Logits of the last token (last_only) or of every token: buffers.logits. The states
+        of the linear layers advance when every layer has run."""
+        start = self.length
+        states: dict[int, np.ndarray] = {}  # the linear layers' new states
         try:
-            return self._layers_and_logits(ids, buffers, start, last_only)
+            logits = self._layers_and_logits(ids, buffers, start, last_only, states)
         except BaseException:
-            cache.truncate(start)  # an interrupted step leaves the cache as it was
+            if self.cache is not None:
+                self.cache.truncate(start)  # an interrupted step leaves the cache as it was
             raise
+        for index, state in states.items():
+            state.flags.writeable = False
+            self._states[index] = state
+        self._states_length = start + ids.shape[0]
+        return logits
 
     def _layers_and_logits(self, ids: np.ndarray, b: _Buffers, start: int,
-                           last_only: bool) -> np.ndarray:
-        config, cache = self.config, self.cache
-        n, hq, hkv, hd = ids.shape[0], config.num_heads, config.num_kv_heads, config.head_dim
-        eps, theta = config.rms_norm_eps, config.rope_theta
+                           last_only: bool, states: dict[int, np.ndarray]) -> np.ndarray:
+        config = self.config
+        eps = config.rms_norm_eps
+        n = ids.shape[0]
         if n == 1:
             b.positions[0] = start
         else:
@@ -563,22 +966,15 @@ class Decoder:
             np.take(self._embedding, ids, axis=0, out=b.x)  # (n, d)
         else:
             b.x[:] = self._embedding[ids]  # widened
-        q_heads = b.q.reshape(n, hq, hd)
-        k_heads = b.k.reshape(n, hkv, hd)
-        v_heads = b.v.reshape(n, hkv, hd)
-        attended_rows = b.attended.reshape(n, hq * hd)
         for index, layer in enumerate(self._layers):
-            # attention block: x += attention(rope(h W_q^T), rope(h W_k^T), h W_v^T) W_o^T
+            # token mixer: x += mixer(rmsnorm(x)), into b.projected
             rmsnorm(b.x, layer.attention_norm, eps=eps, out=b.h)
-            layer.q_proj(b.h, b.q)
-            layer.k_proj(b.h, b.k)
-            layer.v_proj(b.h, b.v)
-            rope(q_heads, b.positions, theta=theta, out=b.q_rotated)
-            rope(k_heads, b.positions, theta=theta, out=b.k_rotated)
-            cache.append(index, b.k_rotated, v_heads)
-            attention(b.q_rotated, cache.keys(index), cache.values(index), causal=True,
-                      out=b.attended)
-            layer.o_proj(attended_rows, b.projected)
+            if layer.kind == "attention":
+                self._attention(self._cache_layer[index], layer, b)
+            elif layer.kind == "gla":
+                states[index] = self._gla(layer.mixer, self._states[index], b)
+            else:
+                states[index] = self._mamba2(layer.mixer, self._states[index], b)
             np.add(b.x, b.projected, out=b.x)
             # feed-forward block: x += swiglu(h), see _feed_forward
             rmsnorm(b.x, layer.ffn_norm, eps=eps, out=b.h)
@@ -589,7 +985,78 @@ class Decoder:
         self._output(b.h[rows], b.logits)  # tied: logits = h E^T
         return b.logits
 
-    def _feed_forward(self, layer: _Layer, b: _Buffers) -> None:
+    def _attention(self, slot: int, layer: _Layer, b: _Buffers) -> None:
+        """b.projected = attention(rope(h W_q^T), rope(h W_k^T), h W_v^T) W_o^T over the KV
+        cache's layer ``slot``, which the new keys and values join."""
+        config, cache = self.config, self.cache
+        n, hq, hkv, hd = b.n, config.num_heads, config.num_kv_heads, config.head_dim
+        theta = config.rope_theta
+        layer.q_proj(b.h, b.q)
+        layer.k_proj(b.h, b.k)
+        layer.v_proj(b.h, b.v)
+        rope(b.q.reshape(n, hq, hd), b.positions, theta=theta, out=b.q_rotated)
+        rope(b.k.reshape(n, hkv, hd), b.positions, theta=theta, out=b.k_rotated)
+        cache.append(slot, b.k_rotated, b.v.reshape(n, hkv, hd))
+        attention(b.q_rotated, cache.keys(slot), cache.values(slot), causal=True,
+                  out=b.attended)
+        layer.o_proj(b.attended.reshape(n, hq * hd), b.projected)
+
+    def _gla(self, m: _GLAMixer, state: np.ndarray, b: _Buffers) -> np.ndarray:
+        """b.projected = the GLA mixer of b.h (see the module docstring), from ``state``;
+        returns the state after the last token (a new array)."""
+        config = self.config
+        n, heads, hd = b.n, config.num_heads, config.head_dim
+        m.q_proj(b.h, b.q)  # (n, H hd)
+        m.k_proj(b.h, b.lin_k)
+        m.v_proj(b.h, b.lin_v)
+        m.gk_down(b.h, b.gate_low)  # (n, r)
+        m.gk_up(b.gate_low, b.lin_g)  # (n, H hd)
+        np.add(b.lin_g, m.gk_bias, out=b.lin_g)
+        _logsigmoid(b.lin_g, b.scratch, GLA_GATE_NORMALIZER)  # log-decays <= 0
+        _, final = gla(b.q.reshape(n, heads, hd), b.lin_k.reshape(n, heads, hd),
+                       b.lin_v.reshape(n, heads, hd), b.lin_g.reshape(n, heads, hd),
+                       initial_state=state, output_final_state=True, out=b.mixed)
+        # output gate: rmsnorm over each head's hd values, times silu(h W_g^T)
+        rmsnorm(b.mixed.reshape(n * heads, hd), m.g_norm, eps=config.rms_norm_eps,
+                out=b.normed.reshape(n * heads, hd))
+        m.g_proj(b.h, b.lin_v)  # v is used: its buffer takes the gate
+        silu(b.lin_v, out=b.scratch)
+        np.multiply(b.normed, b.scratch, out=b.normed)
+        m.o_proj(b.normed, b.projected)
+        return final
+
+    def _mamba2(self, m: _Mamba2Mixer, state: np.ndarray, b: _Buffers) -> np.ndarray:
+        """b.projected = the Mamba-2 mixer of b.h (see the module docstring), from ``state``;
+        returns the state after the last token (a new array)."""
+        config = self.config
+        n, heads, hd = b.n, config.num_heads, config.head_dim
+        m.z_proj(b.h, b.lin_g)  # z (n, H P)
+        m.x_proj(b.h, b.scratch)
+        silu(b.scratch, out=b.lin_v)  # x = silu(h W_x^T)
+        m.B_proj(b.h, b.ssm_raw)  # (n, N)
+        silu(b.ssm_raw, out=b.ssm_b)
+        m.C_proj(b.h, b.ssm_raw)
+        silu(b.ssm_raw, out=b.ssm_c)
+        b.ssm_k[:] = b.ssm_b[:, None, :]  # B and C are shared by the heads
+        b.ssm_q[:] = b.ssm_c[:, None, :]
+        m.dt_proj(b.h, b.dt)  # (n, H)
+        np.add(b.dt, m.dt_bias, out=b.dt)
+        _softplus(b.dt, b.dt_scratch)
+        np.multiply(b.dt, m.A, out=b.ssm_g)  # log-decays A dt <= 0, one per head
+        x_heads, v_heads = b.lin_v.reshape(n, heads, hd), b.lin_k.reshape(n, heads, hd)
+        np.multiply(x_heads, b.dt[:, :, None], out=v_heads)  # v = dt x
+        _, final = gla(b.ssm_q, b.ssm_k, v_heads, b.ssm_g, scale=1.0, initial_state=state,
+                       output_final_state=True, out=b.mixed)
+        np.multiply(x_heads, m.D[:, None], out=v_heads)  # y = o + D x
+        np.add(b.mixed, v_heads, out=b.mixed)
+        silu(b.lin_g, out=b.scratch)  # gated RMSNorm: rmsnorm(y silu(z)) w
+        mixed_rows = b.mixed.reshape(n, heads * hd)
+        np.multiply(mixed_rows, b.scratch, out=mixed_rows)
+        rmsnorm(mixed_rows, m.norm, eps=config.rms_norm_eps, out=b.normed)
+        m.out_proj(b.normed, b.projected)
+        return final
+
+    def _feed_forward(self, layer: _Layer | _LinearLayer, b: _Buffers) -> None:
         """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T: swiglu's computation, in
         this model's buffers and projections."""
         layer.gate_proj(b.h, b.gate)  # (n, f)
@@ -598,12 +1065,18 @@ class Decoder:
         np.multiply(b.activated, b.up, out=b.gate)  # silu(gate) * up
         layer.down_proj(b.gate, b.projected)
 
-    @staticmethod
-    def _projections(layer: _Layer) -> tuple[_Projection, ...]:
-        return (layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj, layer.gate_proj,
-                layer.up_proj, layer.down_proj)
-
     # --- checks -------------------------------------------------------------------------------
+
+    def _check_states(self, function: str) -> None:
+        """The recurrent states hold the positions the KV cache holds (truncating the cache of a
+        model with linear layers cannot rewind their states)."""
+        if self._linear and self.cache is not None and \
+                self.cache.length != self._states_length:
+            raise ValueError(f"{function}: the KV cache holds {self.cache.length} positions but "
+                             f"the recurrent states of the linear layers "
+                             f"{self._linear} hold {self._states_length}: a recurrent state "
+                             f"cannot be rewound (cache.truncate); call reset() and feed the "
+                             f"tokens again")
 
     def _check_parameters(self, function: str,
                           parameters: object) -> dict[str, np.ndarray]:

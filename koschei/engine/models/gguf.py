@@ -116,6 +116,10 @@ def _check_decoder(decoder: Any) -> None:
             or not hasattr(decoder, "_layers")):
         raise TypeError(f"{_FUNCTION}: decoder: expected a koschei Decoder, got "
                         f"{type(decoder).__name__}")
+    mixers = sorted(set(config.layer_types) - {"attention"})
+    if mixers:
+        raise ValueError(f"{_FUNCTION}: decoder: expected attention layers only (llama.cpp's "
+                         f"llama architecture), got layer types {', '.join(mixers)}")
 
 
 def _check_type(name: str, value: object, choices: tuple[str, ...]) -> str:
