@@ -664,8 +664,8 @@ def measure_complexity(check: ClaimCheck, claim: Any, subject: Any, evidence: Ev
     log time against log length of the subject's prefill, beside softmax attention's, and of
     their decoding steps per token. Confirmed when the prefill exponent is at most the claimed
     one plus EXPONENT_SLACK and below attention's; refuted when it is not below attention's."""
-    if claim.unit.strip().lower() != "exponent":
-        return
+    if claim.unit.strip().lower() != "exponent" or "memory" in claim.baseline.lower():
+        return  # an exponent of memory (FlashAttention's O(N)) is not one of time
     for run in reversed(evidence.benchmarks):
         for case in run.data.get("crossovers") or []:
             exponents = case.get("exponents") or {} if isinstance(case, dict) else {}
@@ -723,7 +723,11 @@ def what_would_measure(spec_set: Any, loaded: Any, claim: Any) -> str:
     if claim.metric == "complexity":
         from koschei.bench.crossover import CONTENDERS
 
-        if target in CONTENDERS:
+        if "memory" in baseline.lower():
+            reason = (f"an exponent of memory: needs the bytes {target} holds at several "
+                      "sequence lengths N, not its time (a claim with measure: attention_memory "
+                      "compares the bytes at one bench case)")
+        elif target in CONTENDERS:
             reason = ("asymptotic: needs the crossover case, which times it at lengths from "
                       "64 to 32k: koschei benchmark --select none --model crossover")
         else:
