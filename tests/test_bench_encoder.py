@@ -232,11 +232,11 @@ def test_unknown_contenders_and_inputs_are_refused() -> None:
 
 def test_the_benchmark_measures_the_encoder_by_default_beside_the_decoder() -> None:
     selection = benchmark.model_selection
-    assert selection(benchmark.Options()) == (["igla_v2"], ["minilm"])
-    assert selection(benchmark.Options(select=["rmsnorm"])) == ([], [])
-    assert selection(benchmark.Options(models=["minilm"])) == ([], ["minilm"])
-    assert selection(benchmark.Options(models=["tiny", "minilm"])) == (["tiny"], ["minilm"])
-    assert selection(benchmark.Options(models=[])) == ([], [])  # --model none
+    assert selection(benchmark.Options()) == (["igla_v2"], ["minilm"], [])
+    assert selection(benchmark.Options(select=["rmsnorm"])) == ([], [], [])
+    assert selection(benchmark.Options(models=["minilm"])) == ([], ["minilm"], [])
+    assert selection(benchmark.Options(models=["tiny", "minilm"])) == (["tiny"], ["minilm"], [])
+    assert selection(benchmark.Options(models=[])) == ([], [], [])  # --model none
 
 
 @pytest.mark.usefixtures("engine_path_restored")
@@ -245,7 +245,8 @@ def test_an_unknown_model_names_the_decoder_configs_and_the_encoder(tmp_path) ->
     (tmp_path / "koschei.toml").write_text("")
     with pytest.raises(UsageError, match="--model huge: no decoder config") as refused:
         benchmark.run(Workspace(tmp_path), benchmark.Options(models=["huge"], budget_s=BUDGET))
-    assert refused.value.hint.endswith("; the encoder: minilm")
+    assert refused.value.hint.endswith("; the encoder: minilm; linear-time layers against "
+                                       "attention: crossover")
     assert "igla_v2" in refused.value.hint
 
 

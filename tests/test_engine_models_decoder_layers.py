@@ -329,6 +329,42 @@ def test_truncating_the_cache_of_a_hybrid_is_refused():
     assert decoder.forward(PROMPT[:1]).shape == (1, config.vocab_size)
 
 
+@pytest.mark.parametrize("name", ["gla", "mixed"])
+def test_a_snapshot_brings_back_the_position_the_cache_and_the_states(name):
+    """Decode two continuations of one prompt from a snapshot: each equals a model that was fed
+    only that continuation; a snapshot from before a reset, or beyond the position held, is
+    refused."""
+    config = CONFIGS[name]
+    decoder = Decoder(config, draw_parameters(config))
+    decoder.forward(PROMPT)
+    after_prompt = decoder.snapshot()
+    first = decoder.forward(np.array([7, 9]))
+    decoder.restore(after_prompt)
+    assert decoder.length == PROMPT.shape[0]
+    second = decoder.forward(np.array([11]))
+    fresh = Decoder(config, draw_parameters(config))
+    fresh.forward(PROMPT)
+    np.testing.assert_array_equal(second, fresh.forward(np.array([11])))
+    decoder.restore(after_prompt)
+    np.testing.assert_array_equal(decoder.forward(np.array([7, 9])), first)
+    decoder.reset()
+    with pytest.raises(ValueError, match="from before a reset"):
+        decoder.restore(after_prompt)
+    decoder.forward(PROMPT[:3])
+    at_three = decoder.snapshot()
+    decoder.restore(at_three)
+    decoder.reset()
+    decoder.forward(PROMPT[:2])
+    with pytest.raises(ValueError, match=r"Decoder.restore: snapshot: expected one taken since "
+                                         r"the last reset\(\) at a position the model still "
+                                         r"holds \(<= 2\), got one at position 3"):
+        decoder.restore(at_three)
+    with pytest.raises(ValueError, match="expected one of this model's"):
+        decoder.restore(fresh.snapshot())
+    with pytest.raises(TypeError, match="expected a DecoderSnapshot"):
+        decoder.restore(3)
+
+
 def test_sampling_works_for_linear_layers():
     config = CONFIGS["gla"]
     decoder = Decoder(config, draw_parameters(config))

@@ -10,8 +10,9 @@ kernels' NumPy references composed over the whole sequence) within ``LOGIT_TOLER
 largest logit. A model that does not match is "wrong" and not timed.
 
 Then the decoding steps are timed interleaved, round by round, as the kernel cases are: each call
-truncates the cache back to ``context`` positions and decodes one token, so every step attends
-over ``context + 1`` positions. Reported per weights: tokens/s (1 / median step), the bytes a
+goes back to its state after the prompt (``Decoder.snapshot`` / ``restore``: the KV cache cut
+back to ``context`` positions, a linear layer's state put back) and decodes one token, so every
+step attends over ``context + 1`` positions. Reported per weights: tokens/s (1 / median step), the bytes a
 step must read (``Decoder.bytes_per_token``: every weight in its stored form and the KV cache),
 the bandwidth ceiling (those bytes read once, at the read bandwidth of the memory level they are
 served from: ``Calibration.ceiling``, as for the kernel cases) and the fraction of it reached; and
@@ -245,9 +246,11 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
         ids = np.random.default_rng(0).integers(0, config.vocab_size, context + 1)
         models: dict[str, Any] = {}
         steps: dict[str, np.ndarray] = {}  # each model's checked logits of the decoding step
+        after_prompt: dict[str, Any] = {}  # each model right after the prefill
         for weights in WEIGHTS:
             model = Decoder(config, parameters, weights=weights, max_len=context + 1)
             model.forward(ids[:context])  # the prefill
+            after_prompt[weights] = model.snapshot()
             step = model.forward(ids[context:])[0]  # (vocab,)
             expected = model.reference_logits(ids)[-1]
             error = relative_error(step, expected)
@@ -272,7 +275,7 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
             contextlib.ExitStack() as loaded:
         anchors = load_llama_cpp(result, models, steps, prompt, token, threads, Path(scratch),
                                  progress, loaded)
-        decode = {weights: decoding_step(model, context, token)
+        decode = {weights: decoding_step(model, after_prompt[weights], token)
                   for weights, model in models.items()}
         decode.update({row.name: anchors[row.tensor_type].step for row in result.llama_cpp
                        if row.tensor_type in anchors})
@@ -334,10 +337,11 @@ def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-30))
 
 
-def decoding_step(model: Any, context: int, token: np.ndarray) -> Any:
-    """One decoding step at position ``context``: the cache is truncated back to the prompt."""
+def decoding_step(model: Any, after_prompt: Any, token: np.ndarray) -> Any:
+    """One decoding step after the prompt: the model goes back to ``after_prompt`` (its
+    snapshot: the KV cache cut back, the linear layers' states put back), then decodes."""
     def call() -> Any:
-        model.cache.truncate(context)
+        model.restore(after_prompt)
         return model.forward(token)
     return call
 

@@ -113,7 +113,7 @@ from koschei.engine.models.kv_cache import KVCache
 # projections run on its packed GEMM (packed_weight, gemm)
 _matmul = importlib.import_module(matmul.__module__)
 
-__all__ = ["Decoder", "DecoderConfig"]
+__all__ = ["Decoder", "DecoderConfig", "DecoderSnapshot"]
 
 _FLOAT32 = np.dtype(np.float32)
 _BFLOAT16 = np.dtype("bfloat16")  # ml_dtypes' (registered by koschei.engine._runtime)
@@ -161,6 +161,17 @@ def _check_layer_types(function: str, layer_types: object,
         raise ValueError(f"{function}: layer_types: expected {expected}, got "
                          f"{len(layer_types)} types")
     return tuple(layer_types)
+
+
+@dataclass(frozen=True)
+class DecoderSnapshot:
+    """A Decoder's position and recurrent states (``Decoder.snapshot``), for
+    ``Decoder.restore``."""
+
+    length: int
+    states: tuple[np.ndarray | None, ...]
+    epoch: int
+    owner: int  # id() of the Decoder it was taken of
 
 
 @dataclass(frozen=True)
@@ -727,6 +738,7 @@ class Decoder:
         self._zero_state.flags.writeable = False
         self._states: list[np.ndarray | None] = [None] * config.num_layers
         self._states_length = 0  # the positions the states hold
+        self._epoch = 0  # counts reset(): a snapshot belongs to one
         self.reset()
         self._step_buffers = self._buffers(1, 1)  # one decoding step
 
@@ -800,6 +812,37 @@ class Decoder:
         for index in self._linear:
             self._states[index] = self._zero_state
         self._states_length = 0
+        self._epoch += 1
+
+    def snapshot(self) -> DecoderSnapshot:
+        """Where the model is: its position and the linear layers' states (arrays that later
+        steps replace and never write into), for ``restore``: decode several continuations of
+        one prompt, or time one decoding step again and again."""
+        return DecoderSnapshot(length=self.length, states=tuple(self._states),
+                               epoch=self._epoch, owner=id(self))
+
+    def restore(self, snapshot: DecoderSnapshot) -> None:
+        """Go back to ``snapshot``: the KV cache cut back to its position, the recurrent states
+        put back. It must have been taken since the last ``reset`` (or ``generate``), at a
+        position the model still holds; the cache's positions below it must not have been
+        rewritten since (after ``cache.truncate`` and new tokens they are other keys)."""
+        function = "Decoder.restore"
+        if not isinstance(snapshot, DecoderSnapshot):
+            raise TypeError(f"{function}: snapshot: expected a DecoderSnapshot (from "
+                            f"Decoder.snapshot), got {_rt.describe(snapshot)}")
+        if snapshot.owner != id(self):
+            raise ValueError(f"{function}: snapshot: expected one of this model's, got another "
+                             f"model's")
+        if snapshot.epoch != self._epoch or snapshot.length > self.length:
+            raise ValueError(f"{function}: snapshot: expected one taken since the last reset() "
+                             f"at a position the model still holds (<= {self.length}), got one "
+                             f"at position {snapshot.length}"
+                             + ("" if snapshot.epoch == self._epoch else
+                                " from before a reset() or generate()"))
+        if self.cache is not None:
+            self.cache.truncate(snapshot.length)
+        self._states[:] = snapshot.states
+        self._states_length = snapshot.length
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         """Feed ``ids`` (n,) after the positions held; return their logits (n, vocab) float32.
