@@ -464,3 +464,129 @@ def test_the_rowwise_family_rejects_what_it_cannot_render(tmp_path, spec, old, n
     issue = caught.value.issues[0]
     assert issue.field == field and issue.line is not None
     assert generated_files(tmp_path) == []
+
+
+# A state of two arrays (as mLSTM's C, n, m): a running mean that carries its total and its
+# count from call to call. Its kernel is NumPy (FACTOR 1 is right, anything else wrong).
+STATE_OF_TWO_ARRAYS = """\
+name: toy_mean
+title: A running mean whose state is two arrays
+tier: architectures
+kernel:
+  family: custom
+  params:
+    source: |
+      def _compute(x, initial_total, initial_count, output_final_state, out, final_total,
+                   final_count):
+          y, total, count = reference(x, initial_total=initial_total,
+                                      initial_count=initial_count, output_final_state=True)
+          out[...] = y * FACTOR
+          if final_total is not None:
+              final_total[...] = total
+          if final_count is not None:
+              final_count[...] = count
+signature:
+  inputs:
+    - {name: x, dtype: float32, shape: [T, d]}
+    - {name: initial_total, dtype: float32, shape: [d], optional: true, keyword: true}
+    - {name: initial_count, dtype: float32, shape: [d], range: [1, 5], optional: true,
+       keyword: true}
+  params:
+    - {name: output_final_state, type: bool, default: false}
+  output: {name: y, dtype: float32, shape: [T, d]}
+  state:
+    - {name: final_total, input: initial_total, flag: output_final_state}
+    - {name: final_count, input: initial_count, flag: output_final_state, doc: tokens seen}
+reference: |
+  def reference(x, *, output_final_state=False, initial_total=None, initial_count=None):
+      total = np.zeros(x.shape[1]) if initial_total is None else initial_total.astype(float)
+      count = np.zeros(x.shape[1]) if initial_count is None else initial_count.astype(float)
+      totals = total + np.cumsum(x, axis=0, dtype=np.float64)
+      counts = count + np.arange(1, x.shape[0] + 1)[:, None]
+      y = (totals / counts).astype(np.float32)
+      if output_final_state:
+          return y, totals[-1].astype(np.float32), counts[-1].astype(np.float32)
+      return y
+tests:
+  cases:
+    - dims: {T: 3, d: 4}
+    - {name: from_a_state, dims: {T: 5, d: 2}, with_inputs: [initial_total, initial_count],
+       params: {output_final_state: true}}
+    - {name: final_state_from_zeros, dims: {T: 1, d: 3}, params: {output_final_state: true}}
+  tolerance:
+    float32: {rtol: 1.0e-5, atol: 1.0e-6}
+  random_dims: {T: [1, 6], d: [1, 5]}
+bench:
+  cases:
+    - dims: {T: 64, d: 256}
+  bytes: "8 * T * d"
+  flops: "2 * T * d"
+"""
+
+
+@pytest.mark.parametrize(("factor", "passes"), [("1", True), ("-1", False)])
+def test_a_state_of_two_arrays_is_two_inputs_two_buffers_and_two_results(tmp_path, factor,
+                                                                          passes):
+    workspace = toy_workspace(tmp_path, STATE_OF_TWO_ARRAYS.replace("FACTOR", factor),
+                              "architectures", "toy_mean")
+    run(workspace)
+    engine = (tmp_path / "koschei/engine/toy_mean.py").read_text(encoding="utf-8")
+    assert ("def toy_mean(x, *, output_final_state=False, initial_total=None, "
+            "initial_count=None, out=None, final_total=None, final_count=None):") in engine
+    assert ("if not (initial_total is None) == (initial_count is None):" in engine
+            and "return out, final_total, final_count" in engine)
+    assert "final_count: float32 (d,), the state after the last position (pass it as " \
+           "initial_count to go on); tokens seen." in engine
+    tests = (tmp_path / "tests/engine/test_toy_mean.py").read_text(encoding="utf-8")
+    assert '("final_total", "float32"), ("final_count", "float32")]' in tests
+    assert 'state_flag="output_final_state", state_inputs=["initial_total", "initial_count"])' \
+        in tests
+    result = run_generated_tests(tmp_path)
+    output = result.stdout + result.stderr
+    if passes:
+        assert result.returncode == 0, output
+        assert "skipped" not in output
+    else:
+        assert result.returncode == 1, output
+        assert "test_matches_the_reference" in output
+        assert "test_rejects_a_state_given_in_part" not in output  # the checks still hold
+
+
+def test_a_state_of_two_arrays_is_updated_in_place_and_given_whole(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    run(toy_workspace(tmp_path, STATE_OF_TWO_ARRAYS.replace("FACTOR", "1"), "architectures",
+                      "toy_mean"))
+    location = importlib.util.spec_from_file_location(
+        "toy_mean_module", tmp_path / "koschei/engine/toy_mean.py")
+    module = importlib.util.module_from_spec(location)
+    location.loader.exec_module(module)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    _, total, count = module.toy_mean(x[:2], output_final_state=True)
+    np.testing.assert_array_equal(total, [2, 4])
+    np.testing.assert_array_equal(count, [2, 2])
+    # a decoding step: the state updated in place, the same arrays returned
+    step, same_total, same_count = module.toy_mean(
+        x[2:], initial_total=total, initial_count=count, final_total=total, final_count=count,
+        output_final_state=True)
+    assert same_total is total and same_count is count
+    np.testing.assert_array_equal(total, [6, 9])
+    np.testing.assert_array_equal(step, [[2, 3]])
+    with pytest.raises(ValueError, match=r"^toy_mean: initial_count: expected an array, as "
+                                         r"initial_total is given \(the arrays of a state are "
+                                         r"given together, or none"):
+        module.toy_mean(x, initial_total=total)
+    with pytest.raises(ValueError, match=r"^toy_mean: initial_total: expected an array, as "
+                                         r"initial_count is given"):
+        module.toy_mean(x, initial_count=count)
+    buffer = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"^toy_mean: final_count: expected a buffer of its own, "
+                                         r"got one that overlaps the input final_total"):
+        module.toy_mean(x, final_total=buffer[:2], final_count=buffer[1:])
+    with pytest.raises(ValueError, match=r"^toy_mean: final_total: expected a buffer of its own, "
+                                         r"got one that overlaps the input initial_count"):
+        one = np.ones(1, np.float32)
+        module.toy_mean(x[:, :1].copy(), initial_total=one * 2, initial_count=one,
+                        final_total=one)

@@ -318,7 +318,7 @@ def test_invariants_read_known_names(tmp_path):
     found = scale_problems(tmp_path, ("np.all(np.isfinite(out))", "np.all(np.isfinite(result))"))
     assert found == [
         ("specs/foundation/scale.yaml:35: tests.invariants[0].check: unknown name result (an "
-        "invariant reads the inputs, the params, out and np)")]
+        "invariant reads the inputs, the params, out, np, module and importlib)")]
 
 
 def test_bench_formulas_are_safe_expressions(tmp_path):
@@ -610,3 +610,91 @@ def test_a_claim_measure_names_known_entries_for_its_metric(tmp_path):
         'measure: {kind: kv_cache, this: gqa, baseline: mha}}')}))
     assert wrong_metric == [("specs/foundation/idea.yaml:6: claims[0].measure.kind: a kv_cache "
                             "measure checks memory or compression claims, not speedup")]
+
+
+# A state of two arrays on the SCALE fixture: two optional keyword inputs and the flag.
+STATE_INPUTS = ("    - {name: idx, dtype: int32, shape: [n], range: [0, 100]}", (
+    "    - {name: idx, dtype: int32, shape: [n], range: [0, 100]}\n"
+    "    - {name: s0, dtype: float32, shape: [n], optional: true, keyword: true}\n"
+    "    - {name: s1, dtype: float32, shape: [n, d], optional: true, keyword: true}"))
+STATE_FLAGS = ("    - {name: groups, type: int, default: 1, min: 1}", (
+    "    - {name: groups, type: int, default: 1, min: 1}\n"
+    "    - {name: keep, type: bool, default: false}\n"
+    "    - {name: other, type: bool, default: false}"))
+
+
+def with_state(state: str) -> tuple[str, str]:
+    return ("  constraints:", f"  state:\n{state}  constraints:")
+
+
+def with_state_line(state: str) -> tuple[str, str]:
+    return ("  constraints:", f"  state: {state}\n  constraints:")
+
+
+def test_a_state_of_several_arrays_is_a_list_of_entries_in_order(tmp_path):
+    workspace = make_workspace(tmp_path, {"foundation/scale.yaml": scale_with(
+        STATE_INPUTS, STATE_FLAGS, with_state(
+            "    - {name: last1, input: s1, flag: keep}\n"
+            "    - {name: last0, input: s0, flag: keep, doc: the first}\n"))})
+    signature = load_specs(workspace)["scale"].spec.signature
+    assert [state.name for state in signature.states] == ["last1", "last0"]
+    assert signature.state_flag == "keep"
+    assert [(result.name, result.shape, result.doc) for result in signature.state_results] == [
+        ("last1", ["n", "d"], ""), ("last0", ["n"], "the first")]
+
+
+def test_one_state_entry_is_a_list_of_one_and_no_state_an_empty_one(tmp_path):
+    one = make_workspace(tmp_path / "one", {"foundation/scale.yaml": scale_with(
+        STATE_INPUTS, STATE_FLAGS, with_state_line("{name: last0, input: s0, flag: keep}"))})
+    signature = load_specs(one)["scale"].spec.signature
+    assert [state.name for state in signature.states] == ["last0"]
+    assert [result.name for result in signature.state_results] == ["last0"]
+    none = load_specs(make_workspace(tmp_path / "none", {"foundation/scale.yaml": SCALE}))
+    signature = none["scale"].spec.signature
+    assert signature.states == [] and signature.state_flag is None
+    assert signature.state_results == []
+
+
+def test_the_arrays_of_a_state_share_one_flag_and_each_has_an_input_and_a_name(tmp_path):
+    found = scale_problems(tmp_path, STATE_INPUTS, STATE_FLAGS, with_state(
+        "    - {name: last0, input: s0, flag: keep}\n"
+        "    - {name: last1, input: s1, flag: other}\n"
+        "    - {name: last0, input: s0, flag: keep}\n"
+        "    - {name: last3, input: idx, flag: keep}\n"))
+    assert found == [
+        ("specs/foundation/scale.yaml:25: signature.state[1].flag: expected 'keep', the flag of "
+         "signature.state[0]: one flag asks for the whole state, got 'other'"),
+        ("specs/foundation/scale.yaml:26: signature.state[2].name: the name 'last0' is already "
+         "used by signature.state[0].name (inputs, params and the output share the function's "
+         "argument names)"),
+        ("specs/foundation/scale.yaml:26: signature.state[2].input: 's0' already starts "
+         "signature.state[0]: each array of the state starts from an input of its own"),
+        ("specs/foundation/scale.yaml:27: signature.state[3].input: expected the name of an "
+         "optional keyword input (the state a call starts from), got 'idx'"),
+    ]
+
+
+def test_the_flag_of_a_state_of_several_arrays_is_checked_once(tmp_path):
+    found = scale_problems(tmp_path, STATE_INPUTS, STATE_FLAGS, with_state(
+        "    - {name: last0, input: s0, flag: groups}\n"
+        "    - {name: last1, input: s1, flag: groups}\n"))
+    assert found == [
+        ("specs/foundation/scale.yaml:24: signature.state[0].flag: expected the name of a bool "
+         "parameter with default false (asks for the final state), got 'groups'")]
+
+
+def test_a_state_is_one_entry_or_a_list_of_at_least_one_and_names_its_fields(tmp_path):
+    empty = scale_problems(tmp_path / "empty", with_state_line("[]"))
+    assert empty == [
+        "specs/foundation/scale.yaml:19: signature.state: expected at least 1 item, got 0"]
+    unknown = scale_problems(tmp_path / "unknown", STATE_INPUTS, STATE_FLAGS, with_state(
+        "    - {name: last0, input: s0, flag: keep, shape: [n]}\n"))
+    assert unknown == [
+        ("specs/foundation/scale.yaml:24: signature.state[0].shape: unknown field (allowed: "
+         "name, input, flag, doc)")]
+    single = scale_problems(tmp_path / "single", STATE_INPUTS, STATE_FLAGS,
+                            with_state_line("{name: last0, input: s0, flaag: keep}"))
+    assert single == [
+        "specs/foundation/scale.yaml:23: signature.state.flag: required field is missing",
+        ("specs/foundation/scale.yaml:23: signature.state.flaag: unknown field (did you mean "
+         "flag? allowed: name, input, flag, doc)")]

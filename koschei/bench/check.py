@@ -241,9 +241,9 @@ def compare_results(spec: Any, actual: Any, expected: Any) -> tuple[bool, float 
     results = spec.signature.results
     actual = actual if isinstance(actual, tuple) else (actual,)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    state = spec.signature.state_result
-    if state is not None and len(actual) == len(results) + 1:  # the final state, asked for
-        results = [*results, state]
+    state = spec.signature.state_results
+    if state and len(actual) == len(results) + len(state):  # the final state, asked for
+        results = [*results, *state]
     if len(actual) != len(results) or len(expected) != len(results):
         return False, None, (f"{len(actual)} result(s) and {len(expected)} from the reference, "
                              f"expected {len(results)}")

@@ -139,6 +139,18 @@ def constraint_failed(function: str, names: str, check: str, message: str,
     return ValueError(f"{function}: {names}: expected {check} ({message}), got {got}")
 
 
+def state_in_part(function: str, inputs: Mapping[str, Any]) -> ValueError:
+    """The error of a call given some of the arrays a state starts from but not all: it names
+    the first one missing and those given."""
+    missing = next(name for name, value in inputs.items() if value is None)
+    given = [name for name, value in inputs.items() if value is not None]
+    listed = " and ".join([", ".join(given[:-1]), given[-1]] if len(given) > 1 else given)
+    verb = "are" if len(given) > 1 else "is"
+    return ValueError(f"{function}: {missing}: expected an array, as {listed} {verb} given (the "
+                      f"arrays of a state are given together, or none: it then starts from "
+                      f"zeros), got None")
+
+
 def check_out(function: str, out: Any, dtype: np.dtype, shape: tuple[int, ...], shape_doc: str,
               inputs: Mapping[str, np.ndarray | None], argument: str = "out") -> None:
     """Raise unless ``out`` (the argument named ``argument``) is a writeable C-contiguous

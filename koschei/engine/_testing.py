@@ -19,6 +19,8 @@ The generic tests, each where the spec has something for it to check:
   have the output shapes and dtypes and match the NumPy reference within the tolerance of their
   dtype, and the inputs are left as they were;
 - ``test_writes_into_out[case]`` (one output): ``out=`` is filled and returned;
+- ``test_updates_the_state_in_place[case]`` (a state of several arrays): the final state's
+  buffers given the initial arrays are returned, updated as new arrays would be;
 - ``test_random_shapes_match_the_reference``: the same on 40 random shapes (hypothesis) within
   ``tests.random_dims``, random choices of the parameters with choices or of type bool, random
   optional inputs, under the signature's constraints;
@@ -26,8 +28,8 @@ The generic tests, each where the spec has something for it to check:
 - ``test_signature_matches_the_spec``: names, kinds and defaults of the public parameters;
 - ``test_rejects_*``: every kind of bad argument (not an array, a wrong dtype, a wrong number of
   dimensions, a strided view, an empty array, sizes that disagree, a bad parameter value, sizes
-  that break a constraint, and a bad ``out=``) raises the error the engine contract promises,
-  ``<function>: <argument>: expected ...``.
+  that break a constraint, a state of several arrays given in part, and a bad ``out=``) raises
+  the error the engine contract promises, ``<function>: <argument>: expected ...``.
 
 Inputs come from a NumPy generator seeded from the case's label, through
 :func:`koschei.engine._runtime.draw_array` (the benchmark draws them the same way), then the
@@ -151,6 +153,9 @@ class Spec:
     overlap_position: int | None = None  # an input out= can be made to overlap (its dtype)
     # the bool parameter that asks for the final state (the last of results), or None
     state_flag: str | None = None
+    # the inputs a state of several arrays starts from (mLSTM's C, n, m): given together or not
+    # at all, and the final state is as many results; empty for a state of one array
+    state_inputs: Sequence[str] = ()
 
     def __repr__(self) -> str:  # short: tracebacks show it
         return f"Spec({self.name!r})"
@@ -174,7 +179,7 @@ class Spec:
         """The results a call with params returns: the final state only when asked for."""
         if self.state_flag is None or {**self.defaults, **(params or {})}.get(self.state_flag):
             return self.results
-        return self.results[:-1]
+        return self.results[:-max(1, len(self.state_inputs))]
 
     def output_shape(self, dims: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[int, ...]:
         """The shape of the first output."""
@@ -269,6 +274,8 @@ class Spec:
         builders: list[Callable[[], Test]] = [self._matches_the_reference]
         if self.takes_out:
             builders.append(self._writes_into_out)
+        if self.state_inputs:
+            builders.append(self._updates_the_state_in_place)
         if self.random_dims:
             builders.append(self._random_shapes_match_the_reference)
         if self.torch_reference is not None:
@@ -284,6 +291,8 @@ class Spec:
             builders.append(self._rejects_a_bad_parameter)
         if self.constraints:
             builders.append(self._rejects_sizes_that_break_a_constraint)
+        if self.state_inputs:
+            builders.append(self._rejects_a_state_given_in_part)
         if self.takes_out:
             builders += [self._rejects_an_out_of_the_wrong_dtype,
                          self._rejects_an_out_of_the_wrong_shape,
@@ -338,6 +347,27 @@ class Spec:
 
         return self._over_the_cases(test_writes_into_out)
 
+    def _updates_the_state_in_place(self) -> Test:
+        spec = self
+
+        def test_updates_the_state_in_place(label, dims, params, with_inputs):
+            """The final state's buffers given the initial arrays themselves (a decoding loop
+            that allocates nothing): they are returned, updated, and the results are those of
+            a call into new arrays."""
+            inputs, params = spec.case_arguments(label, dims, params,
+                                                 [*with_inputs, *spec.state_inputs])
+            params = {**params, spec.state_flag: True}
+            expected = spec.function(**copied(inputs), **params)
+            finals = [name for name, _ in spec.results[-len(spec.state_inputs):]]
+            buffers = {final: inputs[initial]
+                       for final, initial in zip(finals, spec.state_inputs, strict=True)}
+            actual = spec.function(**inputs, **params, **buffers)
+            spec.assert_results_close(actual, results(expected), params)
+            for final, returned in zip(finals, results(actual)[-len(finals):], strict=True):
+                assert returned is buffers[final], f"{final}: not the buffer given"
+
+        return self._over_the_cases(test_updates_the_state_in_place)
+
     def _random_shapes_match_the_reference(self) -> Test:
         spec = self
 
@@ -359,6 +389,8 @@ class Spec:
             if spec.optional:
                 with_inputs = data.draw(st.lists(st.sampled_from(spec.optional), unique=True),
                                         label="with_inputs")
+                if set(with_inputs) & set(spec.state_inputs):  # a state is given whole
+                    with_inputs = list(dict.fromkeys([*with_inputs, *spec.state_inputs]))
             seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
             params = spec.seeded(params, seed)
             inputs = spec.make_inputs(dims, seed, params, with_inputs)
@@ -523,6 +555,18 @@ class Spec:
 
         checks = [check for check, _ in self.constraints]
         return pytest.mark.parametrize("check", checks)(test_rejects_sizes_that_break_a_constraint)
+
+    def _rejects_a_state_given_in_part(self) -> Test:
+        spec = self
+
+        def test_rejects_a_state_given_in_part(missing):
+            """The state's other arrays given, this one None."""
+            inputs = {**spec.base_inputs(), missing: None}
+            with spec.raises(ValueError, missing, "an array"):
+                spec.call(inputs)
+
+        return pytest.mark.parametrize("missing", self.state_inputs)(
+            test_rejects_a_state_given_in_part)
 
     # a bad out=
 

@@ -218,18 +218,41 @@ class OutputPlan:
 
 
 @dataclass(frozen=True)
-class StatePlan:
-    """The recurrent state: returned as ``name`` when ``flag``, started from ``input``."""
+class StateArrayPlan:
+    """One array of the recurrent state: returned as ``name``, started from ``input``."""
 
     name: str
     input: str
-    flag: str
     dtype: str
     dtype_const: str
     dims: list[str]  # the named dimensions of its shape
     shape_code: str
     shape_doc: str
     doc: str
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    """The recurrent state: its arrays (one, or several such as mLSTM's C, n and m), started
+    from their inputs together and returned after the outputs, in order, when ``flag``."""
+
+    flag: str
+    arrays: list[StateArrayPlan]
+
+    @property
+    def names(self) -> list[str]:
+        """The final state's buffers and results, in order."""
+        return [array.name for array in self.arrays]
+
+    @property
+    def inputs(self) -> list[str]:
+        """The inputs the state starts from, in order."""
+        return [array.input for array in self.arrays]
+
+    @property
+    def dims(self) -> list[str]:
+        """The named dimensions of the arrays' shapes, each once, in order."""
+        return list(dict.fromkeys(dim for array in self.arrays for dim in array.dims))
 
 
 @dataclass(frozen=True)
@@ -285,14 +308,15 @@ class SignaturePlan:
         if self.takes_out:
             keywords.append("out=None")
         if self.state is not None:
-            keywords.append(f"{self.state.name}=None")
+            keywords += [f"{name}=None" for name in self.state.names]
         return ", ".join([*positional, *(["*", *keywords] if keywords else [])])
 
     @property
     def compute_args(self) -> str:
         """_compute's arguments: the inputs, the parameters, the results (and the buffer of the
-        final state: the caller's, a new one when the call asks for the state, else None)."""
-        state = [self.state.name] if self.state is not None else []
+        final state's arrays: the caller's, new ones when the call asks for the state, else
+        None)."""
+        state = self.state.names if self.state is not None else []
         return ", ".join([*self.input_names, *self.param_names, *self.output_names, *state])
 
 
@@ -487,15 +511,16 @@ def plan_signature(loaded: LoadedSpec) -> SignaturePlan:
                 if isinstance(dim, str) and dim != ELLIPSIS:
                     used |= expr.names_in(dim)
     state: StatePlan | None = None
-    state_result = signature.state_result
-    if signature.state is not None and state_result is not None:
-        used |= {dim for dim in state_result.shape if isinstance(dim, str)}
-        state = StatePlan(name=state_result.name, input=signature.state.input,
-                          flag=signature.state.flag, dtype=state_result.dtype,
-                          dtype_const=dtype_const(state_result.dtype),
-                          dims=[dim for dim in state_result.shape if isinstance(dim, str)],
-                          shape_code=shape_code(state_result.shape),
-                          shape_doc=shape_doc(state_result.shape), doc=state_result.doc)
+    if signature.state_flag is not None:
+        arrays = [StateArrayPlan(name=result.name, input=entry.input, dtype=result.dtype,
+                                 dtype_const=dtype_const(result.dtype),
+                                 dims=[dim for dim in result.shape if isinstance(dim, str)],
+                                 shape_code=shape_code(result.shape),
+                                 shape_doc=shape_doc(result.shape), doc=result.doc)
+                  for entry, result in zip(signature.states, signature.state_results,
+                                           strict=True)]
+        used |= {dim for array in arrays for dim in array.dims}
+        state = StatePlan(flag=signature.state_flag, arrays=arrays)
     bindings = [(dim, code) for dim, code in bindings if dim in used]
     consts = sorted({(dtype_const(t.dtype), t.dtype)
                      for t in [*signature.inputs, *signature.results]})

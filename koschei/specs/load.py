@@ -320,16 +320,26 @@ def _message(error: Mapping[str, Any], data_path: FieldPath, missing: Any) -> st
     return text[:1].lower() + text[1:]
 
 
+def _in_data(node: Any, part: Any) -> bool:
+    """Whether ``part`` of a pydantic ``loc`` is a key or an index of ``node``."""
+    if isinstance(node, dict):
+        return isinstance(part, str) and part in node
+    return (isinstance(node, list) and isinstance(part, int) and not isinstance(part, bool)
+            and 0 <= part < len(node))
+
+
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[FieldPath, tuple[Any, ...]]:
     """Split a pydantic ``loc`` into the part that exists in the data and the rest (a missing
-    field, union branch names such as ``int`` / ``str``, ``[key]`` markers)."""
+    field, union branch names such as ``int`` / ``str``, ``[key]`` markers). A union branch's
+    name followed by what is in the data (``state``'s ``list[State]``, 0, ``shape``) is
+    skipped: the branch got that far."""
     path: list[str | int] = []
     node = data
     for position, part in enumerate(loc):
-        in_mapping = isinstance(node, dict) and isinstance(part, str) and part in node
-        in_list = (isinstance(node, list) and isinstance(part, int)
-                   and not isinstance(part, bool) and 0 <= part < len(node))
-        if not (in_mapping or in_list):
+        if not _in_data(node, part):
+            following = loc[position + 1:]
+            if isinstance(part, str) and following and _in_data(node, following[0]):
+                continue
             return tuple(path), tuple(loc[position:])
         node = node[part]
         path.append(part)
@@ -348,6 +358,9 @@ def validation_issues(error: ValidationError, data: Any, lines: Mapping[FieldPat
         grouped.setdefault(path, []).append((entry, rest))
     issues: list[SpecIssue] = []
     for path, entries in grouped.items():
+        if all(e["type"] in _TYPE_NOUNS for e, _ in entries) and any(
+                len(other) > len(path) and other[:len(path)] == path for other in grouped):
+            continue  # a union branch of another type; one that got further says more
         line = nearest_line(lines, path)
         key_errors = [(e, r) for e, r in entries if "[key]" in r]
         if key_errors:

@@ -147,7 +147,11 @@ class State(Strict):
     pieces (and a decoding step is a call with one token): the optional keyword ``input`` it
     starts from (None: zeros), and, when the bool parameter ``flag`` is true, the state after
     the last token returned as ``name`` after the other results, e.g. ``{name: final_state,
-    input: initial_state, flag: output_final_state}``. Its dtype and shape are the input's."""
+    input: initial_state, flag: output_final_state}``. Its dtype and shape are the input's.
+
+    A state of several arrays (mLSTM's C, n and m) is a list of entries, one per array, that
+    share one flag: the inputs are given together or not at all, and the final arrays are
+    returned in the list's order."""
 
     name: ArgumentName
     input: ArgumentName
@@ -158,14 +162,15 @@ class State(Strict):
 class Signature(Strict):
     """Inputs (positional, then optional ones; keyword inputs after the parameters), and either
     one ``output`` (the function takes ``out=``) or several ``outputs`` (returned as a tuple);
-    optionally a recurrent ``state``."""
+    optionally a recurrent ``state``: one entry, or a list of entries for a state of several
+    arrays (``states`` is the list either way)."""
 
     inputs: list[TensorArg] = Field(min_length=1)
     output: TensorArg | None = None
     outputs: list[TensorArg] | None = Field(default=None, min_length=2)
     params: list[Param] = []
     constraints: list[Constraint] = []
-    state: State | None = None
+    state: State | Annotated[list[State], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_output(self) -> Signature:
@@ -180,15 +185,29 @@ class Signature(Strict):
         return [self.output] if self.output is not None else list(self.outputs or [])
 
     @property
-    def state_result(self) -> TensorArg | None:
-        """The final state as a result (the state input's dtype and shape), or None."""
+    def states(self) -> list[State]:
+        """The entries of the state, one per array, in order (none without a state)."""
         if self.state is None:
-            return None
-        source = next((t for t in self.inputs if t.name == self.state.input), None)
-        if source is None:
-            return None
-        return TensorArg(name=self.state.name, dtype=source.dtype, shape=source.shape,
-                         doc=self.state.doc)
+            return []
+        return list(self.state) if isinstance(self.state, list) else [self.state]
+
+    @property
+    def state_flag(self) -> str | None:
+        """The bool parameter that asks for the final state (the first entry's), or None."""
+        states = self.states
+        return states[0].flag if states else None
+
+    @property
+    def state_results(self) -> list[TensorArg]:
+        """The final state as results, one per entry in order, each with its input's dtype and
+        shape (an entry whose input is missing is left out: validation reports it)."""
+        found: list[TensorArg] = []
+        for state in self.states:
+            source = next((t for t in self.inputs if t.name == state.input), None)
+            if source is not None:
+                found.append(TensorArg(name=state.name, dtype=source.dtype, shape=source.shape,
+                                       doc=state.doc))
+        return found
 
 
 class Kernel(Strict):
@@ -255,7 +274,8 @@ class Case(Strict):
 
 
 class Invariant(Strict):
-    """A property of every result: a Python expression over the inputs, params, ``out`` and ``np``."""
+    """A property of every result: a Python expression over the inputs, params, ``out``, ``np``,
+    ``module`` (the spec's engine module) and ``importlib`` (to reach another kernel)."""
 
     name: Identifier
     check: str

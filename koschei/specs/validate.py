@@ -53,8 +53,9 @@ BOOLEAN_TUNABLES = ("parallel", "fastmath")
 # "..." dimensions and how many there are (see koschei.bench.check.formula_names).
 LEADING_NAMES = ("rows", "lead")
 ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z][a-z.-]*(\.[A-Z]{2})?/\d{7})(v\d+)?$")
-# What an invariant may read besides the function's arguments and result (see schema.Invariant).
-INVARIANT_NAMES = frozenset({"np", "out", *dir(builtins)})
+# What an invariant may read besides the function's arguments and result (see schema.Invariant):
+# the generated test module's NumPy, its engine module and importlib (for another kernel).
+INVARIANT_NAMES = frozenset({"np", "out", "module", "importlib", *dir(builtins)})
 ELLIPSIS = "..."
 # What a provided_by may name: a spec with code of its own in the engine.
 PROVIDER_STATUSES = ("implemented", "composed")
@@ -223,8 +224,9 @@ class _SpecChecker:
             if ELLIPSIS in result.shape and not self.leading:
                 self.add((*path, "shape"), "the output has leading '...' dimensions but no input "
                          "does, so nothing says how many there are")
-        if signature.state is not None:
-            claim_name(signature.state.name, ("signature", "state", "name"))
+        for path, state in self.states():
+            claim_name(state.name, (*path, "name"))
+        if signature.states:
             self.state()
         known = self.expression_names()
         for index, constraint in enumerate(signature.constraints):
@@ -267,20 +269,43 @@ class _SpecChecker:
                              "input must be bound by a required input before it (None tells "
                              "nothing about its size)")
 
-    def state(self) -> None:
-        """The state starts from an optional keyword input and is returned when a bool
-        parameter that defaults to False asks for it."""
+    def states(self) -> list[tuple[FieldPath, Any]]:
+        """Each entry of the state with the field path it is written at (the state itself when
+        it is one entry, not a list)."""
         signature = self.spec.signature
-        assert signature is not None and signature.state is not None
-        state = signature.state
-        source = next((t for t in signature.inputs if t.name == state.input), None)
-        if source is None or not (source.optional and source.keyword):
-            self.add(("signature", "state", "input"), f"expected the name of an optional "
-                     f"keyword input (the state a call starts from), got {state.input!r}")
-        flag = self.params.get(state.flag)
+        assert signature is not None
+        if not isinstance(signature.state, list):
+            return [(("signature", "state"), state) for state in signature.states]
+        return [(("signature", "state", index), state)
+                for index, state in enumerate(signature.states)]
+
+    def state(self) -> None:
+        """Each array of the state starts from an optional keyword input of its own, and one
+        bool parameter that defaults to False asks for all of them."""
+        signature = self.spec.signature
+        assert signature is not None
+        entries = self.states()
+        first_path, first = entries[0]
+        starts: dict[str, FieldPath] = {}
+        for path, state in entries:
+            source = next((t for t in signature.inputs if t.name == state.input), None)
+            if source is None or not (source.optional and source.keyword):
+                self.add((*path, "input"), f"expected the name of an optional keyword input "
+                         f"(the state a call starts from), got {state.input!r}")
+            elif state.input in starts:
+                self.add((*path, "input"), f"{state.input!r} already starts "
+                         f"{format_field(starts[state.input])}: each array of the state "
+                         "starts from an input of its own")
+            else:
+                starts[state.input] = path
+            if state is not first and state.flag != first.flag:
+                self.add((*path, "flag"), f"expected {first.flag!r}, the flag of "
+                         f"{format_field(first_path)}: one flag asks for the whole state, "
+                         f"got {state.flag!r}")
+        flag = self.params.get(first.flag)
         if flag is None or flag.type != "bool" or flag.default is not False:
-            self.add(("signature", "state", "flag"), f"expected the name of a bool parameter "
-                     f"with default false (asks for the final state), got {state.flag!r}")
+            self.add((*first_path, "flag"), f"expected the name of a bool parameter "
+                     f"with default false (asks for the final state), got {first.flag!r}")
 
     def alternative_shape(self, index: int) -> None:
         """An input's or_shape: named dimensions that the inputs before it bind, and another
@@ -715,7 +740,7 @@ class _SpecChecker:
         unknown = sorted(used - bound - known)
         if unknown:
             self.add(path, f"unknown name{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                     "(an invariant reads the inputs, the params, out and np)")
+                     "(an invariant reads the inputs, the params, out, np, module and importlib)")
 
 
 def case_label(case: Case) -> str:
