@@ -412,10 +412,17 @@ def test_the_mixers_matrices_are_stored_as_the_weights_say_and_their_vectors_flo
     matrices = {name: shape for name, shape in shapes.items() if len(shape) == 2}
     if weights == "bf16":
         stored = sum(2 * rows * columns for rows, columns in matrices.values())
-    else:  # the embedding float32, every other matrix packed ternary with one float32 scale
+    else:  # the embedding and the decays' projections float32, every other matrix packed
+        # ternary with one float32 scale (the decays' as the float32 GEMM's packed panels)
         embedding = matrices.pop("embed_tokens.weight")
+        decays = {name: shape for name, shape in matrices.items()
+                  if "gk_proj" in name or "dt_proj" in name}
+        assert decays
         stored = 4 * embedding[0] * embedding[1] + sum(
-            rows * ((columns + 3) // 4) + 4 for rows, columns in matrices.values())
+            decoder_module._Float32Projection(np.zeros(shape, np.float32)).nbytes
+            for shape in decays.values())
+        stored += sum(rows * ((columns + 3) // 4) + 4 for name, (rows, columns) in matrices.items()
+                      if name not in decays)
     assert decoder.weight_nbytes == vectors + stored
 
 

@@ -525,7 +525,7 @@ def test_a_decoder_is_checked_then_its_fp32_bf16_and_ternary_steps_timed_togethe
         assert entry.ceiling_tokens_per_s == pytest.approx(bandwidth / entry.bytes_per_token)
         assert entry.ceiling_fraction == pytest.approx(
             entry.tokens_per_s / entry.ceiling_tokens_per_s)
-        assert 0 <= entry.max_logit_error <= bench_models.LOGIT_TOLERANCE[weights]
+        assert 0 <= entry.max_logit_error <= bench_models.logit_tolerance(config, weights)
     fp32 = case.contenders["fp32"].samples_s
     for weights in ("bf16", "ternary"):
         samples = case.contenders[weights].samples_s

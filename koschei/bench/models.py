@@ -68,8 +68,8 @@ from koschei.errors import UsageError
 
 DEFAULT_CONFIG = "igla_v2"
 # The engine modules the decoder runs on: the workspace's where it has them generated.
-KERNELS = ("attention", "bf16_linear", "bitnet_linear", "bitnet_quantize", "linear", "matmul",
-           "rmsnorm", "rope", "sample", "silu")
+KERNELS = ("attention", "bf16_linear", "bitnet_linear", "bitnet_quantize", "gla", "linear",
+           "matmul", "rmsnorm", "rope", "sample", "silu")
 DEFAULT_CONTEXT = 512
 WEIGHTS = ("fp32", "bf16", "ternary")
 # The largest logit difference from the NumPy reference, as a share of the largest logit. Ternary
@@ -77,6 +77,19 @@ WEIGHTS = ("fp32", "bf16", "ternary")
 # the kernels compute a float32 rounding apart can land on neighbouring codes, and 12 layers add
 # those up (about 1.5e-2 on igla_v2 with random weights).
 LOGIT_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-4, "ternary": 5e-2}
+# Ternary decoders with linear layers (gla, mamba2): a recurrent state carries a flipped code's
+# effect into every later token, and random weights amplify it layer by layer (on igla at 8
+# tokens: 6e-7 with 4 layers, 6e-3 with 6, 4e-2 with 12; about 0.10 at 512 tokens, 0.07 on
+# igla_hybrid). A kernel's bug moves the logits by their own size.
+TERNARY_RECURRENT_TOLERANCE = 0.2
+
+
+def logit_tolerance(config: Any, weights: str) -> float:
+    """The largest logit difference from the NumPy reference that a decoder of ``config`` with
+    ``weights`` may show, as a share of the largest logit."""
+    if weights == "ternary" and any(kind != "attention" for kind in config.layer_types):
+        return TERNARY_RECURRENT_TOLERANCE
+    return LOGIT_TOLERANCE[weights]
 
 LLAMA_CPP_INSTALL = "pip install -e '.[llama]'"
 LLAMA_CPP_NOT_INSTALLED = f"llama.cpp: not installed — {LLAMA_CPP_INSTALL}"
@@ -257,11 +270,12 @@ def run_decoder_case(workspace: Any, config_name: str, budget_s: float, calibrat
             entry = ModelWeightsResult(bytes_per_token=model.bytes_per_token(context + 1),
                                        weight_bytes=model.weight_nbytes, max_logit_error=error)
             result.weights[weights] = entry
-            if not error <= LOGIT_TOLERANCE[weights]:
+            tolerance = logit_tolerance(config, weights)
+            if not error <= tolerance:
                 result.verdict = "wrong"
                 result.error = (f"{weights}: the decoding step's logits differ from the NumPy "
                                 f"references by {error:.3g} of the largest logit (tolerance "
-                                f"{LOGIT_TOLERANCE[weights]:g})")
+                                f"{tolerance:g})")
                 return result
             models[weights] = model
             steps[weights] = step

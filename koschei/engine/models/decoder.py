@@ -69,7 +69,11 @@ the attention layers only (none: ``Decoder.cache`` is None).
   v, o, gate, up, down and the mixers' own) is quantized to BitNet b1.58 ternary weights
   {-1, 0, +1} times one absmean scale (arXiv:2402.17764) and applied by the engine's
   ``bitnet_linear`` (which quantizes the activations per token to int8); the embedding (and so
-  the tied output projection) and the vectors stay float32.
+  the tied output projection) and the vectors stay float32, and so do the projections that
+  make the linear layers' decays (GLA's low-rank ``gk_proj``, Mamba-2's ``dt_proj``; well
+  under 1% of the weights): their outputs are exponents that every later token's state
+  multiplies by, so an activation's int8 code that one float32 rounding flips would move the
+  whole state from then on.
 - ``kv_dtype="int8"``: the KV cache stores keys and values as int8 with one scale per
   (position, head), see :class:`~koschei.engine.models.kv_cache.KVCache`.
 
@@ -592,17 +596,18 @@ class _Buffers:
         self.logits = np.zeros((logits_rows, config.vocab_size), dtype=np.float32)
 
 
-def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray],
-           projection: type) -> _GLAMixer | _Mamba2Mixer:
-    """The token mixer of the linear layer ``prefix`` of type ``kind`` ("gla" or "mamba2")."""
+def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray], projection: type,
+           decay_projection: type) -> _GLAMixer | _Mamba2Mixer:
+    """The token mixer of the linear layer ``prefix`` of type ``kind`` ("gla" or "mamba2");
+    ``decay_projection`` makes the projections whose outputs become log-decays."""
     if kind == "gla":
         p = prefix + "gla."
         return _GLAMixer(
             q_proj=projection(arrays[p + "q_proj.weight"]),
             k_proj=projection(arrays[p + "k_proj.weight"]),
             v_proj=projection(arrays[p + "v_proj.weight"]),
-            gk_down=projection(arrays[p + "gk_proj.0.weight"]),
-            gk_up=projection(arrays[p + "gk_proj.1.weight"]),
+            gk_down=decay_projection(arrays[p + "gk_proj.0.weight"]),
+            gk_up=decay_projection(arrays[p + "gk_proj.1.weight"]),
             gk_bias=arrays[p + "gk_proj.1.bias"],
             g_proj=projection(arrays[p + "g_proj.weight"]),
             g_norm=arrays[p + "g_norm.weight"],
@@ -613,7 +618,7 @@ def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray],
         x_proj=projection(arrays[p + "x_proj.weight"]),
         B_proj=projection(arrays[p + "B_proj.weight"]),
         C_proj=projection(arrays[p + "C_proj.weight"]),
-        dt_proj=projection(arrays[p + "dt_proj.weight"]),
+        dt_proj=decay_projection(arrays[p + "dt_proj.weight"]),
         dt_bias=arrays[p + "dt_bias"],
         A=-np.exp(arrays[p + "A_log"]),
         D=arrays[p + "D"],
@@ -697,6 +702,8 @@ class Decoder:
                              f"{config.max_seq_length}, got {max_len}")
         arrays = self._check_parameters(function, parameters)
         projection = _PROJECTIONS[self.weights]
+        # the decays' projections: float32 under ternary weights (see the module's docstring)
+        decay_projection = _Float32Projection if self.weights == "ternary" else projection
         # (vocab, d), float32 or bfloat16; also the output projection (tied)
         if self.weights == "bf16":
             self._output = _BFloat16Projection(arrays["embed_tokens.weight"])
@@ -721,7 +728,8 @@ class Decoder:
                     o_proj=projection(arrays[prefix + "self_attn.o_proj.weight"]), **ffn))
             else:
                 self._layers.append(_LinearLayer(
-                    kind=kind, mixer=_mixer(kind, prefix, arrays, projection), **ffn))
+                    kind=kind, mixer=_mixer(kind, prefix, arrays, projection,
+                                            decay_projection), **ffn))
         self._max_len = max_len
         # the KV cache holds the attention layers only: layer index -> its layer in the cache
         self._cache_layer = {index: slot for slot, index in enumerate(config.attention_layers)}
