@@ -374,7 +374,14 @@ def test_the_repository_specs_carry_the_seed_module_ids_and_their_providers():
                           ("v6760_igla_core", "gla"),
                           ("qml_igla_core", "gla"),
                           ("v6742_state_space_model", "selective_scan"),
-                          ("v6768_multiscale_retention", "multiscale_retention")):
+                          ("v6768_multiscale_retention", "multiscale_retention"),
+                          # the seed's iGLA layer: the node that does each module's job
+                          ("v6761_rwkv_linear", "rwkv6"),
+                          ("v6762_retnet", "multiscale_retention"),
+                          ("v6763_hyena_operator", "long_conv"),
+                          ("v6764_hgrn", "hgrn2"),
+                          ("v6765_xlstm", "mlstm"),
+                          ("v6766_griffin", "rg_lru")):
         assert spec_set.resolve(seed_id) == node, seed_id
     provided = {loaded.name: loaded.spec.provided_by.spec for loaded in spec_set
                 if loaded.status == "provided"}
@@ -382,7 +389,8 @@ def test_the_repository_specs_carry_the_seed_module_ids_and_their_providers():
                         "multi_query_attention": "attention", "flash_attention": "attention",
                         "flash_decoding": "attention", "kv_cache_compression": "kv_cache",
                         "autoregressive_generation": "decoder_lm", "bf16": "bf16_linear",
-                        "fp16": "fp16_linear", "multiscale_retention": "gla"}
+                        "fp16": "fp16_linear", "multiscale_retention": "gla",
+                        "linear_attention": "gla", "hgrn2": "gla"}
 
 
 def test_the_specs_readme_names_the_seed_items_that_are_not_techniques():
