@@ -6,6 +6,8 @@ configurations and bad layer types."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -32,10 +34,14 @@ LOGITS_ATOL = 1e-4
 def draw_parameters(config: DecoderConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Parameters with enough spread that every part of every mixer matters: matrices
     N(0, 0.25^2), gains 1 + N(0, 0.2^2), GLA's gate bias N(0, 0.5^2) (decays exp(g) from about
-    0.7 to 1), Mamba-2's A in [0.5, 2], dt_bias N(-1, 0.5^2), D 1 + N(0, 0.2^2)."""
+    0.7 to 1), Mamba-2's A in [0.5, 2], dt_bias N(-1, 0.5^2), D 1 + N(0, 0.2^2), its
+    convolution's taps and bias U(-0.5, 0.5) (PyTorch's Conv1d), drawn after the others."""
     rng = np.random.default_rng(seed)
     parameters = {}
-    for name, shape in config.parameter_shapes().items():
+    shapes = config.parameter_shapes()
+    for name, shape in shapes.items():
+        if ".conv1d." in name:
+            continue
         if name.endswith(".A_log"):
             value = np.log(rng.uniform(0.5, 2.0, shape))
         elif name.endswith(".dt_bias"):
@@ -47,7 +53,10 @@ def draw_parameters(config: DecoderConfig, seed: int = 0) -> dict[str, np.ndarra
         else:
             value = 0.25 * rng.standard_normal(shape)
         parameters[name] = value.astype(np.float32)
-    return parameters
+    for name, shape in shapes.items():
+        if ".conv1d." in name:
+            parameters[name] = rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+    return {name: parameters[name] for name in shapes}
 
 
 # --- the PyTorch model ----------------------------------------------------------------------------
@@ -99,14 +108,21 @@ def torch_gla(config, p, prefix, h):
 
 
 def torch_mamba2(config, p, prefix, h):
-    """Mamba-2's SSD layer (Dao and Gu 2024), one group, without the causal conv1d (its SiLU
-    kept), as its recurrence: per head, h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T (N, P),
+    """Mamba-2's SSD layer (Dao and Gu 2024), one group: x, B and C through mamba_ssm's causal
+    depthwise Conv1d (width 4, padded by 3 zeros, cut to n outputs) and SiLU, then the
+    recurrence: per head, h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T (N, P),
     y_t = C_t h_t + D x_t; then y silu(z) through a gated RMSNorm, and W_out."""
     n, heads, hd = h.shape[0], config.num_heads, config.head_dim
+    inner = heads * hd
     z = F.linear(h, p[prefix + "z_proj.weight"])
-    x = F.silu(F.linear(h, p[prefix + "x_proj.weight"])).view(n, heads, hd)
-    B = F.silu(F.linear(h, p[prefix + "B_proj.weight"]))  # (n, N)
-    C = F.silu(F.linear(h, p[prefix + "C_proj.weight"]))
+    xbc = torch.cat([F.linear(h, p[prefix + name + ".weight"])
+                     for name in ("x_proj", "B_proj", "C_proj")], dim=1)  # (n, inner + 2 N)
+    width = p[prefix + "conv1d.weight"].shape[2]
+    xbc = F.conv1d(xbc.T[None], p[prefix + "conv1d.weight"], p[prefix + "conv1d.bias"],
+                   padding=width - 1, groups=xbc.shape[1])[0, :, :n].T
+    xbc = F.silu(xbc)
+    x = xbc[:, :inner].reshape(n, heads, hd)
+    B, C = xbc[:, inner:inner + hd], xbc[:, inner + hd:]  # (n, N) each
     dt = F.softplus(F.linear(h, p[prefix + "dt_proj.weight"]) + p[prefix + "dt_bias"])  # (n, H)
     A = -torch.exp(p[prefix + "A_log"])  # (H,)
     state = torch.zeros(heads, hd, hd, dtype=torch.float64)  # (H, N, P)
@@ -197,7 +213,7 @@ def test_greedy_generation_gives_the_tokens_of_a_greedy_pytorch_loop(case):
 
 def test_the_pytorch_model_is_not_trivially_satisfied(case):
     """Its logits depend on the order of the tokens (the mixers carry information along), and on
-    the gates: GLA's gate bias, Mamba-2's A and D, far beyond the tolerance."""
+    the gates: GLA's gate bias, Mamba-2's A, D and convolution, far beyond the tolerance."""
     name, config, parameters, _ = case
     expected = torch_logits(config, parameters, PROMPT)
     scale = np.max(np.abs(expected))
@@ -205,10 +221,13 @@ def test_the_pytorch_model_is_not_trivially_satisfied(case):
     swapped[[0, 1]] = swapped[[1, 0]]
     assert np.max(np.abs(torch_logits(config, parameters, swapped)[-1] - expected[-1])) > \
         100 * LOGITS_ATOL * scale
-    for suffix in ("gk_proj.1.bias", "A_log", "D"):
+    # GLA's gate moves its log-decays by /16 (fla's normalizer): a larger step
+    steps = {"gk_proj.1.bias": 2.0, "A_log": 0.5, "D": 0.5, "conv1d.weight": 0.5,
+             "conv1d.bias": 0.5}
+    for suffix, step in steps.items():
         names = [key for key in parameters if key.endswith(suffix)]
         for key in names:
-            changed = {**parameters, key: parameters[key] + np.float32(0.5)}
+            changed = {**parameters, key: parameters[key] + np.float32(step)}
             assert np.max(np.abs(torch_logits(config, changed, PROMPT) - expected)) > \
                 100 * LOGITS_ATOL * scale, (name, key)
 
@@ -281,6 +300,20 @@ def test_the_states_are_one_per_linear_layer_read_only_and_reset():
     decoder.reset()
     assert decoder.length == 0 and decoder.cache.length == 0
     assert not any(s.any() for s in decoder.states if s is not None)
+    # mamba2's conv states: the last 3 rows of x, B and C, replaced by every step, zeroed
+    window = (3, config.num_heads * config.head_dim + 2 * config.head_dim)
+    assert [None if s is None else s.shape for s in decoder.conv_states] == \
+        [window, None, None, window]
+    decoder.forward(PROMPT)
+    conv = decoder.conv_states
+    assert conv[0].any() and not conv[0].flags.writeable
+    snapshot = decoder.snapshot()
+    decoder.forward(PROMPT[:2])
+    assert decoder.conv_states[0] is not conv[0]
+    decoder.restore(snapshot)
+    assert all(a is b for a, b in zip(decoder.conv_states, conv))
+    decoder.reset()
+    assert not any(s.any() for s in decoder.conv_states if s is not None)
 
 
 @pytest.mark.parametrize("name, fail_at", [("gla", 2), ("mixed", 3)])
@@ -391,11 +424,14 @@ def test_bytes_per_token_counts_the_kv_cache_of_attention_layers_and_the_states(
         if len(shape) == 2 and name != "embed_tokens.weight")
     per_position = 2 * attention * config.num_kv_heads * config.head_dim * 4
     state = config.num_heads * config.head_dim * config.head_dim * 4
+    # a mamba2 layer also keeps the last 3 rows of x, B and C (its convolution's window)
+    conv = 3 * (config.num_heads * config.head_dim + 2 * config.head_dim) * 4
+    states = linear * state + config.layer_types.count("mamba2") * conv
     assert decoder.weight_nbytes == weights
-    assert decoder.state_nbytes == linear * state
+    assert decoder.state_nbytes == states
     for context in (1, 40):
         assert decoder.bytes_per_token(context) == \
-            weights + context * per_position + 2 * linear * state
+            weights + context * per_position + 2 * states
     if attention:
         assert decoder.cache.num_layers == attention
         assert decoder.cache.bytes_per_position == per_position
@@ -408,7 +444,7 @@ def test_the_mixers_matrices_are_stored_as_the_weights_say_and_their_vectors_flo
     config = CONFIGS["mixed"]
     decoder = Decoder(config, draw_parameters(config), weights=weights)
     shapes = config.parameter_shapes()
-    vectors = 4 * sum(shape[0] for shape in shapes.values() if len(shape) == 1)
+    vectors = 4 * sum(math.prod(shape) for shape in shapes.values() if len(shape) != 2)
     matrices = {name: shape for name, shape in shapes.items() if len(shape) == 2}
     if weights == "bf16":
         stored = sum(2 * rows * columns for rows, columns in matrices.values())
@@ -457,6 +493,7 @@ def test_the_mixers_parameters_have_fla_and_mamba_names_and_shapes():
     assert mamba2 == {"z_proj.weight": (64, 64), "x_proj.weight": (64, 64),
                       "B_proj.weight": (16, 64), "C_proj.weight": (16, 64),
                       "dt_proj.weight": (4, 64), "dt_bias": (4,), "A_log": (4,), "D": (4,),
+                      "conv1d.weight": (96, 1, 4), "conv1d.bias": (96,),
                       "norm.weight": (64,), "out_proj.weight": (64, 64)}
     assert not any("self_attn" in name for name in shapes if not name.startswith("layers.1."))
 
@@ -470,6 +507,8 @@ def test_random_parameters_initialize_the_mixers_as_their_papers():
     np.testing.assert_array_less(9.99e-4, dt)
     np.testing.assert_array_less(dt, 0.1001)
     assert np.all(parameters["layers.0.mamba2.D"] == 1)
+    taps = parameters["layers.0.mamba2.conv1d.weight"]  # PyTorch's Conv1d: +-1/sqrt(4)
+    assert taps.shape == (96, 1, 4) and np.abs(taps).max() <= 0.5 and taps.std() > 0.2
     assert np.all(parameters["layers.2.gla.gk_proj.1.bias"] == 0)
     assert np.all(parameters["layers.2.gla.g_norm.weight"] == 1)
     # an all-attention config draws what it drew before there were layer types

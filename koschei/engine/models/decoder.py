@@ -36,14 +36,16 @@ heads of hd = head_dim values:
   with d_inner = d (expand 1), head dim P = hd, state size N = hd, one group (B and C shared by
   the heads)::
 
-      z, x = h W_z^T, silu(h W_x^T)                          # (n, H P) each
-      B, C = silu(h W_B^T), silu(h W_C^T)                    # (n, N) each
+      z = h W_z^T                                            # (n, H P)
+      x, B, C = silu(conv([h W_x^T, h W_B^T, h W_C^T]))      # (n, H P), (n, N), (n, N)
       dt = softplus(h W_dt^T + dt_bias)                      # (n, H)
       S_t = exp(A dt_t) S_{t-1} + B_t^T (dt_t x_t),  y_t = C_t S_t + D x_t  # per head, S (N, P)
       mixer(h) = (rmsnorm(y * silu(z)) * w_norm) W_out^T     # gated RMSNorm over d_inner
 
-  with A = -exp(A_log) per head. This is the SSD layer without its short causal conv1d: the
-  convolution is taken as the identity (width 1, weight 1, no bias), the SiLU after it is kept.
+  with A = -exp(A_log) per head, and conv mamba_ssm's short causal depthwise convolution over
+  the H P + 2 N channels of x, B and C together: conv(u)_t = b + sum_j w[:, j] u_{t-3+j},
+  j = 0 .. 3 (MAMBA2_CONV_WIDTH = 4, PyTorch's Conv1d with weight (channels, 1, 4) and 3 zeros
+  of padding), so each layer also keeps the last 3 rows of its input: its conv state.
 
 Both linear types run the engine's ``gla`` (Mamba-2 as gla(C, B, dt x, A dt, scale=1)), and
 keep a recurrent state S (H, hd, hd) float32 per layer instead of a KV cache: a prompt, in any
@@ -133,6 +135,8 @@ GLA_GATE_RANK = 16
 GLA_GATE_NORMALIZER = 16.0
 # Mamba-2's initialization (mamba_ssm): A uniform in [1, 16], dt log-uniform in [1e-3, 1e-1]
 _MAMBA2_A_RANGE = (1.0, 16.0)
+# Mamba-2's short causal convolution over x, B and C (mamba_ssm's d_conv)
+MAMBA2_CONV_WIDTH = 4
 _MAMBA2_DT_RANGE = (1e-3, 1e-1)
 # the standard deviation of the random weights (GPT-2's and Llama's initializer range)
 DEFAULT_INIT_STD = 0.02
@@ -174,6 +178,7 @@ class DecoderSnapshot:
 
     length: int
     states: tuple[np.ndarray | None, ...]
+    conv_states: tuple[np.ndarray | None, ...]
     epoch: int
     owner: int  # id() of the Decoder it was taken of
 
@@ -275,7 +280,9 @@ class DecoderConfig:
           ``gla.g_norm.weight`` (hd,), ``gla.o_proj.weight`` (d, inner) (fla's names);
         - mamba2: ``mamba2.{z,x}_proj.weight`` (inner, d), ``mamba2.{B,C}_proj.weight`` (hd, d),
           ``mamba2.dt_proj.weight`` (H, d), ``mamba2.dt_bias``, ``mamba2.A_log``, ``mamba2.D``
-          (H,), ``mamba2.norm.weight`` (inner,), ``mamba2.out_proj.weight`` (d, inner).
+          (H,), ``mamba2.conv1d.weight`` (inner + 2 hd, 1, MAMBA2_CONV_WIDTH) and
+          ``mamba2.conv1d.bias`` (inner + 2 hd,) (PyTorch's Conv1d), ``mamba2.norm.weight``
+          (inner,), ``mamba2.out_proj.weight`` (d, inner).
         """
         d, hd, f = self.hidden_size, self.head_dim, self.intermediate_size
         heads, inner = self.num_heads, self.num_heads * self.head_dim
@@ -308,6 +315,8 @@ class DecoderConfig:
                 shapes[mixer + "dt_bias"] = (heads,)
                 shapes[mixer + "A_log"] = (heads,)
                 shapes[mixer + "D"] = (heads,)
+                shapes[mixer + "conv1d.weight"] = (inner + 2 * hd, 1, MAMBA2_CONV_WIDTH)
+                shapes[mixer + "conv1d.bias"] = (inner + 2 * hd,)
                 shapes[mixer + "norm.weight"] = (inner,)
                 shapes[mixer + "out_proj.weight"] = (d, inner)
             shapes[prefix + "post_attention_layernorm.weight"] = (d,)
@@ -324,8 +333,10 @@ class DecoderConfig:
                           std: float = DEFAULT_INIT_STD) -> dict[str, np.ndarray]:
         """Random float32 parameters: every matrix N(0, std^2), every RMSNorm gain 1; GLA's gate
         bias 0; Mamba-2's as mamba_ssm initializes them: A = -exp(A_log) with A uniform in
-        [1, 16], dt_bias = softplus^-1(dt) with dt log-uniform in [1e-3, 1e-1], D = 1. The
-        matrices are drawn in the order of :meth:`parameter_shapes`, then Mamba-2's vectors."""
+        [1, 16], dt_bias = softplus^-1(dt) with dt log-uniform in [1e-3, 1e-1], D = 1, the
+        convolution's weight and bias uniform in +-1/sqrt(MAMBA2_CONV_WIDTH) (PyTorch's Conv1d).
+        The matrices are drawn in the order of :meth:`parameter_shapes`, then Mamba-2's
+        vectors and convolutions."""
         function = "DecoderConfig.random_parameters"
         seed = _rt.as_int_at_least(function, "seed", seed, 0)
         std = _rt.as_float(function, "std", std)
@@ -334,6 +345,8 @@ class DecoderConfig:
         rng = np.random.default_rng(seed)
         parameters = {}
         for name, shape in self.parameter_shapes().items():
+            if ".conv1d." in name:
+                continue  # below
             if len(shape) == 1:
                 value = 0.0 if name.endswith(".bias") else 1.0
                 parameters[name] = np.full(shape, value, dtype=np.float32)
@@ -350,6 +363,9 @@ class DecoderConfig:
                 low, high = np.log(_MAMBA2_DT_RANGE)
                 dt = np.exp(rng.uniform(low, high, shape))
                 parameters[name] = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+            elif ".conv1d." in name:
+                bound = MAMBA2_CONV_WIDTH ** -0.5
+                parameters[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
         return parameters
 
 
@@ -522,6 +538,8 @@ class _Mamba2Mixer:
     dt_bias: np.ndarray  # (H,)
     A: np.ndarray  # (H,): -exp(A_log), < 0
     D: np.ndarray  # (H,): the skip
+    conv_weight: np.ndarray  # (inner + 2 N, MAMBA2_CONV_WIDTH): the causal convolution's taps
+    conv_bias: np.ndarray  # (inner + 2 N,)
     norm: np.ndarray  # (inner,): the gain of the gated RMSNorm
     out_proj: _Projection  # (d, inner)
 
@@ -530,7 +548,7 @@ class _Mamba2Mixer:
                 self.out_proj)
 
     def vectors(self) -> tuple[np.ndarray, ...]:
-        return (self.dt_bias, self.A, self.D, self.norm)
+        return (self.dt_bias, self.A, self.D, self.conv_weight, self.conv_bias, self.norm)
 
 
 @dataclass
@@ -581,6 +599,12 @@ class _Buffers:
         if "gla" in types:
             self.gate_low = np.zeros((n, GLA_GATE_RANK), dtype=np.float32)
         if "mamba2" in types:
+            channels = hq * hd + 2 * hd  # x, B and C: the convolution's channels
+            # the convolution's input: the conv state's rows, then the n new ones
+            self.conv_in = np.zeros((MAMBA2_CONV_WIDTH - 1 + n, channels), dtype=np.float32)
+            self.conv_out = np.zeros((n, channels), dtype=np.float32)
+            self.conv_tap = np.zeros((n, channels), dtype=np.float32)
+            self.conv_act = np.zeros((n, channels), dtype=np.float32)
             self.ssm_raw = np.zeros((n, hd), dtype=np.float32)  # h W_B^T, then h W_C^T
             self.ssm_b = np.zeros((n, hd), dtype=np.float32)  # B (n, N)
             self.ssm_c = np.zeros((n, hd), dtype=np.float32)
@@ -622,6 +646,8 @@ def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray], projection:
         dt_bias=arrays[p + "dt_bias"],
         A=-np.exp(arrays[p + "A_log"]),
         D=arrays[p + "D"],
+        conv_weight=np.ascontiguousarray(arrays[p + "conv1d.weight"][:, 0, :]),
+        conv_bias=arrays[p + "conv1d.bias"],
         norm=arrays[p + "norm.weight"],
         out_proj=projection(arrays[p + "out_proj.weight"]))
 
@@ -745,6 +771,15 @@ class Decoder:
         self._zero_state = np.zeros(shape, dtype=np.float32)
         self._zero_state.flags.writeable = False
         self._states: list[np.ndarray | None] = [None] * config.num_layers
+        # the conv state (MAMBA2_CONV_WIDTH - 1, inner + 2 hd) of each mamba2 layer (None: the
+        # others), read-only like the states: the last rows its convolution has seen
+        self._conv_layers = [index for index, kind in enumerate(config.layer_types)
+                        if kind == "mamba2"]
+        self._zero_conv_state = np.zeros(
+            (MAMBA2_CONV_WIDTH - 1, config.num_heads * config.head_dim + 2 * config.head_dim),
+            dtype=np.float32)
+        self._zero_conv_state.flags.writeable = False
+        self._conv_states: list[np.ndarray | None] = [None] * config.num_layers
         self._states_length = 0  # the positions the states hold
         self._epoch = 0  # counts reset(): a snapshot belongs to one
         self.reset()
@@ -780,9 +815,18 @@ class Decoder:
         return tuple(self._states)
 
     @property
+    def conv_states(self) -> tuple[np.ndarray | None, ...]:
+        """Per layer: a mamba2 layer's conv state (MAMBA2_CONV_WIDTH - 1, inner + 2 hd) float32,
+        the last rows of x, B and C before their convolution (zeros before the first token),
+        read-only; None for the other layers."""
+        return tuple(self._conv_states)
+
+    @property
     def state_nbytes(self) -> int:
-        """Bytes of the recurrent states of the linear layers (fixed, whatever the context)."""
-        return len(self._linear) * self._zero_state.nbytes
+        """Bytes of the recurrent states of the linear layers, mamba2's conv states included
+        (fixed, whatever the context)."""
+        return (len(self._linear) * self._zero_state.nbytes
+                + len(self._conv_layers) * self._zero_conv_state.nbytes)
 
     @property
     def weight_nbytes(self) -> int:
@@ -819,6 +863,8 @@ class Decoder:
             self.cache.reset()
         for index in self._linear:
             self._states[index] = self._zero_state
+        for index in self._conv_layers:
+            self._conv_states[index] = self._zero_conv_state
         self._states_length = 0
         self._epoch += 1
 
@@ -827,6 +873,7 @@ class Decoder:
         steps replace and never write into), for ``restore``: decode several continuations of
         one prompt, or time one decoding step again and again."""
         return DecoderSnapshot(length=self.length, states=tuple(self._states),
+                               conv_states=tuple(self._conv_states),
                                epoch=self._epoch, owner=id(self))
 
     def restore(self, snapshot: DecoderSnapshot) -> None:
@@ -850,6 +897,7 @@ class Decoder:
         if self.cache is not None:
             self.cache.truncate(snapshot.length)
         self._states[:] = snapshot.states
+        self._conv_states[:] = snapshot.conv_states
         self._states_length = snapshot.length
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
@@ -925,8 +973,16 @@ class Decoder:
             elif isinstance(layer, _LinearLayer):  # mamba2
                 m = layer.mixer
                 z = m.z_proj.reference(h)
-                xs = silu_ref(m.x_proj.reference(h)).reshape(n, hq, hd)
-                b, c = silu_ref(m.B_proj.reference(h)), silu_ref(m.C_proj.reference(h))
+                raw = np.concatenate([m.x_proj.reference(h), m.B_proj.reference(h),
+                                      m.C_proj.reference(h)], axis=1).astype(np.float64)
+                lag = MAMBA2_CONV_WIDTH - 1
+                padded = np.concatenate([np.zeros((lag, raw.shape[1])), raw])
+                conv = m.conv_bias + sum(m.conv_weight[:, j] * padded[j:j + n]
+                                         for j in range(MAMBA2_CONV_WIDTH))
+                xbc = silu_ref(conv.astype(np.float32))
+                inner = hq * hd
+                xs = xbc[:, :inner].reshape(n, hq, hd)
+                b, c = xbc[:, inner:inner + hd], xbc[:, inner + hd:]
                 dt = _softplus_reference(m.dt_proj.reference(h) + m.dt_bias)  # (n, H) float64
                 o = gla_ref(np.repeat(c[:, None, :], hq, axis=1),
                             np.repeat(b[:, None, :], hq, axis=1),
@@ -960,7 +1016,7 @@ class Decoder:
         n = ids.shape[0]
         if n == 1:
             return self._run(ids, self._step_buffers, last_only=last_only).copy()
-        start, states = self.length, list(self._states)
+        start, states = self.length, (list(self._states), list(self._conv_states))
         logits = np.empty((1 if last_only else n, self.config.vocab_size), dtype=_FLOAT32)
         try:
             for begin in range(0, n, PREFILL_CHUNK):
@@ -980,11 +1036,12 @@ class Decoder:
             raise
         return logits
 
-    def _rewind(self, length: int, states: list[np.ndarray | None]) -> None:
-        """Back to ``length`` positions and the ``states`` held then."""
+    def _rewind(self, length: int,
+                states: tuple[list[np.ndarray | None], list[np.ndarray | None]]) -> None:
+        """Back to ``length`` positions and the ``states`` (and conv states) held then."""
         if self.cache is not None:
             self.cache.truncate(length)
-        self._states[:] = states
+        self._states[:], self._conv_states[:] = states
         self._states_length = length
 
     def _run(self, ids: np.ndarray, buffers: _Buffers, *, last_only: bool) -> np.ndarray:
@@ -992,8 +1049,10 @@ class Decoder:
         of the linear layers advance when every layer has run."""
         start = self.length
         states: dict[int, np.ndarray] = {}  # the linear layers' new states
+        conv_states: dict[int, np.ndarray] = {}  # the mamba2 layers' new conv states
         try:
-            logits = self._layers_and_logits(ids, buffers, start, last_only, states)
+            logits = self._layers_and_logits(ids, buffers, start, last_only, states,
+                                             conv_states)
         except BaseException:
             if self.cache is not None:
                 self.cache.truncate(start)  # an interrupted step leaves the cache as it was
@@ -1001,11 +1060,15 @@ class Decoder:
         for index, state in states.items():
             state.flags.writeable = False
             self._states[index] = state
+        for index, state in conv_states.items():
+            state.flags.writeable = False
+            self._conv_states[index] = state
         self._states_length = start + ids.shape[0]
         return logits
 
-    def _layers_and_logits(self, ids: np.ndarray, b: _Buffers, start: int,
-                           last_only: bool, states: dict[int, np.ndarray]) -> np.ndarray:
+    def _layers_and_logits(self, ids: np.ndarray, b: _Buffers, start: int, last_only: bool,
+                           states: dict[int, np.ndarray],
+                           conv_states: dict[int, np.ndarray]) -> np.ndarray:
         config = self.config
         eps = config.rms_norm_eps
         n = ids.shape[0]
@@ -1025,7 +1088,8 @@ class Decoder:
             elif layer.kind == "gla":
                 states[index] = self._gla(layer.mixer, self._states[index], b)
             else:
-                states[index] = self._mamba2(layer.mixer, self._states[index], b)
+                states[index], conv_states[index] = self._mamba2_mix(
+                    layer.mixer, self._states[index], self._conv_states[index], b)
             np.add(b.x, b.projected, out=b.x)
             # feed-forward block: x += swiglu(h), see _feed_forward
             rmsnorm(b.x, layer.ffn_norm, eps=eps, out=b.h)
@@ -1076,18 +1140,33 @@ class Decoder:
         m.o_proj(b.normed, b.projected)
         return final
 
-    def _mamba2(self, m: _Mamba2Mixer, state: np.ndarray, b: _Buffers) -> np.ndarray:
-        """b.projected = the Mamba-2 mixer of b.h (see the module docstring), from ``state``;
-        returns the state after the last token (a new array)."""
+    def _mamba2_mix(self, m: _Mamba2Mixer, state: np.ndarray, conv_state: np.ndarray,
+                    b: _Buffers) -> tuple[np.ndarray, np.ndarray]:
+        """b.projected = the Mamba-2 mixer of b.h (see the module docstring), from ``state`` and
+        ``conv_state``; returns both after the last token (new arrays)."""
         config = self.config
         n, heads, hd = b.n, config.num_heads, config.head_dim
+        inner, lag = heads * hd, MAMBA2_CONV_WIDTH - 1
         m.z_proj(b.h, b.lin_g)  # z (n, H P)
+        # the convolution's input: the conv state, then x, B and C of the n tokens
+        b.conv_in[:lag] = conv_state
         m.x_proj(b.h, b.scratch)
-        silu(b.scratch, out=b.lin_v)  # x = silu(h W_x^T)
+        b.conv_in[lag:, :inner] = b.scratch
         m.B_proj(b.h, b.ssm_raw)  # (n, N)
-        silu(b.ssm_raw, out=b.ssm_b)
+        b.conv_in[lag:, inner:inner + hd] = b.ssm_raw
         m.C_proj(b.h, b.ssm_raw)
-        silu(b.ssm_raw, out=b.ssm_c)
+        b.conv_in[lag:, inner + hd:] = b.ssm_raw
+        # causal depthwise convolution: out_t = bias + sum_j w[:, j] in_{t + j} (in: lagged)
+        np.multiply(b.conv_in[:n], m.conv_weight[:, 0], out=b.conv_out)
+        for j in range(1, MAMBA2_CONV_WIDTH):
+            np.multiply(b.conv_in[j:j + n], m.conv_weight[:, j], out=b.conv_tap)
+            np.add(b.conv_out, b.conv_tap, out=b.conv_out)
+        np.add(b.conv_out, m.conv_bias, out=b.conv_out)
+        silu(b.conv_out, out=b.conv_act)
+        new_conv_state = b.conv_in[n:n + lag].copy()
+        b.lin_v[:] = b.conv_act[:, :inner]  # x
+        b.ssm_b[:] = b.conv_act[:, inner:inner + hd]
+        b.ssm_c[:] = b.conv_act[:, inner + hd:]
         b.ssm_k[:] = b.ssm_b[:, None, :]  # B and C are shared by the heads
         b.ssm_q[:] = b.ssm_c[:, None, :]
         m.dt_proj(b.h, b.dt)  # (n, H)
@@ -1105,7 +1184,7 @@ class Decoder:
         np.multiply(mixed_rows, b.scratch, out=mixed_rows)
         rmsnorm(mixed_rows, m.norm, eps=config.rms_norm_eps, out=b.normed)
         m.out_proj(b.normed, b.projected)
-        return final
+        return final, new_conv_state
 
     def _feed_forward(self, layer: _Layer | _LinearLayer, b: _Buffers) -> None:
         """b.projected = (silu(b.h W_gate^T) * (b.h W_up^T)) W_down^T: swiglu's computation, in
