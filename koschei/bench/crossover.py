@@ -10,8 +10,11 @@ contender on the benchmark's threads:
   timed call;
 - linear time, a state of H x 128 x 128 per layer instead of a cache: ``gla`` (GLA, a gate per
   key channel), ``gla`` with one gate per head (``mamba2``: Mamba-2's SSD is simple GLA with q = C,
-  k = B, v = dt x, g = A dt) and, when the engine has it, ``delta_rule`` with gates
-  (``gated_deltanet``, keys L2-normalized).
+  k = B, v = dt x, g = A dt), ``delta_rule`` with gates (``gated_deltanet``, keys
+  L2-normalized), ``rwkv6`` (GLA's decays with the bonus u) and ``rwkv7`` (the generalized
+  delta rule, a = -kappa, b = kappa * rate); and Mamba-1's ``selective_scan`` over the same
+  H x 128 = 2048 channels with N = 16 (a state of 2048 x 16: Mamba's own, much smaller). Each
+  runs when the engine has its kernel.
 
 Decoding (``DECODE_CONTEXTS``): one new token after a context of L tokens, in milliseconds per
 token. Softmax attention reads the L + 1 keys and values of the cache (16 KiB per token here);
@@ -68,8 +71,11 @@ MODES = (DECODE, PREFILL)
 
 ATTENTION, SDPA = "attention", "sdpa"
 GLA, MAMBA2, GATED_DELTANET = "gla", "mamba2", "gated_deltanet"
+RWKV6, RWKV7, SELECTIVE_SCAN = "rwkv6", "rwkv7", "selective_scan"
 SOFTMAX = (ATTENTION, SDPA)
-LINEAR = (GLA, MAMBA2, GATED_DELTANET)
+LINEAR = (GLA, MAMBA2, GATED_DELTANET, RWKV6, RWKV7, SELECTIVE_SCAN)
+# Mamba-1's state size per channel (its channels: HEADS x HEAD_DIM)
+SSM_STATE = 16
 CONTENDERS = (*SOFTMAX, *LINEAR)
 DESCRIPTION = {
     ATTENTION: "koschei attention, KV cache",
@@ -77,9 +83,13 @@ DESCRIPTION = {
     GLA: "koschei gla (a gate per channel)",
     MAMBA2: "koschei gla, a gate per head (Mamba-2 SSD)",
     GATED_DELTANET: "koschei delta_rule with gates (gated DeltaNet)",
+    RWKV6: "koschei rwkv6 (RWKV-6)",
+    RWKV7: "koschei rwkv7 (RWKV-7)",
+    SELECTIVE_SCAN: "koschei selective_scan (Mamba-1, N = 16)",
 }
 # the engine kernel each of the koschei contenders runs
-KERNELS = {ATTENTION: "attention", GLA: "gla", MAMBA2: "gla", GATED_DELTANET: "delta_rule"}
+KERNELS = {ATTENTION: "attention", GLA: "gla", MAMBA2: "gla", GATED_DELTANET: "delta_rule",
+           RWKV6: "rwkv6", RWKV7: "rwkv7", SELECTIVE_SCAN: "selective_scan"}
 # outputs of the engine's attention against SDPA's, and of a linear layer against its reference
 TOLERANCE = (1e-3, 1e-4)  # rtol, atol
 
@@ -210,22 +220,51 @@ def _gates(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return (-np.logaddexp(0.0, -x) / 8.0).astype(np.float32)
 
 
-def linear_inputs(name: str, rng: np.random.Generator, tokens: int) -> dict[str, Any]:
-    """The inputs of one call of a linear contender over ``tokens`` tokens."""
+def linear_inputs(name: str, rng: np.random.Generator,
+                  tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inputs of one call of a linear contender over ``tokens`` tokens: those with a row per
+    token, and the others (weights and options of the layer)."""
+    channels = HEADS * HEAD_DIM
+    if name == SELECTIVE_SCAN:
+        per_token = {key: rng.standard_normal((tokens, channels), dtype=np.float32)
+                     for key in ("u", "delta", "z")}
+        per_token["B"], per_token["C"] = (
+            rng.standard_normal((tokens, SSM_STATE), dtype=np.float32) for _ in range(2))
+        fixed = {"A": -rng.uniform(0.5, 4.0, (channels, SSM_STATE)).astype(np.float32),
+                 "D": rng.standard_normal(channels, dtype=np.float32),
+                 "delta_bias": rng.uniform(-4.0, -2.0, channels).astype(np.float32),
+                 "delta_softplus": True}
+        return per_token, fixed
     shape = (tokens, HEADS, HEAD_DIM)
     q = rng.standard_normal(shape, dtype=np.float32)
     v = rng.standard_normal(shape, dtype=np.float32)
     if name == GATED_DELTANET:
         return {"q": q, "k": _unit_keys(rng, shape), "v": v,
                 "beta": rng.uniform(0.2, 0.9, (tokens, HEADS)).astype(np.float32),
-                "g": _gates(rng, (tokens, HEADS))}
+                "g": _gates(rng, (tokens, HEADS))}, {}
+    if name == RWKV7:
+        kappa = _unit_keys(rng, shape)
+        rate = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+        return {"r": q, "w": _gates(rng, shape), "k": rng.standard_normal(shape, np.float32),
+                "v": v, "a": -kappa, "b": kappa * rate}, {"scale": 1.0}
     k = rng.standard_normal(shape, dtype=np.float32)
+    if name == RWKV6:
+        return ({"r": q, "k": k, "v": v, "w": _gates(rng, shape)},
+                {"u": rng.standard_normal((HEADS, HEAD_DIM), dtype=np.float32),
+                 "scale": 1.0})
     g = _gates(rng, shape if name == GLA else (tokens, HEADS))
-    return {"q": q, "k": k, "v": v, "g": g}
+    return {"q": q, "k": k, "v": v, "g": g}, {}
+
+
+def linear_state_shape(name: str) -> tuple[int, ...]:
+    """A linear contender's state: H x K x V, or Mamba-1's channels x N."""
+    if name == SELECTIVE_SCAN:
+        return (HEADS * HEAD_DIM, SSM_STATE)
+    return (HEADS, HEAD_DIM, HEAD_DIM)
 
 
 def linear_function(engine: Any, name: str) -> Callable[..., Any]:
-    return engine.delta_rule if name == GATED_DELTANET else engine.gla
+    return getattr(engine, KERNELS[name])
 
 
 def check_linear(engine: Any, name: str, rng: np.random.Generator, tokens: int) -> float:
@@ -233,9 +272,9 @@ def check_linear(engine: Any, name: str, rng: np.random.Generator, tokens: int) 
     step from its final state) and its float64 reference's; ValueError beyond TOLERANCE."""
     function = linear_function(engine, name)
     reference = importlib.import_module(f"{engine.__name__}.{KERNELS[name]}").reference
-    inputs = linear_inputs(name, rng, tokens + 1)
-    first = {key: value[:tokens] for key, value in inputs.items()}
-    step = {key: value[tokens:] for key, value in inputs.items()}
+    inputs, fixed = linear_inputs(name, rng, tokens + 1)
+    first = {key: value[:tokens] for key, value in inputs.items()} | fixed
+    step = {key: value[tokens:] for key, value in inputs.items()} | fixed
     o, state = function(**first, output_final_state=True)
     o_step = function(**step, initial_state=state)
     expected, expected_state = reference(**first, output_final_state=True)
@@ -278,19 +317,22 @@ def decode_calls(engine: Any, names: list[str], context: int, rng: np.random.Gen
             with torch.inference_mode():
                 theirs = sdpa(*layers[0])[0].transpose(0, 1).numpy()
             errors[ATTENTION] = _checked("attention against SDPA", mine, theirs)
-    state_bytes = HEADS * HEAD_DIM * HEAD_DIM * 4
     for name in names:
         if name not in LINEAR:
             continue
         function = linear_function(engine, name)
         steps = []
-        out = np.empty((1, HEADS, HEAD_DIM), np.float32)
-        for _ in range(_rotation(state_bytes)):
-            inputs = linear_inputs(name, rng, 1)
-            state = rng.standard_normal((HEADS, HEAD_DIM, HEAD_DIM), dtype=np.float32) * 0.1
+        shape = linear_state_shape(name)
+        layer_out = None
+        for _ in range(_rotation(4 * math.prod(shape))):
+            inputs, fixed = linear_inputs(name, rng, 1)
+            state = rng.standard_normal(shape, dtype=np.float32) * 0.1
+            if layer_out is None:  # the layer's output, one buffer for every layer
+                layer_out = np.empty_like(function(**inputs, **fixed, initial_state=state))
             # the state updated in place, as a decoder keeps it: nothing allocated per token
-            steps.append(lambda function=function, inputs=inputs, state=state, out=out:
-                         function(**inputs, initial_state=state, final_state=state, out=out))
+            steps.append(lambda function=function, inputs=inputs | fixed, state=state,
+                         out=layer_out: function(**inputs, initial_state=state,
+                                                 final_state=state, out=out))
         calls[name] = _rotating(steps)
     return calls, errors
 
@@ -318,8 +360,8 @@ def prefill_calls(engine: Any, names: list[str], length: int, rng: np.random.Gen
     for name in names:
         if name in LINEAR:
             function = linear_function(engine, name)
-            inputs = linear_inputs(name, rng, length)
-            calls[name] = lambda function=function, inputs=inputs: function(**inputs)
+            inputs, fixed = linear_inputs(name, rng, length)
+            calls[name] = lambda function=function, inputs=inputs | fixed: function(**inputs)
     return calls, errors
 
 
