@@ -11,8 +11,9 @@ contender on the benchmark's threads:
 - linear time, a state of H x 128 x 128 per layer instead of a cache: ``gla`` (GLA, a gate per
   key channel), ``gla`` with one gate per head (``mamba2``: Mamba-2's SSD is simple GLA with q = C,
   k = B, v = dt x, g = A dt), ``delta_rule`` with gates (``gated_deltanet``, keys
-  L2-normalized), ``rwkv6`` (GLA's decays with the bonus u) and ``rwkv7`` (the generalized
-  delta rule, a = -kappa, b = kappa * rate); and Mamba-1's ``selective_scan`` over the same
+  L2-normalized), ``rwkv6`` (GLA's decays with the bonus u), ``rwkv7`` (the generalized
+  delta rule, a = -kappa, b = kappa * rate) and ``mlstm`` (xLSTM's matrix memory, with its
+  normalizer and stabilizer); and Mamba-1's ``selective_scan`` over the same
   H x 128 = 2048 channels with N = 16 (a state of 2048 x 16: Mamba's own, much smaller). Each
   runs when the engine has its kernel.
 
@@ -71,9 +72,9 @@ MODES = (DECODE, PREFILL)
 
 ATTENTION, SDPA = "attention", "sdpa"
 GLA, MAMBA2, GATED_DELTANET = "gla", "mamba2", "gated_deltanet"
-RWKV6, RWKV7, SELECTIVE_SCAN = "rwkv6", "rwkv7", "selective_scan"
+RWKV6, RWKV7, MLSTM, SELECTIVE_SCAN = "rwkv6", "rwkv7", "mlstm", "selective_scan"
 SOFTMAX = (ATTENTION, SDPA)
-LINEAR = (GLA, MAMBA2, GATED_DELTANET, RWKV6, RWKV7, SELECTIVE_SCAN)
+LINEAR = (GLA, MAMBA2, GATED_DELTANET, RWKV6, RWKV7, MLSTM, SELECTIVE_SCAN)
 # Mamba-1's state size per channel (its channels: HEADS x HEAD_DIM)
 SSM_STATE = 16
 CONTENDERS = (*SOFTMAX, *LINEAR)
@@ -85,11 +86,12 @@ DESCRIPTION = {
     GATED_DELTANET: "koschei delta_rule with gates (gated DeltaNet)",
     RWKV6: "koschei rwkv6 (RWKV-6)",
     RWKV7: "koschei rwkv7 (RWKV-7)",
+    MLSTM: "koschei mlstm (xLSTM's mLSTM)",
     SELECTIVE_SCAN: "koschei selective_scan (Mamba-1, N = 16)",
 }
 # the engine kernel each of the koschei contenders runs
 KERNELS = {ATTENTION: "attention", GLA: "gla", MAMBA2: "gla", GATED_DELTANET: "delta_rule",
-           RWKV6: "rwkv6", RWKV7: "rwkv7", SELECTIVE_SCAN: "selective_scan"}
+           RWKV6: "rwkv6", RWKV7: "rwkv7", MLSTM: "mlstm", SELECTIVE_SCAN: "selective_scan"}
 # outputs of the engine's attention against SDPA's, and of a linear layer against its reference
 TOLERANCE = (1e-3, 1e-4)  # rtol, atol
 
@@ -242,6 +244,10 @@ def linear_inputs(name: str, rng: np.random.Generator,
         return {"q": q, "k": _unit_keys(rng, shape), "v": v,
                 "beta": rng.uniform(0.2, 0.9, (tokens, HEADS)).astype(np.float32),
                 "g": _gates(rng, (tokens, HEADS))}, {}
+    if name == MLSTM:
+        return {"q": q, "k": rng.standard_normal(shape, dtype=np.float32), "v": v,
+                "i": rng.standard_normal((tokens, HEADS), dtype=np.float32),
+                "f": rng.standard_normal((tokens, HEADS), dtype=np.float32) + 3.0}, {}
     if name == RWKV7:
         kappa = _unit_keys(rng, shape)
         rate = rng.uniform(0.0, 1.0, shape).astype(np.float32)
@@ -256,11 +262,27 @@ def linear_inputs(name: str, rng: np.random.Generator,
     return {"q": q, "k": k, "v": v, "g": g}, {}
 
 
-def linear_state_shape(name: str) -> tuple[int, ...]:
-    """A linear contender's state: H x K x V, or Mamba-1's channels x N."""
+def linear_state_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """A linear contender's state, by the name of the keyword input it starts from: H x K x V,
+    Mamba-1's channels x N, or mLSTM's memory, normalizer and stabilizer."""
     if name == SELECTIVE_SCAN:
-        return (HEADS * HEAD_DIM, SSM_STATE)
-    return (HEADS, HEAD_DIM, HEAD_DIM)
+        return {"initial_state": (HEADS * HEAD_DIM, SSM_STATE)}
+    if name == MLSTM:
+        return {"initial_C": (HEADS, HEAD_DIM, HEAD_DIM), "initial_n": (HEADS, HEAD_DIM),
+                "initial_m": (HEADS,)}
+    return {"initial_state": (HEADS, HEAD_DIM, HEAD_DIM)}
+
+
+def state_arguments(name: str, arrays: tuple[np.ndarray, ...], *,
+                    in_place: bool = False) -> dict[str, np.ndarray]:
+    """The keyword arguments that start a call of ``name`` from the state ``arrays`` (as its
+    final results come, in order); ``in_place``: the final state written back into them."""
+    keys = list(linear_state_shapes(name))
+    arguments = dict(zip(keys, arrays, strict=True))
+    if in_place:
+        arguments |= {"final_" + key.removeprefix("initial_"): array
+                      for key, array in zip(keys, arrays, strict=True)}
+    return arguments
 
 
 def linear_function(engine: Any, name: str) -> Callable[..., Any]:
@@ -275,10 +297,10 @@ def check_linear(engine: Any, name: str, rng: np.random.Generator, tokens: int) 
     inputs, fixed = linear_inputs(name, rng, tokens + 1)
     first = {key: value[:tokens] for key, value in inputs.items()} | fixed
     step = {key: value[tokens:] for key, value in inputs.items()} | fixed
-    o, state = function(**first, output_final_state=True)
-    o_step = function(**step, initial_state=state)
-    expected, expected_state = reference(**first, output_final_state=True)
-    expected_step = reference(**step, initial_state=expected_state)
+    o, *state = function(**first, output_final_state=True)
+    o_step = function(**step, **state_arguments(name, tuple(state)))
+    expected, *expected_state = reference(**first, output_final_state=True)
+    expected_step = reference(**step, **state_arguments(name, tuple(expected_state)))
     error = 0.0
     for got, wanted in ((o, expected), (o_step, expected_step)):
         if not np.allclose(got, wanted, rtol=TOLERANCE[0], atol=TOLERANCE[1]):
@@ -322,17 +344,19 @@ def decode_calls(engine: Any, names: list[str], context: int, rng: np.random.Gen
             continue
         function = linear_function(engine, name)
         steps = []
-        shape = linear_state_shape(name)
+        shapes = linear_state_shapes(name)
         layer_out = None
-        for _ in range(_rotation(4 * math.prod(shape))):
+        for _ in range(_rotation(4 * sum(math.prod(shape) for shape in shapes.values()))):
             inputs, fixed = linear_inputs(name, rng, 1)
-            state = rng.standard_normal(shape, dtype=np.float32) * 0.1
+            state = tuple(rng.standard_normal(shape, dtype=np.float32) * 0.1
+                          for shape in shapes.values())
             if layer_out is None:  # the layer's output, one buffer for every layer
-                layer_out = np.empty_like(function(**inputs, **fixed, initial_state=state))
+                layer_out = np.empty_like(function(**inputs, **fixed,
+                                                   **state_arguments(name, state)))
             # the state updated in place, as a decoder keeps it: nothing allocated per token
-            steps.append(lambda function=function, inputs=inputs | fixed, state=state,
-                         out=layer_out: function(**inputs, initial_state=state,
-                                                 final_state=state, out=out))
+            arguments = inputs | fixed | state_arguments(name, state, in_place=True)
+            steps.append(lambda function=function, arguments=arguments, out=layer_out:
+                         function(**arguments, out=out))
         calls[name] = _rotating(steps)
     return calls, errors
 
