@@ -120,17 +120,35 @@ def output_buffer(spec: Any, case: Any, names: dict[str, Any]) -> np.ndarray | N
     return np.empty(resolve_shape(output.shape, case, names), dtype=np.dtype(output.dtype))
 
 
+def state_buffers(spec: Any, inputs: dict[str, Any],
+                  params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Buffers for the final state when a call asks for it and starts from a given state: one
+    array like each initial one, by the final state's keyword (``final_state``), made once, as
+    a decoding loop keeps them; none otherwise (the function then returns new arrays)."""
+    signature = spec.signature
+    flag = signature.state_flag
+    if flag is None or not params.get(flag):
+        return {}
+    states = signature.states
+    if any(inputs.get(state.input) is None for state in states):
+        return {}
+    return {state.name: np.empty_like(inputs[state.input]) for state in states}
+
+
 def kernel_call(function: Callable[..., Any], inputs: dict[str, Any], params: dict[str, Any],
-                out: np.ndarray | None) -> Callable[[], Any]:
+                out: np.ndarray | None,
+                buffers: dict[str, np.ndarray] | None = None) -> Callable[[], Any]:
     """A call of an engine function on ``inputs``: into ``out`` (then returned) when the spec
-    has one output (``output_buffer``), else returning its new arrays."""
+    has one output (``output_buffer``), else returning its new arrays; the final state into
+    ``buffers`` (``state_buffers``) when given."""
+    keywords = {**params, **(buffers or {})}
     if out is not None:
         def call() -> Any:  # out, or (out, the final state) when the call asks for it
-            return function(**inputs, out=out, **params)
+            return function(**inputs, out=out, **keywords)
         return call
 
     def call_returning() -> Any:
-        return function(**inputs, **params)
+        return function(**inputs, **keywords)
     return call_returning
 
 

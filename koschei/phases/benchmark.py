@@ -97,6 +97,7 @@ from koschei.bench.check import (
     load_torch_reference,
     output_buffer,
     source_module,
+    state_buffers,
     torch_available,
 )
 from koschei.bench.crossover import CrossoverCaseResult
@@ -364,10 +365,12 @@ def run_case(workspace: Workspace, loaded: Any, case: Any, options: Options,
         if case.cold:
             result.cold_copies = len(input_sets)
         # one output: every call writes into one out=; several: new arrays each call (part of
-        # what is measured)
+        # what is measured). A final state asked for from a given one: into buffers made once
         out = output_buffer(spec, case, names)
-        run_engine = rotating([kernel_call(engine, given, params, out) for given in input_sets])
-        run_engine_warm = kernel_call(engine, inputs, params, out)
+        buffers = state_buffers(spec, inputs, params)
+        run_engine = rotating([kernel_call(engine, given, params, out, buffers)
+                               for given in input_sets])
+        run_engine_warm = kernel_call(engine, inputs, params, out, buffers)
     except Exception as error:  # noqa: BLE001 - reported per case, the run goes on
         result.error = f"{type(error).__name__}: {error}"
         return result

@@ -243,9 +243,11 @@ def check_and_time(request: dict[str, Any]) -> dict[str, Any]:
     # moves a small case's time by up to ~3%, the size of a minimum gain; shared, only the
     # code differs (the calls never overlap)
     out = check.output_buffer(spec, bench_case, names)
+    buffers = check.state_buffers(spec, inputs, params)
     contenders = {
-        "candidate": check.kernel_call(candidate, inputs, params, out),
-        "incumbent": check.kernel_call(getattr(incumbent_module, spec.name), inputs, params, out),
+        "candidate": check.kernel_call(candidate, inputs, params, out, buffers),
+        "incumbent": check.kernel_call(getattr(incumbent_module, spec.name), inputs, params, out,
+                                       buffers),
     }
     timings, stopped = measure_interleaved(contenders, float(request["budget_s"]))
     return {"verdict": "ok", "max_abs_error": max_error, "stopped": stopped,
