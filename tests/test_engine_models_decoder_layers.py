@@ -1,5 +1,5 @@
-"""koschei.engine.models.decoder's layer types: gated linear attention ("gla"), Mamba-2's SSD
-("mamba2") and hybrids with softmax attention, against an independent float64 PyTorch
+"""koschei.engine.models.decoder's layer types: gated linear attention ("gla"), Mamba-2's layer
+("mamba2"), Mamba's ("mamba") and hybrids with softmax attention, against an independent float64 PyTorch
 implementation written from the papers' formulas (prefill, every decoding step, greedy
 generation), against the model's own NumPy reference, and the recurrent states, the sizes, the
 configurations and bad layer types."""
@@ -24,6 +24,8 @@ CONFIGS = {
     "hybrid": BASE.replace(layer_types=("gla", "gla", "attention", "gla")),
     "mamba2": BASE.replace(num_layers=3, layer_types=("mamba2",) * 3),
     "mixed": BASE.replace(layer_types=("mamba2", "attention", "gla", "mamba2")),
+    "mamba": BASE.replace(num_layers=3, layer_types=("mamba",) * 3),
+    "mamba_hybrid": BASE.replace(layer_types=("mamba", "gla", "attention", "mamba")),
 }
 PROMPT = np.array([5, 17, 3, 96, 0, 42, 8, 8, 61, 29, 77], dtype=np.int64)  # 11 tokens
 NEW_TOKENS = 16
@@ -136,8 +138,34 @@ def torch_mamba2(config, p, prefix, h):
     return F.linear(y, p[prefix + "out_proj.weight"])
 
 
+def torch_mamba(config, p, prefix, h):
+    """Mamba's selective SSM block (Gu and Dao 2023) as mamba_ssm's Mamba computes it, expand 1:
+    x and z from in_proj, x through the causal depthwise Conv1d and SiLU, dt's low rank, B and
+    C from x_proj, dt = softplus(dt_proj(.) + its bias); per channel h_t = exp(dt_t A) h_{t-1}
+    + dt_t x_t B_t (N values), y_t = h_t C_t + D x_t, as a loop; then y silu(z) and out_proj."""
+    n, inner, rank = h.shape[0], config.hidden_size, config.dt_rank
+    N = p[prefix + "A_log"].shape[1]
+    xz = F.linear(h, p[prefix + "in_proj.weight"])
+    x, z = xz[:, :inner], xz[:, inner:]
+    width = p[prefix + "conv1d.weight"].shape[2]
+    x = F.silu(F.conv1d(x.T[None], p[prefix + "conv1d.weight"], p[prefix + "conv1d.bias"],
+                        padding=width - 1, groups=inner)[0, :, :n].T)
+    x_dbl = F.linear(x, p[prefix + "x_proj.weight"])
+    dt = F.softplus(F.linear(x_dbl[:, :rank], p[prefix + "dt_proj.weight"],
+                             p[prefix + "dt_proj.bias"]))  # (n, inner)
+    B, C = x_dbl[:, rank:rank + N], x_dbl[:, rank + N:]
+    A = -torch.exp(p[prefix + "A_log"])  # (inner, N)
+    state = torch.zeros(inner, N, dtype=torch.float64)
+    ys = []
+    for t in range(n):
+        state = torch.exp(dt[t][:, None] * A) * state + (dt[t] * x[t])[:, None] * B[t][None, :]
+        ys.append(state @ C[t] + p[prefix + "D"] * x[t])
+    y = torch.stack(ys) * F.silu(z)
+    return F.linear(y, p[prefix + "out_proj.weight"])
+
+
 MIXERS = {"attention": ("self_attn.", torch_attention), "gla": ("gla.", torch_gla),
-          "mamba2": ("mamba2.", torch_mamba2)}
+          "mamba2": ("mamba2.", torch_mamba2), "mamba": ("mamba.", torch_mamba)}
 
 
 def torch_logits(config: DecoderConfig, parameters: dict[str, np.ndarray],
@@ -415,18 +443,21 @@ def test_bytes_per_token_counts_the_kv_cache_of_attention_layers_and_the_states(
     config = CONFIGS[name]
     decoder = Decoder(config, draw_parameters(config))
     attention = config.layer_types.count("attention")
-    linear = config.num_layers - attention
     # float32 matrices are stored as matmul's packed panels: rows padded to the panel width
-    # (GLA's rank-16 gate projection may be), the embedding as it is
+    # (GLA's rank-16 gate projection may be), the embedding (and Mamba's A) as it is
     weights = 4 * config.num_parameters() + sum(
         decoder_module._matmul.packed_weight(np.zeros(shape, np.float32)).nbytes
         - 4 * shape[0] * shape[1] for name, shape in config.parameter_shapes().items()
-        if len(shape) == 2 and name != "embed_tokens.weight")
+        if len(shape) == 2 and name != "embed_tokens.weight" and not name.endswith("A_log"))
     per_position = 2 * attention * config.num_kv_heads * config.head_dim * 4
-    state = config.num_heads * config.head_dim * config.head_dim * 4
-    # a mamba2 layer also keeps the last 3 rows of x, B and C (its convolution's window)
-    conv = 3 * (config.num_heads * config.head_dim + 2 * config.head_dim) * 4
-    states = linear * state + config.layer_types.count("mamba2") * conv
+    heads, hd = config.num_heads, config.head_dim
+    inner = heads * hd
+    # a state per linear layer; mamba2 and mamba also keep the last 3 rows their convolution
+    # has seen (x, B and C; x)
+    state_bytes = {"attention": 0, "gla": 4 * heads * hd * hd,
+                   "mamba2": 4 * heads * hd * hd + 4 * 3 * (inner + 2 * hd),
+                   "mamba": 4 * inner * 16 + 4 * 3 * inner}
+    states = sum(state_bytes[kind] for kind in config.layer_types)
     assert decoder.weight_nbytes == weights
     assert decoder.state_nbytes == states
     for context in (1, 40):
@@ -534,19 +565,19 @@ def test_igla_and_igla_hybrid_are_igla_v2_with_gla_layers():
 
 
 @pytest.mark.parametrize("layer_types, error, message", [
-    (("gla", "mamba", "attention"), ValueError,
-     ("DecoderConfig: layer_types[1]: expected one of ('attention', 'gla', 'mamba2'), "
-      "got 'mamba'")),
+    (("gla", "rwkv", "attention"), ValueError,
+     ("DecoderConfig: layer_types[1]: expected one of ('attention', 'gla', 'mamba2', 'mamba'), "
+      "got 'rwkv'")),
     (("gla", "gla"), ValueError,
      ("DecoderConfig: layer_types: expected a sequence of 3 layer types (num_layers), each one "
-      "of ('attention', 'gla', 'mamba2'), got 2 types")),
+      "of ('attention', 'gla', 'mamba2', 'mamba'), got 2 types")),
     (("gla",) * 4, ValueError, "got 4 types"),
     (("gla", 1, "gla"), TypeError,
-     ("DecoderConfig: layer_types[1]: expected one of ('attention', 'gla', 'mamba2'), "
+     ("DecoderConfig: layer_types[1]: expected one of ('attention', 'gla', 'mamba2', 'mamba'), "
       "got int 1")),
     ("gla", TypeError, ("DecoderConfig: layer_types: expected a sequence of 3 layer types "
-                        "(num_layers), each one of ('attention', 'gla', 'mamba2'), got str "
-                        "'gla'")),
+                        "(num_layers), each one of ('attention', 'gla', 'mamba2', 'mamba'), "
+                        "got str 'gla'")),
     ({"gla": 3}, TypeError, "layer_types: expected a sequence of 3 layer types"),
 ])
 def test_bad_layer_types_are_refused(layer_types, error, message):

@@ -69,7 +69,7 @@ from koschei.errors import UsageError
 DEFAULT_CONFIG = "igla_v2"
 # The engine modules the decoder runs on: the workspace's where it has them generated.
 KERNELS = ("attention", "bf16_linear", "bitnet_linear", "bitnet_quantize", "gla", "linear",
-           "matmul", "rmsnorm", "rope", "sample", "silu")
+           "matmul", "rmsnorm", "rope", "sample", "selective_scan", "silu")
 DEFAULT_CONTEXT = 512
 WEIGHTS = ("fp32", "bf16", "ternary")
 # The largest logit difference from the NumPy reference, as a share of the largest logit. Ternary

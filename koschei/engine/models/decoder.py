@@ -44,11 +44,24 @@ heads of hd = head_dim values:
 
   with A = -exp(A_log) per head, and conv mamba_ssm's short causal depthwise convolution over
   the H P + 2 N channels of x, B and C together: conv(u)_t = b + sum_j w[:, j] u_{t-3+j},
-  j = 0 .. 3 (MAMBA2_CONV_WIDTH = 4, PyTorch's Conv1d with weight (channels, 1, 4) and 3 zeros
+  j = 0 .. 3 (MAMBA_CONV_WIDTH = 4, PyTorch's Conv1d with weight (channels, 1, 4) and 3 zeros
   of padding), so each layer also keeps the last 3 rows of its input: its conv state.
+- ``"mamba"``: Mamba's selective SSM block (Gu and Dao, arXiv:2312.00752; mamba_ssm's Mamba
+  with expand 1), d_inner = d channels, each with its own state of N = MAMBA_STATE values::
 
-Both linear types run the engine's ``gla`` (Mamba-2 as gla(C, B, dt x, A dt, scale=1)), and
-keep a recurrent state S (H, hd, hd) float32 per layer instead of a KV cache: a prompt, in any
+      x, z = h W_in^T                                        # (n, d_inner) each
+      x = silu(conv(x))                                      # the same causal convolution
+      dt_low, B, C = x W_x^T                                 # (n, r), (n, N), (n, N)
+      dt = softplus(dt_low W_dt^T + b_dt)                    # (n, d_inner)
+      h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T,  y_t = h_t C_t + D x_t   # per channel
+      mixer(h) = (y * silu(z)) W_out^T
+
+  with A = -exp(A_log) (d_inner, N) and r = ceil(d / 16), run by the engine's
+  ``selective_scan``; its state is (d_inner, N) and a conv state (3, d_inner).
+
+The gla and mamba2 types run the engine's ``gla`` (Mamba-2 as gla(C, B, dt x, A dt, scale=1))
+and keep a recurrent state S (H, hd, hd) float32 per layer, mamba a state (d_inner, N), instead
+of a KV cache: a prompt, in any
 pieces, and the decoding steps after it pass the state on (``initial_state``,
 ``output_final_state``), so every step costs the same whatever the context. The KV cache holds
 the attention layers only (none: ``Decoder.cache`` is None).
@@ -72,8 +85,8 @@ the attention layers only (none: ``Decoder.cache`` is None).
   {-1, 0, +1} times one absmean scale (arXiv:2402.17764) and applied by the engine's
   ``bitnet_linear`` (which quantizes the activations per token to int8); the embedding (and so
   the tied output projection) and the vectors stay float32, and so do the projections that
-  make the linear layers' decays (GLA's low-rank ``gk_proj``, Mamba-2's ``dt_proj``; well
-  under 1% of the weights): their outputs are exponents that every later token's state
+  make the linear layers' decays (GLA's low-rank ``gk_proj``, Mamba-2's ``dt_proj``, Mamba's
+  ``x_proj`` and ``dt_proj``; a few % of the weights at most): their outputs are exponents that every later token's state
   multiplies by, so an activation's int8 code that one float32 rounding flips would move the
   whole state from then on.
 - ``kv_dtype="int8"``: the KV cache stores keys and values as int8 with one scale per
@@ -111,6 +124,7 @@ from koschei.engine import (
     rmsnorm,
     rope,
     sample,
+    selective_scan,
     silu,
 )
 from koschei.engine.models.kv_cache import KVCache
@@ -127,16 +141,20 @@ _WEIGHTS = ("fp32", "bf16", "ternary")
 _KV_DTYPES = ("float32", "int8")
 # the token mixers a layer can have (DecoderConfig.layer_types); the last two are linear: a
 # recurrent state instead of a KV cache
-LAYER_TYPES = ("attention", "gla", "mamba2")
-_LINEAR_TYPES = ("gla", "mamba2")
+LAYER_TYPES = ("attention", "gla", "mamba2", "mamba")
+_LINEAR_TYPES = ("gla", "mamba2", "mamba")
+# the types with a short causal convolution before their recurrence (and a conv state)
+_CONV_TYPES = ("mamba2", "mamba")
 # flash-linear-attention's GatedLinearAttention: the rank of the gate's projection and the divisor
 # of its log-sigmoid (gate_logit_normalizer)
 GLA_GATE_RANK = 16
 GLA_GATE_NORMALIZER = 16.0
 # Mamba-2's initialization (mamba_ssm): A uniform in [1, 16], dt log-uniform in [1e-3, 1e-1]
 _MAMBA2_A_RANGE = (1.0, 16.0)
-# Mamba-2's short causal convolution over x, B and C (mamba_ssm's d_conv)
-MAMBA2_CONV_WIDTH = 4
+# Mamba's and Mamba-2's short causal convolution (mamba_ssm's d_conv)
+MAMBA_CONV_WIDTH = 4
+# Mamba's state size per channel (mamba_ssm's d_state) and its initialization: A_n = n (S4D-real)
+MAMBA_STATE = 16
 _MAMBA2_DT_RANGE = (1e-3, 1e-1)
 # the standard deviation of the random weights (GPT-2's and Llama's initializer range)
 DEFAULT_INIT_STD = 0.02
@@ -188,7 +206,8 @@ class DecoderConfig:
     """The sizes of a decoder. ``DecoderConfig.named("igla_v2")`` is the seed's iGLA-LLM v2.
 
     rms_norm_eps is 1e-5 (Llama 2's value) unless given: added to the mean square in every RMSNorm.
-    layer_types: one of LAYER_TYPES per layer (``"attention"``, ``"gla"``, ``"mamba2"``; see the
+    layer_types: one of LAYER_TYPES per layer (``"attention"``, ``"gla"``, ``"mamba2"``,
+    ``"mamba"``; see the
     module docstring), any mix; None (the default) is every layer ``"attention"``. A sequence of
     strings is kept as a tuple. ``replace(num_layers=...)`` without layer_types keeps a config
     whose layers all have one type that type; a mix must be given again.
@@ -233,6 +252,11 @@ class DecoderConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def dt_rank(self) -> int:
+        """The rank of a "mamba" layer's dt projection: ceil(d / 16), mamba_ssm's "auto"."""
+        return -(-self.hidden_size // 16)
 
     @staticmethod
     def names() -> list[str]:
@@ -280,9 +304,14 @@ class DecoderConfig:
           ``gla.g_norm.weight`` (hd,), ``gla.o_proj.weight`` (d, inner) (fla's names);
         - mamba2: ``mamba2.{z,x}_proj.weight`` (inner, d), ``mamba2.{B,C}_proj.weight`` (hd, d),
           ``mamba2.dt_proj.weight`` (H, d), ``mamba2.dt_bias``, ``mamba2.A_log``, ``mamba2.D``
-          (H,), ``mamba2.conv1d.weight`` (inner + 2 hd, 1, MAMBA2_CONV_WIDTH) and
+          (H,), ``mamba2.conv1d.weight`` (inner + 2 hd, 1, MAMBA_CONV_WIDTH) and
           ``mamba2.conv1d.bias`` (inner + 2 hd,) (PyTorch's Conv1d), ``mamba2.norm.weight``
-          (inner,), ``mamba2.out_proj.weight`` (d, inner).
+          (inner,), ``mamba2.out_proj.weight`` (d, inner);
+        - mamba (mamba_ssm's names, d_inner = inner, N = MAMBA_STATE, r = dt_rank):
+          ``mamba.in_proj.weight`` (2 inner, d), ``mamba.conv1d.weight`` (inner, 1,
+          MAMBA_CONV_WIDTH), ``mamba.conv1d.bias`` (inner,), ``mamba.x_proj.weight`` (r + 2 N,
+          inner), ``mamba.dt_proj.weight`` (inner, r), ``mamba.dt_proj.bias`` (inner,),
+          ``mamba.A_log`` (inner, N), ``mamba.D`` (inner,), ``mamba.out_proj.weight`` (d, inner).
         """
         d, hd, f = self.hidden_size, self.head_dim, self.intermediate_size
         heads, inner = self.num_heads, self.num_heads * self.head_dim
@@ -305,6 +334,17 @@ class DecoderConfig:
                 shapes[mixer + "g_proj.weight"] = (inner, d)
                 shapes[mixer + "g_norm.weight"] = (hd,)
                 shapes[mixer + "o_proj.weight"] = (d, inner)
+            elif kind == "mamba":
+                mixer = prefix + "mamba."
+                shapes[mixer + "in_proj.weight"] = (2 * inner, d)
+                shapes[mixer + "conv1d.weight"] = (inner, 1, MAMBA_CONV_WIDTH)
+                shapes[mixer + "conv1d.bias"] = (inner,)
+                shapes[mixer + "x_proj.weight"] = (self.dt_rank + 2 * MAMBA_STATE, inner)
+                shapes[mixer + "dt_proj.weight"] = (inner, self.dt_rank)
+                shapes[mixer + "dt_proj.bias"] = (inner,)
+                shapes[mixer + "A_log"] = (inner, MAMBA_STATE)
+                shapes[mixer + "D"] = (inner,)
+                shapes[mixer + "out_proj.weight"] = (d, inner)
             else:  # mamba2
                 mixer = prefix + "mamba2."
                 shapes[mixer + "z_proj.weight"] = (inner, d)
@@ -315,7 +355,7 @@ class DecoderConfig:
                 shapes[mixer + "dt_bias"] = (heads,)
                 shapes[mixer + "A_log"] = (heads,)
                 shapes[mixer + "D"] = (heads,)
-                shapes[mixer + "conv1d.weight"] = (inner + 2 * hd, 1, MAMBA2_CONV_WIDTH)
+                shapes[mixer + "conv1d.weight"] = (inner + 2 * hd, 1, MAMBA_CONV_WIDTH)
                 shapes[mixer + "conv1d.bias"] = (inner + 2 * hd,)
                 shapes[mixer + "norm.weight"] = (inner,)
                 shapes[mixer + "out_proj.weight"] = (d, inner)
@@ -334,9 +374,10 @@ class DecoderConfig:
         """Random float32 parameters: every matrix N(0, std^2), every RMSNorm gain 1; GLA's gate
         bias 0; Mamba-2's as mamba_ssm initializes them: A = -exp(A_log) with A uniform in
         [1, 16], dt_bias = softplus^-1(dt) with dt log-uniform in [1e-3, 1e-1], D = 1, the
-        convolution's weight and bias uniform in +-1/sqrt(MAMBA2_CONV_WIDTH) (PyTorch's Conv1d).
-        The matrices are drawn in the order of :meth:`parameter_shapes`, then Mamba-2's
-        vectors and convolutions."""
+        convolution's weight and bias uniform in +-1/sqrt(MAMBA_CONV_WIDTH) (PyTorch's Conv1d);
+        Mamba's A_n = n (n = 1 .. N, S4D-real) and its dt_proj's bias as Mamba-2's dt_bias.
+        The matrices are drawn in the order of :meth:`parameter_shapes`, then Mamba's and
+        Mamba-2's vectors and convolutions."""
         function = "DecoderConfig.random_parameters"
         seed = _rt.as_int_at_least(function, "seed", seed, 0)
         std = _rt.as_float(function, "std", std)
@@ -345,7 +386,7 @@ class DecoderConfig:
         rng = np.random.default_rng(seed)
         parameters = {}
         for name, shape in self.parameter_shapes().items():
-            if ".conv1d." in name:
+            if ".conv1d." in name or name.endswith(".A_log"):
                 continue  # below
             if len(shape) == 1:
                 value = 0.0 if name.endswith(".bias") else 1.0
@@ -354,19 +395,22 @@ class DecoderConfig:
                 matrix = rng.standard_normal(shape, dtype=np.float32)
                 matrix *= np.float32(std)
                 parameters[name] = matrix
-        # Mamba-2's vectors after every matrix: a config without them draws what it drew
-        # before there were layer types
+        # Mamba's and Mamba-2's own after every matrix: a config without them draws what it
+        # drew before there were layer types
         for name, shape in self.parameter_shapes().items():
-            if name.endswith(".A_log"):
+            if name.endswith(".A_log") and len(shape) == 2:  # Mamba's
+                a = np.broadcast_to(np.arange(1, shape[1] + 1, dtype=np.float32), shape)
+                parameters[name] = np.log(a)
+            elif name.endswith(".A_log"):
                 parameters[name] = np.log(rng.uniform(*_MAMBA2_A_RANGE, shape)).astype(np.float32)
-            elif name.endswith(".dt_bias"):
+            elif name.endswith((".dt_bias", ".dt_proj.bias")):
                 low, high = np.log(_MAMBA2_DT_RANGE)
                 dt = np.exp(rng.uniform(low, high, shape))
                 parameters[name] = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
             elif ".conv1d." in name:
-                bound = MAMBA2_CONV_WIDTH ** -0.5
+                bound = MAMBA_CONV_WIDTH ** -0.5
                 parameters[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
-        return parameters
+        return {name: parameters[name] for name in self.parameter_shapes()}
 
 
 _NAMED = {
@@ -538,7 +582,7 @@ class _Mamba2Mixer:
     dt_bias: np.ndarray  # (H,)
     A: np.ndarray  # (H,): -exp(A_log), < 0
     D: np.ndarray  # (H,): the skip
-    conv_weight: np.ndarray  # (inner + 2 N, MAMBA2_CONV_WIDTH): the causal convolution's taps
+    conv_weight: np.ndarray  # (inner + 2 N, MAMBA_CONV_WIDTH): the causal convolution's taps
     conv_bias: np.ndarray  # (inner + 2 N,)
     norm: np.ndarray  # (inner,): the gain of the gated RMSNorm
     out_proj: _Projection  # (d, inner)
@@ -552,13 +596,34 @@ class _Mamba2Mixer:
 
 
 @dataclass
+class _MambaMixer:
+    """The token mixer of a "mamba" layer (d_inner = inner = d, N = MAMBA_STATE)."""
+
+    in_proj: _Projection  # (2 inner, d): x and z
+    conv_weight: np.ndarray  # (inner, MAMBA_CONV_WIDTH): the causal convolution's taps
+    conv_bias: np.ndarray  # (inner,)
+    x_proj: _Projection  # (r + 2 N, inner): dt's low rank, B and C
+    dt_proj: _Projection  # (inner, r)
+    dt_bias: np.ndarray  # (inner,)
+    A: np.ndarray  # (inner, N): -exp(A_log), < 0
+    D: np.ndarray  # (inner,): the skip
+    out_proj: _Projection  # (d, inner)
+
+    def projections(self) -> tuple[_Projection, ...]:
+        return (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)
+
+    def vectors(self) -> tuple[np.ndarray, ...]:
+        return (self.conv_weight, self.conv_bias, self.dt_bias, self.A, self.D)
+
+
+@dataclass
 class _LinearLayer:
-    """A layer of type "gla" or "mamba2": a linear recurrence as token mixer, a recurrent state
-    (H, hd, hd) instead of a KV cache."""
+    """A layer of type "gla", "mamba2" or "mamba": a linear recurrence as token mixer, a
+    recurrent state instead of a KV cache."""
 
     kind: str
     attention_norm: np.ndarray  # (d,)
-    mixer: _GLAMixer | _Mamba2Mixer
+    mixer: _GLAMixer | _Mamba2Mixer | _MambaMixer
     ffn_norm: np.ndarray  # (d,)
     gate_proj: _Projection  # (f, d)
     up_proj: _Projection  # (f, d)
@@ -569,6 +634,44 @@ class _LinearLayer:
 
     def vectors(self) -> tuple[np.ndarray, ...]:
         return (self.attention_norm, self.ffn_norm) + self.mixer.vectors()
+
+
+def _read_only_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    zeros = np.zeros(shape, dtype=np.float32)
+    zeros.flags.writeable = False
+    return zeros
+
+
+def conv_channels(config: DecoderConfig, kind: str) -> int:
+    """The channels of a layer type's short convolution: mamba2's x, B and C; mamba's x."""
+    inner = config.num_heads * config.head_dim
+    return inner + 2 * config.head_dim if kind == "mamba2" else inner
+
+
+class _ConvBuffers:
+    """A short causal convolution over n new rows: its input (the conv state's rows, then the n
+    new ones), its output, a product of one tap, and the SiLU of the output."""
+
+    def __init__(self, n: int, channels: int) -> None:
+        self.n = n
+        self.input = np.zeros((MAMBA_CONV_WIDTH - 1 + n, channels), dtype=np.float32)
+        self.output = np.zeros((n, channels), dtype=np.float32)
+        self.tap = np.zeros((n, channels), dtype=np.float32)
+        self.activated = np.zeros((n, channels), dtype=np.float32)
+
+    def run(self, conv_state: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """self.activated = silu(bias + sum_j weight[:, j] input[t + j]) for the new rows in
+        self.input[MAMBA_CONV_WIDTH - 1:] after ``conv_state``; returns the conv state after
+        them (a new array)."""
+        n, lag = self.n, MAMBA_CONV_WIDTH - 1
+        self.input[:lag] = conv_state
+        np.multiply(self.input[:n], weight[:, 0], out=self.output)
+        for j in range(1, MAMBA_CONV_WIDTH):
+            np.multiply(self.input[j:j + n], weight[:, j], out=self.tap)
+            np.add(self.output, self.tap, out=self.output)
+        np.add(self.output, bias, out=self.output)
+        silu(self.output, out=self.activated)
+        return self.input[n:n + lag].copy()
 
 
 class _Buffers:
@@ -598,13 +701,19 @@ class _Buffers:
             self.scratch = np.zeros((n, hq * hd), dtype=np.float32)
         if "gla" in types:
             self.gate_low = np.zeros((n, GLA_GATE_RANK), dtype=np.float32)
+        # the short convolutions' buffers by layer type: mamba2's over x, B and C, mamba's over x
+        self.convs = {kind: _ConvBuffers(n, conv_channels(config, kind))
+                      for kind in _CONV_TYPES if kind in types}
+        if "mamba" in types:
+            inner, rank = hq * hd, config.dt_rank
+            self.xz = np.zeros((n, 2 * inner), dtype=np.float32)  # x and z
+            self.z = np.zeros((n, inner), dtype=np.float32)
+            self.x_dbl = np.zeros((n, rank + 2 * MAMBA_STATE), dtype=np.float32)
+            self.dt_low = np.zeros((n, rank), dtype=np.float32)
+            self.ssm_bc = np.zeros((2, n, MAMBA_STATE), dtype=np.float32)  # B and C
+            self.delta = np.zeros((n, inner), dtype=np.float32)
+            self.scanned = np.zeros((n, inner), dtype=np.float32)
         if "mamba2" in types:
-            channels = hq * hd + 2 * hd  # x, B and C: the convolution's channels
-            # the convolution's input: the conv state's rows, then the n new ones
-            self.conv_in = np.zeros((MAMBA2_CONV_WIDTH - 1 + n, channels), dtype=np.float32)
-            self.conv_out = np.zeros((n, channels), dtype=np.float32)
-            self.conv_tap = np.zeros((n, channels), dtype=np.float32)
-            self.conv_act = np.zeros((n, channels), dtype=np.float32)
             self.ssm_raw = np.zeros((n, hd), dtype=np.float32)  # h W_B^T, then h W_C^T
             self.ssm_b = np.zeros((n, hd), dtype=np.float32)  # B (n, N)
             self.ssm_c = np.zeros((n, hd), dtype=np.float32)
@@ -621,9 +730,21 @@ class _Buffers:
 
 
 def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray], projection: type,
-           decay_projection: type) -> _GLAMixer | _Mamba2Mixer:
-    """The token mixer of the linear layer ``prefix`` of type ``kind`` ("gla" or "mamba2");
-    ``decay_projection`` makes the projections whose outputs become log-decays."""
+           decay_projection: type) -> _GLAMixer | _Mamba2Mixer | _MambaMixer:
+    """The token mixer of the linear layer ``prefix`` of type ``kind`` ("gla", "mamba2" or
+    "mamba"); ``decay_projection`` makes the projections whose outputs become log-decays."""
+    if kind == "mamba":
+        p = prefix + "mamba."
+        return _MambaMixer(
+            in_proj=projection(arrays[p + "in_proj.weight"]),
+            conv_weight=np.ascontiguousarray(arrays[p + "conv1d.weight"][:, 0, :]),
+            conv_bias=arrays[p + "conv1d.bias"],
+            x_proj=decay_projection(arrays[p + "x_proj.weight"]),
+            dt_proj=decay_projection(arrays[p + "dt_proj.weight"]),
+            dt_bias=arrays[p + "dt_proj.bias"],
+            A=np.ascontiguousarray(-np.exp(arrays[p + "A_log"])),
+            D=arrays[p + "D"],
+            out_proj=projection(arrays[p + "out_proj.weight"]))
     if kind == "gla":
         p = prefix + "gla."
         return _GLAMixer(
@@ -650,6 +771,15 @@ def _mixer(kind: str, prefix: str, arrays: Mapping[str, np.ndarray], projection:
         conv_bias=arrays[p + "conv1d.bias"],
         norm=arrays[p + "norm.weight"],
         out_proj=projection(arrays[p + "out_proj.weight"]))
+
+
+def _conv_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The short causal convolution of x (n, channels) from zeros, in float64, as float32:
+    y_t = bias + sum_j weight[:, j] x_{t - (MAMBA_CONV_WIDTH - 1) + j}."""
+    n, lag = x.shape[0], MAMBA_CONV_WIDTH - 1
+    padded = np.concatenate([np.zeros((lag, x.shape[1])), x.astype(np.float64)])
+    y = bias + sum(weight[:, j] * padded[j:j + n] for j in range(MAMBA_CONV_WIDTH))
+    return y.astype(np.float32)
 
 
 def _logsigmoid(x: np.ndarray, scratch: np.ndarray, divisor: float) -> None:
@@ -763,22 +893,22 @@ class Decoder:
         if self._cache_layer:
             self.cache = KVCache(len(self._cache_layer), max_len, config.num_kv_heads,
                                  config.head_dim, dtype=self.kv_dtype)
-        # the recurrent state (H, hd, hd) of each linear layer (None: attention), read-only: a
-        # step replaces a state by gla's final state, never writes into one
+        # the recurrent state of each linear layer (None: attention), (H, hd, hd) or mamba's
+        # (d_inner, N), read-only: a step replaces a state by the kernel's final state, never
+        # writes into one
         self._linear = [index for index, kind in enumerate(config.layer_types)
                         if kind in _LINEAR_TYPES]
-        shape = (config.num_heads, config.head_dim, config.head_dim)
-        self._zero_state = np.zeros(shape, dtype=np.float32)
-        self._zero_state.flags.writeable = False
+        shapes = {"gla": (config.num_heads, config.head_dim, config.head_dim),
+                  "mamba2": (config.num_heads, config.head_dim, config.head_dim),
+                  "mamba": (config.num_heads * config.head_dim, MAMBA_STATE)}
+        self._zero_states = {index: _read_only_zeros(shapes[config.layer_types[index]])
+                             for index in self._linear}
         self._states: list[np.ndarray | None] = [None] * config.num_layers
-        # the conv state (MAMBA2_CONV_WIDTH - 1, inner + 2 hd) of each mamba2 layer (None: the
-        # others), read-only like the states: the last rows its convolution has seen
-        self._conv_layers = [index for index, kind in enumerate(config.layer_types)
-                        if kind == "mamba2"]
-        self._zero_conv_state = np.zeros(
-            (MAMBA2_CONV_WIDTH - 1, config.num_heads * config.head_dim + 2 * config.head_dim),
-            dtype=np.float32)
-        self._zero_conv_state.flags.writeable = False
+        # the conv state (MAMBA_CONV_WIDTH - 1, its channels) of each mamba2 and mamba layer
+        # (None: the others), read-only like the states: the last rows its convolution has seen
+        self._zero_conv_states = {
+            index: _read_only_zeros((MAMBA_CONV_WIDTH - 1, conv_channels(config, kind)))
+            for index, kind in enumerate(config.layer_types) if kind in _CONV_TYPES}
         self._conv_states: list[np.ndarray | None] = [None] * config.num_layers
         self._states_length = 0  # the positions the states hold
         self._epoch = 0  # counts reset(): a snapshot belongs to one
@@ -816,17 +946,17 @@ class Decoder:
 
     @property
     def conv_states(self) -> tuple[np.ndarray | None, ...]:
-        """Per layer: a mamba2 layer's conv state (MAMBA2_CONV_WIDTH - 1, inner + 2 hd) float32,
+        """Per layer: a mamba2 layer's conv state (MAMBA_CONV_WIDTH - 1, inner + 2 hd) float32,
         the last rows of x, B and C before their convolution (zeros before the first token),
         read-only; None for the other layers."""
         return tuple(self._conv_states)
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of the recurrent states of the linear layers, mamba2's conv states included
-        (fixed, whatever the context)."""
-        return (len(self._linear) * self._zero_state.nbytes
-                + len(self._conv_layers) * self._zero_conv_state.nbytes)
+        """Bytes of the recurrent states of the linear layers, the conv states included (fixed,
+        whatever the context)."""
+        return (sum(state.nbytes for state in self._zero_states.values())
+                + sum(state.nbytes for state in self._zero_conv_states.values()))
 
     @property
     def weight_nbytes(self) -> int:
@@ -861,10 +991,10 @@ class Decoder:
         """Empty the KV cache and zero the recurrent states: the next token is at position 0."""
         if self.cache is not None:
             self.cache.reset()
-        for index in self._linear:
-            self._states[index] = self._zero_state
-        for index in self._conv_layers:
-            self._conv_states[index] = self._zero_conv_state
+        for index, state in self._zero_states.items():
+            self._states[index] = state
+        for index, state in self._zero_conv_states.items():
+            self._conv_states[index] = state
         self._states_length = 0
         self._epoch += 1
 
@@ -955,7 +1085,7 @@ class Decoder:
         eps, theta = config.rms_norm_eps, config.rope_theta
         rmsnorm_ref, rope_ref = _reference("rmsnorm"), _reference("rope")
         attention_ref, silu_ref = _reference("attention"), _reference("silu")
-        gla_ref = _reference("gla")
+        gla_ref, scan_ref = _reference("gla"), _reference("selective_scan")
         positions = np.arange(n, dtype=np.int64)
         x = self._embedding[ids].astype(np.float32)  # (n, d)
         for layer in self._layers:
@@ -970,16 +1100,25 @@ class Decoder:
                 normed = rmsnorm_ref(o, m.g_norm, eps=eps).reshape(n, hq * hd)
                 gated = normed * silu_ref(m.g_proj.reference(h))
                 x = x + m.o_proj.reference(gated.astype(np.float32))
+            elif isinstance(layer, _LinearLayer) and layer.kind == "mamba":
+                m = layer.mixer
+                inner, rank = hq * hd, config.dt_rank
+                xz = m.in_proj.reference(h)
+                xs = silu_ref(_conv_reference(xz[:, :inner], m.conv_weight, m.conv_bias))
+                x_dbl = m.x_proj.reference(xs)
+                delta = m.dt_proj.reference(np.ascontiguousarray(x_dbl[:, :rank]))
+                bs, cs = (np.ascontiguousarray(x_dbl[:, rank + j * MAMBA_STATE:][:, :MAMBA_STATE])
+                          for j in range(2))
+                y = scan_ref(xs, delta, m.A, bs, cs, D=m.D,
+                             z=np.ascontiguousarray(xz[:, inner:]), delta_bias=m.dt_bias,
+                             delta_softplus=True)
+                x = x + m.out_proj.reference(y)
             elif isinstance(layer, _LinearLayer):  # mamba2
                 m = layer.mixer
                 z = m.z_proj.reference(h)
                 raw = np.concatenate([m.x_proj.reference(h), m.B_proj.reference(h),
-                                      m.C_proj.reference(h)], axis=1).astype(np.float64)
-                lag = MAMBA2_CONV_WIDTH - 1
-                padded = np.concatenate([np.zeros((lag, raw.shape[1])), raw])
-                conv = m.conv_bias + sum(m.conv_weight[:, j] * padded[j:j + n]
-                                         for j in range(MAMBA2_CONV_WIDTH))
-                xbc = silu_ref(conv.astype(np.float32))
+                                      m.C_proj.reference(h)], axis=1)
+                xbc = silu_ref(_conv_reference(raw, m.conv_weight, m.conv_bias))
                 inner = hq * hd
                 xs = xbc[:, :inner].reshape(n, hq, hd)
                 b, c = xbc[:, inner:inner + hd], xbc[:, inner + hd:]
@@ -1087,8 +1226,11 @@ class Decoder:
                 self._attention(self._cache_layer[index], layer, b)
             elif layer.kind == "gla":
                 states[index] = self._gla(layer.mixer, self._states[index], b)
-            else:
+            elif layer.kind == "mamba2":
                 states[index], conv_states[index] = self._mamba2_mix(
+                    layer.mixer, self._states[index], self._conv_states[index], b)
+            else:
+                states[index], conv_states[index] = self._mamba_mix(
                     layer.mixer, self._states[index], self._conv_states[index], b)
             np.add(b.x, b.projected, out=b.x)
             # feed-forward block: x += swiglu(h), see _feed_forward
@@ -1146,27 +1288,20 @@ class Decoder:
         ``conv_state``; returns both after the last token (new arrays)."""
         config = self.config
         n, heads, hd = b.n, config.num_heads, config.head_dim
-        inner, lag = heads * hd, MAMBA2_CONV_WIDTH - 1
+        inner, lag = heads * hd, MAMBA_CONV_WIDTH - 1
+        conv = b.convs["mamba2"]
         m.z_proj(b.h, b.lin_g)  # z (n, H P)
-        # the convolution's input: the conv state, then x, B and C of the n tokens
-        b.conv_in[:lag] = conv_state
+        # the convolution's new rows: x, B and C of the n tokens
         m.x_proj(b.h, b.scratch)
-        b.conv_in[lag:, :inner] = b.scratch
+        conv.input[lag:, :inner] = b.scratch
         m.B_proj(b.h, b.ssm_raw)  # (n, N)
-        b.conv_in[lag:, inner:inner + hd] = b.ssm_raw
+        conv.input[lag:, inner:inner + hd] = b.ssm_raw
         m.C_proj(b.h, b.ssm_raw)
-        b.conv_in[lag:, inner + hd:] = b.ssm_raw
-        # causal depthwise convolution: out_t = bias + sum_j w[:, j] in_{t + j} (in: lagged)
-        np.multiply(b.conv_in[:n], m.conv_weight[:, 0], out=b.conv_out)
-        for j in range(1, MAMBA2_CONV_WIDTH):
-            np.multiply(b.conv_in[j:j + n], m.conv_weight[:, j], out=b.conv_tap)
-            np.add(b.conv_out, b.conv_tap, out=b.conv_out)
-        np.add(b.conv_out, m.conv_bias, out=b.conv_out)
-        silu(b.conv_out, out=b.conv_act)
-        new_conv_state = b.conv_in[n:n + lag].copy()
-        b.lin_v[:] = b.conv_act[:, :inner]  # x
-        b.ssm_b[:] = b.conv_act[:, inner:inner + hd]
-        b.ssm_c[:] = b.conv_act[:, inner + hd:]
+        conv.input[lag:, inner + hd:] = b.ssm_raw
+        new_conv_state = conv.run(conv_state, m.conv_weight, m.conv_bias)
+        b.lin_v[:] = conv.activated[:, :inner]  # x
+        b.ssm_b[:] = conv.activated[:, inner:inner + hd]
+        b.ssm_c[:] = conv.activated[:, inner + hd:]
         b.ssm_k[:] = b.ssm_b[:, None, :]  # B and C are shared by the heads
         b.ssm_q[:] = b.ssm_c[:, None, :]
         m.dt_proj(b.h, b.dt)  # (n, H)
@@ -1184,6 +1319,28 @@ class Decoder:
         np.multiply(mixed_rows, b.scratch, out=mixed_rows)
         rmsnorm(mixed_rows, m.norm, eps=config.rms_norm_eps, out=b.normed)
         m.out_proj(b.normed, b.projected)
+        return final, new_conv_state
+
+    def _mamba_mix(self, m: _MambaMixer, state: np.ndarray, conv_state: np.ndarray,
+                   b: _Buffers) -> tuple[np.ndarray, np.ndarray]:
+        """b.projected = the Mamba mixer of b.h (see the module docstring), from ``state`` and
+        ``conv_state``; returns both after the last token (new arrays)."""
+        inner, rank, lag = self.config.hidden_size, self.config.dt_rank, MAMBA_CONV_WIDTH - 1
+        conv = b.convs["mamba"]
+        m.in_proj(b.h, b.xz)  # x and z (n, 2 inner)
+        conv.input[lag:] = b.xz[:, :inner]
+        new_conv_state = conv.run(conv_state, m.conv_weight, m.conv_bias)
+        x = conv.activated  # silu(conv(x)) (n, inner)
+        m.x_proj(x, b.x_dbl)  # dt's low rank, B, C
+        b.dt_low[:] = b.x_dbl[:, :rank]
+        b.ssm_bc[0] = b.x_dbl[:, rank:rank + MAMBA_STATE]
+        b.ssm_bc[1] = b.x_dbl[:, rank + MAMBA_STATE:]
+        m.dt_proj(b.dt_low, b.delta)  # softplus(. + dt_bias) inside the scan
+        b.z[:] = b.xz[:, inner:]
+        _, final = selective_scan(x, b.delta, m.A, b.ssm_bc[0], b.ssm_bc[1], D=m.D, z=b.z,
+                                  delta_bias=m.dt_bias, delta_softplus=True,
+                                  initial_state=state, output_final_state=True, out=b.scanned)
+        m.out_proj(b.scanned, b.projected)
         return final, new_conv_state
 
     def _feed_forward(self, layer: _Layer | _LinearLayer, b: _Buffers) -> None:
