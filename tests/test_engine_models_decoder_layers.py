@@ -553,7 +553,12 @@ def test_random_parameters_initialize_the_mixers_as_their_papers():
 def test_igla_and_igla_hybrid_are_igla_v2_with_gla_layers():
     v2 = DecoderConfig.named("igla_v2")
     igla, hybrid = DecoderConfig.named("igla"), DecoderConfig.named("igla_hybrid")
-    assert set(DecoderConfig.names()) >= {"igla", "igla_hybrid", "igla_v2", "tiny", "small"}
+    assert set(DecoderConfig.names()) >= {"igla", "igla_hybrid", "igla_v2", "tiny", "small",
+                                          "mamba", "mamba_hybrid"}
+    mamba, mamba_hybrid = DecoderConfig.named("mamba"), DecoderConfig.named("mamba_hybrid")
+    assert mamba.layer_types == ("mamba",) * 12
+    assert mamba_hybrid.layer_types == ("mamba", "mamba", "mamba", "attention") * 3
+    assert mamba.replace(layer_types=None) == DecoderConfig.named("igla_v2")
     for config in (igla, hybrid):
         assert config.replace(layer_types=None) == v2
     assert igla.layer_types == ("gla",) * 12

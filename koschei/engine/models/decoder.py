@@ -272,7 +272,8 @@ class DecoderConfig:
     def named(name: str) -> DecoderConfig:
         """A named configuration: ``igla_v2`` (seed 004's table), ``igla`` (its shapes, every
         layer "gla"), ``igla_hybrid`` (its shapes, "attention" every fourth layer: layers 3, 7
-        and 11, "gla" the others), ``tiny`` and ``small``."""
+        and 11, "gla" the others), ``mamba`` and ``mamba_hybrid`` (the same with "mamba"
+        layers), ``tiny`` and ``small``."""
         config = _NAMED.get(name) if isinstance(name, str) else None
         if config is None:
             raise ValueError(f"DecoderConfig.named: name: expected one of {sorted(_NAMED)}, got "
@@ -429,6 +430,10 @@ _NAMED = {
 _NAMED["igla"] = _NAMED["igla_v2"].replace(layer_types=("gla",) * 12)
 _NAMED["igla_hybrid"] = _NAMED["igla_v2"].replace(
     layer_types=("gla", "gla", "gla", "attention") * 3)
+# igla_v2's sizes with Mamba's layers, and with attention every fourth layer (Jamba's ratio)
+_NAMED["mamba"] = _NAMED["igla_v2"].replace(layer_types=("mamba",) * 12)
+_NAMED["mamba_hybrid"] = _NAMED["igla_v2"].replace(
+    layer_types=("mamba", "mamba", "mamba", "attention") * 3)
 
 
 # --- projections ----------------------------------------------------------------------------------
