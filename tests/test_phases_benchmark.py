@@ -734,3 +734,19 @@ def test_the_readme_names_the_command_that_measured_its_table():
         "koschei benchmark --readme --no-torch-compile"
     assert benchmark.readme_command(benchmark.Options(contention=True, select=["rope"])) == \
         "koschei benchmark --readme --select rope --contention"
+
+
+def test_a_decoder_with_linear_layers_leaves_llama_cpp_out_and_says_why(monkeypatch):
+    """GGUF's llama architecture holds attention layers only: no file is written, no row runs."""
+    from koschei.engine import Decoder, DecoderConfig
+
+    monkeypatch.setattr(bench_models, "llama_cpp_available", lambda: True)
+    config = DecoderConfig.named("tiny").replace(layer_types=("gla", "attention"))
+    models = {"fp32": Decoder.random(config, max_len=8)}
+    result = bench_models.ModelCaseResult(model="decoder", config="tiny", context=4,
+                                          verdict="ok")
+    anchors = bench_models.load_llama_cpp(result, models, {}, np.arange(4), np.arange(1), 1,
+                                          Path("unused"), None, None)
+    assert anchors == {} and result.llama_cpp == []
+    assert result.llama_cpp_note == ("llama.cpp: left out: the decoder has gla layers, which "
+                                     "GGUF's llama architecture cannot hold")

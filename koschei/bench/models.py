@@ -438,6 +438,12 @@ def load_llama_cpp(result: ModelCaseResult, models: dict[str, Any], steps: dict[
     if not llama_cpp_available():
         result.llama_cpp_note = LLAMA_CPP_NOT_INSTALLED
         return {}
+    layer_types = sorted({kind for model in models.values() for kind in model.config.layer_types}
+                         - {"attention"})
+    if layer_types:
+        result.llama_cpp_note = (f"llama.cpp: left out: the decoder has {', '.join(layer_types)} "
+                                 "layers, which GGUF's llama architecture cannot hold")
+        return {}
     from koschei.engine.models.gguf import TENSOR_TYPES, write_gguf
 
     context = prompt.shape[0]
