@@ -519,7 +519,7 @@ def _chunk_step(h, t0, next_h, next_t, q, k, v, g, u, scale, o, qr_, kr_, qs_, q
         else:
             _prefetch_rows(g, next_t, next_t + chunk, next_h)
             _strong_operands(bf, bq, qr, kr, qe, ks, decay)
-            _strong_scores(bf, bq, qr, kr, qs, kd, kt, a, half)
+            _strong_scores(bf, bq, qr, kr, qs, kd, kt, a, half)  # half: its scratch (K,)
     _mask_upper(a)
     if _BONUS:
         _bonus_diagonal(qr, kr, u, h, a)

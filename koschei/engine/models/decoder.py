@@ -697,7 +697,7 @@ class _Buffers:
             self.q_rotated = np.zeros((n, hq, hd), dtype=np.float32)
             self.k_rotated = np.zeros((n, hkv, hd), dtype=np.float32)
             self.attended = np.zeros((n, hq, hd), dtype=np.float32)
-        if types & set(_LINEAR_TYPES):  # the linear mixers' (inner = hq hd)
+        if types & {"gla", "mamba2"}:  # the mixers on gla (inner = hq hd)
             self.lin_k = np.zeros((n, hq * hd), dtype=np.float32)  # GLA's k; Mamba-2's dt x
             self.lin_v = np.zeros((n, hq * hd), dtype=np.float32)  # GLA's v; Mamba-2's x
             self.lin_g = np.zeros((n, hq * hd), dtype=np.float32)  # GLA's g; Mamba-2's z
@@ -1081,7 +1081,7 @@ class Decoder:
     def reference_logits(self, ids: np.ndarray) -> np.ndarray:
         """The logits (n, vocab) of a prompt ``ids`` (n,) from the kernels' NumPy references,
         one pass over the whole sequence without a cache or a state carried between calls (the
-        linear layers run gla's token-by-token float64 recurrence): what ``forward`` from an
+        linear layers run gla's or selective_scan's token-by-token float64 recurrence): what ``forward`` from an
         empty model must give (the benchmark checks it before timing a model). Slow, and it
         leaves the cache and the states alone."""
         ids = self._check_ids("Decoder.reference_logits", ids, 0)
